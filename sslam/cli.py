@@ -1,0 +1,65 @@
+"""The `sslam` command line: argument parsing and dispatch, nothing else.
+
+Each subcommand lives in the module that owns its work; that module exposes
+``add_arguments(parser, command)`` and ``run(args) -> int | None`` (``args.command`` holds the
+subcommand, so one module may serve several). Modules are imported only when
+their subcommand runs, so `sslam --help` stays fast and a missing optional dependency of one
+command never breaks another.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "manifest": ("sslam.data.commands", "build the canonical manifest of a dataset from its on-disk layout"),
+    "synth": ("sslam.data.synthetic", "write the embedded synthetic corpus (audio + canonical manifests)"),
+    "cache": ("sslam.data.cache", "build or verify HDF5 spectrogram cache shards"),
+    "polyphony": ("sslam.data.polyphony", "AudioSet polyphony analysis (paper Appendix B.1, Figure 3)"),
+    "pretrain": ("sslam.train.pretrain", "Stage 1 / Stage 2 self-supervised pretraining"),
+    "finetune": ("sslam.evaluation.run", "fine-tune a pretrained encoder on a benchmark"),
+    "probe": ("sslam.evaluation.run", "linear-probe a frozen pretrained encoder on a benchmark"),
+    "extract": ("sslam.model.extract", "extract frozen features from audio files"),
+    "convert": ("sslam.model.checkpoints", "convert a checkpoint (fairseq, HF, own) to safetensors"),
+    "tables": ("sslam.tables.aggregate", "aggregate metrics.json files into the paper's tables and plots"),
+    "track": ("sslam.tracking", "MLflow helpers: initialise the study store, log a finished job"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslam", description=__doc__.splitlines()[0])
+    from sslam import __version__
+
+    parser.add_argument("--version", action="version", version=f"sslam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage / errors and exits
+        return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"sslam {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub, name)
+    args = sub.parse_args(argv[1:])
+    args.command = name
+    try:
+        code = module.run(args)
+    except SslamError as error:
+        print(f"sslam {name}: error: {error}", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+from sslam.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Exceptions that the command line reports as one clear line instead of a traceback."""
+
+
+class SslamError(Exception):
+    """Base class: a user-facing problem (bad input, bad config, missing file)."""
+
+
+class ConfigError(SslamError, ValueError):
+    """A config file or section is malformed; the message names the offending key."""
+
+
+class AudioError(SslamError):
+    """An audio file cannot be turned into a usable spectrogram (corrupt, empty, silent, NaN...)."""
+
+
+class ManifestError(SslamError, ValueError):
+    """A manifest or dataset layout is malformed; the message names the file and line."""
