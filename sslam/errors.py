@@ -15,3 +15,7 @@ class AudioError(SslamError):
 
 class ManifestError(SslamError, ValueError):
     """A manifest or dataset layout is malformed; the message names the file and line."""
+
+
+class CacheError(SslamError):
+    """An HDF5 spectrogram cache shard is missing, incomplete, stale, or too many clips failed."""

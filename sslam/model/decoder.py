@@ -1,0 +1,85 @@
+"""The student-only convolutional decoder ("Decoder2d", spec algorithm.md §4).
+
+The visible tokens the student encoded go back to their grid positions; every masked position
+gets a fresh Gaussian noise token (not a learned mask token, and no positional embedding: the
+convolutions see position through the grid layout itself). A stack of grouped 2-D convolutions
+over the (time, frequency) patch grid then predicts a D-dimensional target at every position.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslam.model.encoder import ModelInputError
+
+
+@dataclass
+class DecoderConfig:
+    depth: int = 6
+    groups: int = 16
+    kernel: int = 3
+    # Standard deviation of the noise tokens placed at masked positions (official mask_noise_std).
+    mask_noise_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.kernel % 2 == 0:
+            raise ModelInputError(f"decoder kernel must be odd to keep the grid size, got {self.kernel}")
+        if self.depth < 1 or self.groups < 1:
+            raise ModelInputError(f"decoder depth and groups must be positive, got {self.depth}, {self.groups}")
+
+
+class ConvLayer(nn.Module):
+    """Conv2d → LayerNorm over channels (no affine) → GELU, on (N, D, Tp, Fp)."""
+
+    def __init__(self, dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size=kernel, padding=kernel // 2, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        # Channel LayerNorm = LayerNorm on the last axis of the channels-last view.
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), eps=1e-5).permute(0, 3, 1, 2)
+        return F.gelu(x)
+
+
+class Decoder2d(nn.Module):
+    """forward(visible (N, K, D), keep_index (N, K), grid (Tp, Fp)) -> predictions (N, Tp·Fp, D)."""
+
+    def __init__(self, config: DecoderConfig | None = None, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.config = config = config or DecoderConfig()
+        if embed_dim % config.groups:
+            raise ModelInputError(f"embed_dim {embed_dim} is not divisible by decoder groups {config.groups}")
+        self.embed_dim = embed_dim
+        # PyTorch default init for the convolutions and the projection, as in the official code.
+        self.layers = nn.ModuleList(ConvLayer(embed_dim, config.kernel, config.groups) for _ in range(config.depth))
+        self.proj = nn.Linear(embed_dim, embed_dim)
+
+    def scatter_to_grid(self, visible: torch.Tensor, keep_index: torch.Tensor, num_positions: int) -> torch.Tensor:
+        """Place the visible tokens at their positions; fill the rest with N(0, mask_noise_std²) noise."""
+        batch, kept, dim = visible.shape
+        if keep_index.shape != (batch, kept):
+            raise ModelInputError(f"keep_index must be {(batch, kept)}, got {tuple(keep_index.shape)}")
+        if kept > num_positions:
+            raise ModelInputError(f"{kept} visible tokens do not fit a grid of {num_positions} positions")
+        noise = torch.randn(batch, num_positions, dim, device=visible.device, dtype=visible.dtype)
+        noise = noise * self.config.mask_noise_std
+        return noise.scatter(1, keep_index.unsqueeze(-1).expand(-1, -1, dim), visible)
+
+    def forward(self, visible: torch.Tensor, keep_index: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        time_patches, freq_patches = grid
+        batch, _, dim = visible.shape
+        if dim != self.embed_dim:
+            raise ModelInputError(f"decoder expects width {self.embed_dim}, got {dim}")
+        tokens = self.scatter_to_grid(visible, keep_index, time_patches * freq_patches)
+        # Time-major tokens (t·Fp + f) -> image layout (N, D, Tp, Fp).
+        x = tokens.transpose(1, 2).reshape(batch, dim, time_patches, freq_patches)
+        for layer in self.layers:
+            x = x + layer(x)  # residual around every layer, the first included
+        return self.proj(x.flatten(2).transpose(1, 2))
+
+
+__all__ = ["Decoder2d", "DecoderConfig"]

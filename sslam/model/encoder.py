@@ -1,0 +1,297 @@
+"""The SSLAM/EAT audio encoder: a ViT over 16×16 spectrogram patches with POST-norm blocks.
+
+The layer order follows the official data2vec-multi "IMAGE" encoder that EAT and SSLAM use
+(spec algorithm.md §2), which differs from a timm ViT in four ways a reader might not expect:
+
+* the fixed 2-D sin-cos table encodes the FREQUENCY index in its first half of channels and the
+  TIME index in its second half (a quirk inherited from MAE's meshgrid order);
+* the CLS token carries no position and is prepended only after masking;
+* one LayerNorm runs over the whole sequence before the first block, and there is none after
+  the last one;
+* the blocks are post-norm: ``r = LN1(x + attn(x)); out = LN2(r + mlp(r))``. The teacher's
+  regression targets are the raw MLP outputs ``mlp(r)`` (``return_ffn=True``).
+
+Token order is time-major: token ``t·F_p + f`` is time patch ``t``, frequency patch ``f``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslam.errors import SslamError
+
+
+class ModelInputError(SslamError, ValueError):
+    """An input tensor or configuration does not fit the encoder (wrong shape, too long...)."""
+
+
+@dataclass
+class EncoderConfig:
+    """ViT-B/16 over a 128-bin log-mel spectrogram (the official EAT/SSLAM encoder)."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    num_mel_bins: int = 128
+    # Rows of the positional table along time: 768 time patches ≈ 2 minutes of 10 ms frames.
+    max_time_patches: int = 768
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    # Largest stochastic-depth rate (last block); 0 in pre-training, 0.1 in the official fine-tuning.
+    drop_path: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ModelInputError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.embed_dim % 4:
+            # The 2-D sin-cos table splits the channels into 2 axes × (sin, cos).
+            raise ModelInputError(f"embed_dim {self.embed_dim} must be divisible by 4 for the 2-D sin-cos table")
+        if self.num_mel_bins % self.patch_size:
+            raise ModelInputError(
+                f"num_mel_bins {self.num_mel_bins} is not a multiple of patch_size {self.patch_size}"
+            )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ModelInputError(f"drop_path must be in [0, 1), got {self.drop_path}")
+
+    @property
+    def freq_patches(self) -> int:
+        return self.num_mel_bins // self.patch_size
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        return int(round(self.embed_dim * self.mlp_ratio))
+
+
+def sincos_1d(channels: int, positions: torch.Tensor) -> torch.Tensor:
+    """(P,) positions -> (P, channels) = [sin(p·ω_k) for k < C/2, cos(p·ω_k) for k < C/2],
+    ω_k = 10000^(−k/(C/2)) (the MAE/Transformer table), computed in float64 for exactness."""
+    half = channels // 2
+    omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.to(torch.float64)[:, None] * omega[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def sincos_table(embed_dim: int, time_patches: int, freq_patches: int) -> torch.Tensor:
+    """Fixed 2-D position table (1, time_patches·freq_patches, embed_dim), rows time-major.
+
+    Channels [0, D/2) encode the frequency index and [D/2, D) the time index, as in the official
+    table (MAE builds its grid with the width coordinate first, and EAT's width is frequency).
+    """
+    time_index = torch.arange(time_patches).repeat_interleave(freq_patches)
+    freq_index = torch.arange(freq_patches).repeat(time_patches)
+    table = torch.cat([sincos_1d(embed_dim // 2, freq_index), sincos_1d(embed_dim // 2, time_index)], dim=1)
+    return table.float().unsqueeze(0)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a residual branch per sample with probability `rate` (training only)."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (outputs ordered q|k|v, heads contiguous)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
+        # SDPA scales by 1/sqrt(head_dim) and accumulates the softmax in fp32 under autocast,
+        # which is what the official "fp32 softmax" attention does explicitly.
+        out = F.scaled_dot_product_attention(query, key, value)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()  # exact (erf) GELU, as timm's Mlp
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PostNormBlock(nn.Module):
+    """The official "AltBlock" with layer_norm_first=False. Returns (block output, raw MLP output)."""
+
+    def __init__(self, config: EncoderConfig, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.attn = Attention(config.embed_dim, config.num_heads, config.qkv_bias)
+        self.norm1 = nn.LayerNorm(config.embed_dim, eps=config.norm_eps)
+        self.mlp = Mlp(config.embed_dim, config.mlp_hidden_dim)
+        self.norm2 = nn.LayerNorm(config.embed_dim, eps=config.norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        residual = self.norm1(x + self.drop_path(self.attn(x)))
+        ffn_out = self.mlp(residual)
+        return self.norm2(residual + self.drop_path(ffn_out)), ffn_out
+
+
+class AudioEncoder(nn.Module):
+    """Spectrogram ViT. Input: normalised fbank (N, T, F) or (N, 1, T, F); see the module docstring."""
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        super().__init__()
+        # A private copy: set_drop_path edits it, and callers may share their config object.
+        self.config = config = dataclasses.replace(config or EncoderConfig())
+        self.patch_embed = nn.Conv2d(1, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size)
+        # Fixed, never trained: a persistent buffer keeps it in the state_dict (like the official
+        # requires_grad=False parameter) while keeping it out of optimisers and the EMA average.
+        self.register_buffer(
+            "pos_embed", sincos_table(config.embed_dim, config.max_time_patches, config.freq_patches)
+        )
+        self.cls_token = nn.Parameter(torch.empty(1, 1, config.embed_dim))
+        self.pre_norm = nn.LayerNorm(config.embed_dim, eps=config.norm_eps)
+        self.blocks = nn.ModuleList(PostNormBlock(config) for _ in range(config.depth))
+        self.set_drop_path(config.drop_path)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ setup
+    def reset_parameters(self) -> None:
+        """BERT init for every Linear (N(0, 0.02), bias 0); LayerNorm 1/0; CLS ~ N(0, 1);
+        Xavier-uniform patch conv."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Xavier on the flattened (D, patch²) view, so fan-in counts the pixels of one patch;
+        # the conv bias keeps its PyTorch default, as in the official code.
+        self.patch_embed.reset_parameters()
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.config.embed_dim, -1))
+        nn.init.normal_(self.cls_token, std=1.0)
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth rising linearly from 0 (first block) to `rate` (last block)."""
+        if not 0.0 <= rate < 1.0:
+            raise ModelInputError(f"drop_path must be in [0, 1), got {rate}")
+        self.config.drop_path = rate
+        rates = torch.linspace(0.0, rate, len(self.blocks)).tolist() if self.blocks else []
+        for block, block_rate in zip(self.blocks, rates):
+            block.drop_path.rate = block_rate
+
+    # ------------------------------------------------------------------ shapes
+    def grid(self, num_frames: int) -> tuple[int, int]:
+        """(time_patches, freq_patches) for an input of `num_frames` frames."""
+        if num_frames % self.config.patch_size:
+            raise ModelInputError(f"{num_frames} frames is not a multiple of the patch size {self.config.patch_size}")
+        time_patches = num_frames // self.config.patch_size
+        if time_patches > self.config.max_time_patches:
+            raise ModelInputError(
+                f"{num_frames} frames = {time_patches} time patches exceed the positional table "
+                f"({self.config.max_time_patches} time patches); truncate the input"
+            )
+        return time_patches, self.config.freq_patches
+
+    # ------------------------------------------------------------------ forward steps
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, F) or (N, 1, T, F) fbank -> (N, L, D) patch tokens + fixed positions, time-major."""
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[-1] != self.config.num_mel_bins:
+            raise ModelInputError(
+                f"expected fbank (N, T, {self.config.num_mel_bins}) or (N, 1, T, {self.config.num_mel_bins}), "
+                f"got {tuple(x.shape)}"
+            )
+        self.grid(x.shape[-2])  # validates the length
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, D, Tp, Fp) -> (N, Tp·Fp, D)
+        return tokens + self.pos_embed[:, : tokens.shape[1]].to(tokens.dtype)
+
+    def add_cls_and_norm(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, L', D) -> (N, 1+L', D): prepend the CLS token (no position), then the pre-blocks LayerNorm."""
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+        return self.pre_norm(torch.cat([cls, tokens], dim=1))
+
+    def forward_blocks(
+        self, seq: torch.Tensor, return_ffn: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run all blocks. With return_ffn, also return each block's raw MLP output (N, 1+L', D)."""
+        ffn_outputs = []
+        for block in self.blocks:
+            seq, ffn_out = block(seq)
+            ffn_outputs.append(ffn_out)
+        return (seq, ffn_outputs) if return_ffn else seq
+
+    def forward_features(
+        self, x: torch.Tensor, keep_index: torch.Tensor | None = None, return_ffn: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """fbank -> (N, 1+K, D), CLS first. keep_index (N, K) selects the visible tokens (masking
+        happens after the positional embedding, so kept tokens keep their positions)."""
+        tokens = self.embed(x)
+        if keep_index is not None:
+            tokens = gather_tokens(tokens, keep_index)
+        return self.forward_blocks(self.add_cls_and_norm(tokens), return_ffn=return_ffn)
+
+    def forward(self, x: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_features(x, keep_index)
+
+    # ------------------------------------------------------------------ accounting
+    def num_parameters(self, include_pos_table: bool = False) -> int:
+        """Trainable parameter count; `include_pos_table` adds the fixed sin-cos table, which the
+        paper's "93M during pre-training" counts (the official code stores it as a parameter)."""
+        count = sum(p.numel() for p in self.parameters())
+        return count + (self.pos_embed.numel() if include_pos_table else 0)
+
+    def flops_per_forward(self, num_tokens: int, num_patches: int | None = None) -> int:
+        """Forward FLOPs of one sequence (multiply-add = 2 FLOPs), for MFU accounting.
+
+        Per block, with L = num_tokens (CLS included), D = width, H = MLP width:
+          matmuls  2·L·(4·D² + 2·D·H)   (qkv 3D², proj D², fc1 D·H, fc2 H·D)
+          attention 4·L²·D              (Q·Kᵀ and attention·V, 2·L²·D each)
+        plus the patch embedding 2·P·D·patch² over P = num_patches (default num_tokens − 1; the
+        student embeds all patches before dropping the masked ones, so pass the full count).
+        Norms, GELU and softmax are ignored. A backward pass costs about twice the forward.
+        ViT-B at 513 tokens: ≈ 97 GFLOPs.
+        """
+        cfg = self.config
+        dim, hidden, length = cfg.embed_dim, cfg.mlp_hidden_dim, num_tokens
+        per_block = 2 * length * (4 * dim * dim + 2 * dim * hidden) + 4 * length * length * dim
+        patches = num_tokens - 1 if num_patches is None else num_patches
+        return cfg.depth * per_block + 2 * patches * dim * cfg.patch_size**2
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tokens (N, L, D), index (N, K) -> (N, K, D) = tokens[n, index[n, k]]."""
+    if index.ndim != 2 or index.shape[0] != tokens.shape[0]:
+        raise ModelInputError(f"keep_index must be (N={tokens.shape[0]}, K), got {tuple(index.shape)}")
+    return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+__all__ = [
+    "AudioEncoder",
+    "EncoderConfig",
+    "ModelInputError",
+    "PostNormBlock",
+    "gather_tokens",
+    "sincos_table",
+]
