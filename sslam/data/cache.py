@@ -1,0 +1,328 @@
+"""HDF5 spectrogram cache: one shard file holds the raw log-mel of every N-th clip of a manifest.
+
+Decoding, resampling and the Kaldi fbank cost tens of milliseconds per 10-s clip; reading a cached
+(T, F) float16 block costs well under one. So the front end runs once per clip here, and training
+reads shards through `sslam.data.datasets.FbankDataset`.
+
+Shard layout (docs/contracts.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, holding
+the RAW log-mel padded/truncated to `target_length` (normalisation happens at read time, so one
+cache serves any mean/std); `num_frames` int32; `clip_id`, `split` str; `fold` int16; `labels` uint8
+multi-hot (N, C); manifest extra columns under the group `extra/`. Attributes record everything the
+content depends on (front-end parameters, target length, manifest hash, classes, shard index) plus
+the normalisation sums, and `complete = True` is written last.
+
+A shard is written to `SHARD.h5.tmp` and renamed only when complete, so a killed job never leaves
+a file that looks finished and a rebuild never destroys a good shard before its successor exists.
+Clips the front end rejects (missing, undecodable, empty, silent, too short, NaN/inf) are listed in
+`SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from sslam import __version__
+from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank
+from sslam.configuration import from_dict, load_yaml, section
+from sslam.data.manifest import COLUMNS, Manifest, read_manifest
+from sslam.errors import AudioError, CacheError, ConfigError
+
+# Splits whose frames feed the normalisation statistics: never evaluation data.
+STATISTICS_SPLITS = ("train", "unlabeled")
+BASE_DATASETS = ("fbank", "num_frames", "clip_id", "split", "fold", "labels")
+
+
+@dataclass
+class CacheConfig:
+    max_failure_fraction: float = 0.05      # skipped / total clips above this fails the shard
+    compression: str | None = None          # None, "lzf" or "gzip"; None reads fastest
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_failure_fraction <= 1.0:
+            raise ConfigError(f"cache.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if self.compression not in (None, "lzf", "gzip"):
+            raise ConfigError(f"cache.compression must be null, 'lzf' or 'gzip', got {self.compression!r}")
+
+
+@dataclass
+class ShardReport:
+    path: Path
+    skips_path: Path
+    total: int
+    written: int
+    skipped: int
+    seconds: float
+
+
+def shard_rows(num_rows: int, shard_index: int, num_shards: int) -> range:
+    """Rows i, i+N, i+2N...: deterministic and balanced, and neighbouring rows land in different shards."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise CacheError(f"shard index {shard_index} is not in 0..{num_shards - 1}")
+    return range(shard_index, num_rows, num_shards)
+
+
+def front_end_json(config: FrontEndConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def _extra_columns(manifest: Manifest) -> list[str]:
+    return [column for column in manifest.table.columns if column not in COLUMNS]
+
+
+def _extra_array(values: pd.Series) -> np.ndarray:
+    """Integers as int16 when they fit (e.g. polyphony), other numbers float32, the rest str."""
+    if pd.api.types.is_integer_dtype(values):
+        fits = values.empty or (values.min() >= np.iinfo(np.int16).min and values.max() <= np.iinfo(np.int16).max)
+        return values.to_numpy(np.int16 if fits else np.int64)
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(np.float32)
+    return values.astype(str).to_numpy(dtype=object)
+
+
+def _write_skips(path: Path, skips: list[tuple[str, str, str]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame(skips, columns=["clip_id", "path", "reason"]).to_csv(tmp, sep="\t", index=False)
+    tmp.replace(path)
+
+
+def build_shard(
+    manifest_path: str | Path,
+    out_path: str | Path,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    target_length: int = 1024,
+    front_end: FrontEndConfig = DEFAULT_FRONT_END,
+    config: CacheConfig | None = None,
+) -> ShardReport:
+    """Cache rows shard_index, shard_index + num_shards, ... of the manifest into `out_path`.
+
+    Runs on one core: the per-clip tensors are too small for intra-op threads to pay off (on a busy
+    machine they make the fbank 10-100x slower); parallelism comes from building shards side by side.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_shard(manifest_path, Path(out_path), shard_index, num_shards, target_length, front_end,
+                            config or CacheConfig())
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: int, target_length: int,
+                 front_end: FrontEndConfig, config: CacheConfig) -> ShardReport:
+    if target_length < 1:
+        raise CacheError(f"target_length must be >= 1, got {target_length}")
+    started = time.perf_counter()
+    manifest = read_manifest(manifest_path)
+    rows = shard_rows(len(manifest), shard_index, num_shards)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(out_path.name + ".tmp")
+    skips_path = out_path.with_name(out_path.name.removesuffix(".h5") + ".skips.tsv")
+    num_bins = front_end.num_mel_bins
+    kept: list[int] = []
+    skips: list[tuple[str, str, str]] = []
+    stat_sum = stat_sumsq = 0.0
+    stat_count = 0
+
+    with h5py.File(tmp_path, "w") as shard:
+        # Room for every row of the shard; shrunk to the clips that decoded once the loop is done.
+        fbank = shard.create_dataset("fbank", shape=(len(rows), target_length, num_bins),
+                                     maxshape=(None, target_length, num_bins), dtype=np.float16,
+                                     chunks=(1, target_length, num_bins), compression=config.compression)
+        num_frames = []
+        for row in rows:
+            clip_id = manifest.table.at[row, "clip_id"]
+            path = manifest.audio_path(row)
+            try:
+                raw = load_raw_fbank(path, front_end)
+            except AudioError as error:
+                skips.append((clip_id, str(path), str(error)))
+                continue
+            fitted = fit_length(raw, target_length).numpy()
+            fbank[len(kept)] = fitted.astype(np.float16)
+            if manifest.table.at[row, "split"] in STATISTICS_SPLITS:
+                real = fitted[:min(raw.shape[0], target_length)].astype(np.float64)   # padding would bias them
+                stat_sum += real.sum()
+                stat_sumsq += np.square(real).sum()
+                stat_count += real.size
+            num_frames.append(raw.shape[0])
+            kept.append(row)
+        fbank.resize(len(kept), axis=0)
+
+        too_many_failures = bool(rows) and len(skips) / len(rows) > config.max_failure_fraction
+        if not too_many_failures:
+            _write_columns(shard, manifest, kept, num_frames)
+            shard.attrs.update({
+                "front_end": front_end_json(front_end), "target_length": target_length, "num_mel_bins": num_bins,
+                "manifest_hash": manifest.content_hash(), "manifest_rows": len(manifest),
+                "sslam_version": __version__, "classes": json.dumps(manifest.classes),
+                "class_names": json.dumps(manifest.class_names), "num_classes": manifest.num_classes,
+                "shard_index": shard_index, "num_shards": num_shards, "num_skipped": len(skips),
+                "stat_sum": stat_sum, "stat_sumsq": stat_sumsq, "stat_count": stat_count,
+            })
+            shard.flush()
+            shard.attrs["complete"] = True     # last: a shard without it is unfinished, whatever else it holds
+    _write_skips(skips_path, skips)
+    if too_many_failures:
+        tmp_path.unlink()
+        raise CacheError(
+            f"{len(skips)} of {len(rows)} clips failed ({len(skips) / len(rows):.1%} > max_failure_fraction "
+            f"{config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
+        )
+    tmp_path.replace(out_path)
+    return ShardReport(out_path, skips_path, len(rows), len(kept), len(skips), time.perf_counter() - started)
+
+
+def _write_columns(shard: h5py.File, manifest: Manifest, kept: list[int], num_frames: list[int]) -> None:
+    """Per-clip metadata of the cached rows, in fbank order."""
+    string = h5py.string_dtype()
+    table = manifest.table.iloc[kept]
+    class_index = manifest.class_index()
+    labels = np.zeros((len(kept), manifest.num_classes), dtype=np.uint8)
+    for position, row in enumerate(kept):
+        labels[position, [class_index[label] for label in manifest.labels_of(row)]] = 1
+    shard.create_dataset("num_frames", data=np.asarray(num_frames, dtype=np.int32))
+    shard.create_dataset("clip_id", data=table["clip_id"].to_numpy(dtype=object), dtype=string)
+    shard.create_dataset("split", data=table["split"].to_numpy(dtype=object), dtype=string)
+    shard.create_dataset("fold", data=table["fold"].to_numpy(np.int16))
+    shard.create_dataset("labels", data=labels)
+    extra_group = shard.create_group("extra")
+    for column in _extra_columns(manifest):
+        values = _extra_array(table[column])
+        extra_group.create_dataset(column, data=values, dtype=string if values.dtype == object else values.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+def _problems_in(shard: h5py.File, manifest: Manifest | None, front_end: FrontEndConfig | None,
+                 target_length: int | None) -> list[str]:
+    attrs = shard.attrs
+    if not attrs.get("complete", False):
+        return ["no `complete` flag: the build did not finish"]
+    problems = []
+    missing = [name for name in BASE_DATASETS if name not in shard]
+    if missing:
+        return [f"missing dataset(s) {missing}"]
+    try:
+        lengths = {name: len(shard[name]) for name in BASE_DATASETS}
+        lengths.update({f"extra/{name}": len(shard["extra"][name]) for name in shard.get("extra", {})})
+        rows = lengths["fbank"]
+        for name in BASE_DATASETS[1:]:
+            shard[name][()]                                 # reading everything small catches corrupt blocks
+        if rows:
+            shard["fbank"][0], shard["fbank"][rows - 1]     # first and last chunk: catches a truncated file
+    except Exception as error:  # h5py raises OSError/KeyError/RuntimeError for damaged files
+        return [f"unreadable data: {error}"]
+    if len(set(lengths.values())) > 1:
+        problems.append(f"row counts differ between datasets: {lengths}")
+    if shard["labels"].shape[1] != attrs.get("num_classes"):
+        problems.append(f"labels has {shard['labels'].shape[1]} columns but num_classes is {attrs.get('num_classes')}")
+    if front_end is not None and attrs.get("front_end") != front_end_json(front_end):
+        problems.append(f"front-end parameters differ: shard {attrs.get('front_end')} vs config {front_end_json(front_end)}")
+    if target_length is not None and attrs.get("target_length") != target_length:
+        problems.append(f"target_length is {attrs.get('target_length')}, expected {target_length}")
+    if front_end is not None and shard["fbank"].shape[2] != front_end.num_mel_bins:
+        problems.append(f"fbank has {shard['fbank'].shape[2]} mel bins, config says {front_end.num_mel_bins}")
+    if manifest is not None:
+        if attrs.get("manifest_hash") != manifest.content_hash():
+            problems.append(f"manifest hash {attrs.get('manifest_hash')} != {manifest.content_hash()}: the manifest changed")
+        if attrs.get("num_classes") != manifest.num_classes or json.loads(attrs.get("classes", "[]")) != manifest.classes:
+            problems.append(f"class list differs from the manifest's ({attrs.get('num_classes')} vs {manifest.num_classes} classes)")
+        expected = len(shard_rows(len(manifest), int(attrs.get("shard_index", 0)), int(attrs.get("num_shards", 1))))
+        if rows + int(attrs.get("num_skipped", 0)) != expected:
+            problems.append(f"{rows} rows + {attrs.get('num_skipped')} skipped != {expected} manifest rows for this shard")
+    return problems
+
+
+def verify_shard(path: str | Path, manifest: Manifest | None = None, front_end: FrontEndConfig | None = None,
+                 target_length: int | None = None) -> list[str]:
+    """Every problem found in one shard, one message each (empty list = good)."""
+    path = Path(path)
+    if not path.is_file():
+        return ["file not found"]
+    try:
+        with h5py.File(path, "r") as shard:
+            return _problems_in(shard, manifest, front_end, target_length)
+    except OSError as error:
+        return [f"not a readable HDF5 file (truncated or corrupt?): {error}"]
+
+
+def verify_shard_set(paths: list[str | Path]) -> list[str]:
+    """Problems between the shards of one dataset: same build settings, distinct shard indices."""
+    keys = ("num_shards", "manifest_hash", "target_length", "front_end")
+    seen: dict[int, str] = {}
+    reference, problems = None, []
+    for path in paths:
+        try:
+            with h5py.File(path, "r") as shard:
+                attrs = {key: shard.attrs.get(key) for key in keys + ("shard_index",)}
+        except OSError:
+            continue                                    # already reported by verify_shard
+        settings = tuple(str(attrs[key]) for key in keys)
+        reference = reference or (settings, path)
+        if settings != reference[0]:
+            problems.append(f"{path}: built with other settings ({', '.join(keys)}) than {reference[1]}")
+        index = int(attrs["shard_index"] or 0)
+        if index in seen:
+            problems.append(f"{path}: shard index {index} also in {seen[index]}")
+        seen[index] = str(path)
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# `sslam cache build|verify`
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="cache one shard of a manifest")
+    build.add_argument("--manifest", required=True, help="canonical manifest.tsv")
+    build.add_argument("--out", required=True, help="shard file to write, e.g. shard-000-of-004.h5")
+    build.add_argument("--shard", type=int, default=0, help="shard index i (takes rows i, i+N, ...)")
+    build.add_argument("--num-shards", type=int, default=1, help="number of shards N")
+    build.add_argument("--target-length", type=int, required=True, help="frames per clip after pad/truncate")
+    build.add_argument("--config", help="study YAML (its front_end and cache sections)")
+    build.add_argument("--max-failure-fraction", type=float, help="overrides cache.max_failure_fraction")
+    verify = actions.add_parser("verify", help="check shards; exit 1 when anything is wrong")
+    verify.add_argument("shards", nargs="+", help="shard files")
+    verify.add_argument("--manifest", help="the manifest the shards were built from")
+    verify.add_argument("--config", help="study YAML: check the front-end parameters against it")
+    verify.add_argument("--target-length", type=int, help="expected target length")
+
+
+def _configs(config_path: str | None) -> tuple[FrontEndConfig, CacheConfig]:
+    data = load_yaml(config_path) if config_path else {}
+    return (from_dict(FrontEndConfig, section(data, "front_end"), where="front_end"),
+            from_dict(CacheConfig, section(data, "cache"), where="cache"))
+
+
+def run(args: argparse.Namespace) -> int:
+    front_end, cache_config = _configs(args.config)
+    if args.action == "build":
+        if args.max_failure_fraction is not None:
+            cache_config = dataclasses.replace(cache_config, max_failure_fraction=args.max_failure_fraction)
+        report = build_shard(args.manifest, args.out, args.shard, args.num_shards, args.target_length, front_end, cache_config)
+        print(f"{report.path}: {report.written} clips cached, {report.skipped} skipped (see {report.skips_path}), "
+              f"{report.seconds:.1f} s")
+        return 0
+    manifest = read_manifest(args.manifest) if args.manifest else None
+    failed = False
+    for shard in args.shards:
+        problems = verify_shard(shard, manifest, front_end if args.config else None, args.target_length)
+        for problem in problems:
+            print(f"{shard}: {problem}")
+        print(f"{shard}: {'BAD' if problems else 'ok'}")
+        failed |= bool(problems)
+    for problem in verify_shard_set(args.shards) if len(args.shards) > 1 else []:
+        print(problem)
+        failed = True
+    return 1 if failed else 0
