@@ -89,13 +89,16 @@ class Manifest:
         duplicated = self.table["clip_id"][self.table["clip_id"].duplicated()]
         if len(duplicated):
             raise ManifestError(f"duplicate clip ids, e.g. {duplicated.iloc[0]!r} ({len(duplicated)} in all)")
-        known = set(self.classes)
-        for row in range(len(self.table)):
-            for label in self.labels_of(row):
-                if label not in known:
-                    raise ManifestError(
-                        f"row {row} (clip {self.table.at[row, 'clip_id']!r}): unknown label id {label!r}"
-                    )
+        # Vectorised: AS-2M has ~2M rows, and a per-row Python loop costs minutes there.
+        exploded = self.table["labels"].str.split(LABEL_SEPARATOR).explode()
+        exploded = exploded[exploded.notna() & (exploded != "")]
+        unknown = exploded[~exploded.isin(set(self.classes))]
+        if len(unknown):
+            row = unknown.index[0]
+            raise ManifestError(
+                f"row {row} (clip {self.table.at[row, 'clip_id']!r}): unknown label id {unknown.iloc[0]!r}"
+                f" ({len(unknown)} unknown label occurrences in all)"
+            )
 
     def content_hash(self) -> str:
         """Stable hash of the table and class list: what the cache records to detect a stale shard."""
