@@ -1,0 +1,81 @@
+"""Where training progress goes: DIR/metrics.jsonl (always, the source of truth), MLflow (optional, through
+`JobTracker`) and a tqdm bar on interactive terminals."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from sslam.tracking import JobTracker
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to `path`, mirrored to `tracker` when tracking is on."""
+
+    def __init__(self, path: str | Path, tracker: JobTracker | None = None, prefix: str = "") -> None:
+        self.path = Path(path)
+        self.tracker = tracker
+        self.prefix = prefix
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after `step`: a resumed run re-does those steps and logs them again."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and _is_complete_line_at_or_before(line, step)]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as stream:
+            stream.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            self.tracker.log_metrics({f"{self.prefix}{k}": v for k, v in record.items() if k != "step"}, step)
+
+
+def _is_complete_line_at_or_before(line: str, step: int) -> bool:
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False  # a line cut short by a kill
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    return value
+
+
+class Throughput:
+    """Clips per second between successive `rate()` calls (wall clock)."""
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+        self._clips = 0
+
+    def add(self, clips: int) -> None:
+        self._clips += clips
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        elapsed = max(now - self._since, 1e-9)
+        rate = self._clips / elapsed
+        self._since, self._clips = now, 0
+        return rate
+
+
+def progress_bar(total: int, initial: int, enabled: bool | None, description: str) -> tqdm:
+    """A tqdm bar over optimizer updates; off when stderr is not a terminal unless forced on."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=description, unit="step",
+                dynamic_ncols=True)

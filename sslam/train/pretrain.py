@@ -1,0 +1,196 @@
+"""`sslam pretrain`: Stage 1 / Stage 2 self-supervised pretraining from HDF5 fbank shards.
+
+    sslam pretrain --config config/demo.yaml --stage 1 --out results/demo/pretrain/stage1
+    sslam pretrain --config config/demo.yaml --stage 2 --variant SSLAM \\
+        --init results/demo/pretrain/stage1/checkpoint.pt --out results/demo/pretrain/stage2/SSLAM
+    torchrun --standalone --nproc-per-node=4 -m sslam.cli pretrain ...      # data parallel, same semantics
+
+Writes DIR/metrics.jsonl (every `log_every` updates), DIR/state/last.pt (every `checkpoint_every` updates and
+at the end; `--resume` continues from it bit-exactly) and DIR/checkpoint.pt (the final weights in the
+project's checkpoint format). This module turns the study config into objects; `sslam.train.loop` trains.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sslam.configuration import from_dict, load_yaml, section, to_dict
+from sslam.errors import ConfigError, SslamError
+from sslam.provenance import code_hash
+from sslam.tracking import JobTracker
+from sslam.train.config import TrainConfig, train_config_for_stage
+from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
+from sslam.train.loop import Pretrainer, RunIdentity
+from sslam.train.metrics import MetricsLog
+from sslam.train.state import load_training_state, state_paths
+
+log = logging.getLogger(__name__)
+
+# The training schedule owns the teacher's EMA settings; these are the objective's copies of them.
+EMA_KEYS = {"ema_start": "ema_decay_start", "ema_end": "ema_decay_end", "ema_anneal_steps": "ema_anneal_steps"}
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--config", required=True, help="study YAML (model, objective, variants, pretrain, datasets)")
+    parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
+    parser.add_argument("--variant", help="objective preset + the study's `variants.<name>` overrides "
+                                          "(MB-UA, MB-PMA, MB-UA-PMA, SSLAM); default: the base objective")
+    parser.add_argument("--init", help="Stage-1 checkpoint to start Stage 2 from (student ← its student, "
+                                       "teacher ← its teacher); required for a fresh Stage 2")
+    parser.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.jsonl, state/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/state/last.pt if present (else start fresh)")
+    parser.add_argument("--steps", type=int, help="override pretrain.stageK.steps (the schedule follows)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--shards", nargs="+", help="HDF5 cache shards (default: the study's cache of "
+                                                    "study.pretrain_dataset)")
+    parser.add_argument("--tracking", help="tracking.json of the study (or set MLFLOW_TRACKING_URI)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="tqdm progress bar (default: only on a terminal)")
+
+
+def objective_config(config: dict[str, Any], variant: str | None, train: TrainConfig):
+    """`objective` + variant preset + `variants.<variant>`, with the EMA schedule of the training stage."""
+    from sslam.objective.config import variant_config
+
+    base = section(config, "objective")
+    overrides = section(config, f"variants.{variant}") if variant else {}
+    for train_key, objective_key in EMA_KEYS.items():
+        for where, values in (("objective", base), (f"variants.{variant}", overrides)):
+            if objective_key in values and values[objective_key] != getattr(train, train_key):
+                raise ConfigError(
+                    f"{where}.{objective_key} = {values[objective_key]} contradicts the stage's "
+                    f"pretrain.stageK.{train_key} = {getattr(train, train_key)}; set it in pretrain.stageK only")
+    ema = {objective_key: getattr(train, train_key) for train_key, objective_key in EMA_KEYS.items()}
+    return variant_config(variant, base, {**overrides, **ema})
+
+
+def pretrain_dataset_config(config: dict[str, Any]):
+    """(name, DatasetConfig) of study.pretrain_dataset."""
+    from sslam.data.commands import DatasetConfig
+
+    name = section(config, "study.pretrain_dataset", default="")
+    if not name:
+        raise ConfigError("study.pretrain_dataset is not set")
+    if not isinstance(section(config, f"datasets.{name}", default=None), dict):
+        raise ConfigError(f"study.pretrain_dataset is {name!r} but datasets.{name} is not configured")
+    return name, from_dict(DatasetConfig, section(config, f"datasets.{name}"), where=f"datasets.{name}")
+
+
+def default_shards(config: dict[str, Any]) -> list[Path]:
+    """<study.results>/cache/<dataset>/shard-XXX-of-YYY.h5 for every shard of study.pretrain_dataset."""
+    name, dataset = pretrain_dataset_config(config)
+    folder = Path(section(config, "study.results", default="results")) / "cache" / name
+    return [folder / f"shard-{i:03d}-of-{dataset.shards:03d}.h5" for i in range(dataset.shards)]
+
+
+def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):
+    """Unlabelled clips of the train/unlabeled splits, normalised with the dataset's norm_mean/norm_std
+    (null = computed from the cache's sums)."""
+    from sslam.data.datasets import FbankDataset
+
+    missing = [str(p) for p in shard_paths if not Path(p).is_file()]
+    if missing:
+        raise SslamError(f"cache shard(s) not found: {', '.join(missing)} (run `sslam cache build` first)")
+    _, dataset = pretrain_dataset_config(config)
+    return FbankDataset(shard_paths, dataset.norm_mean, dataset.norm_std, labelled=False,
+                        splits=("train", "unlabeled"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_objective(config: dict[str, Any], stage: int, variant: str | None, train: TrainConfig,
+                    seed: int, norm_stats: tuple[float, float]):
+    """The PretrainingObjective of the study's model/objective/variant config (weights from the global
+    torch RNG; masks and mixing positions from its own generator seeded with `seed`)."""
+    from sslam.model.decoder import DecoderConfig
+    from sslam.model.encoder import EncoderConfig
+    from sslam.objective.pretraining import PretrainingObjective
+
+    encoder_cfg = from_dict(EncoderConfig, section(config, "model.encoder"), "model.encoder")
+    decoder_cfg = from_dict(DecoderConfig, section(config, "model.decoder"), "model.decoder")
+    objective_cfg = objective_config(config, variant, train)
+    objective = PretrainingObjective(encoder_cfg, decoder_cfg, objective_cfg, stage, seed=seed,
+                                     norm_stats=norm_stats)
+    return objective, encoder_cfg, decoder_cfg, objective_cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    config = load_yaml(args.config)
+    train = train_config_for_stage(config, args.stage)
+    if args.steps is not None:
+        try:
+            train = dataclasses.replace(train, steps=args.steps)
+        except ValueError as error:
+            raise ConfigError(f"--steps {args.steps}: {error}") from error
+    out_dir = Path(args.out)
+    snapshot = load_training_state(out_dir) if args.resume else None
+    if snapshot is None and state_paths(out_dir)[0].exists() and not args.resume:
+        raise SslamError(f"{out_dir} already holds a training state: pass --resume or choose another --out")
+    if args.stage == 2 and snapshot is None and not args.init:
+        raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
+
+    context = init_distributed(args.device)
+    finished = False
+    try:
+        shards = [Path(p) for p in args.shards] if args.shards else default_shards(config)
+        dataset = pretraining_dataset(config, shards)
+        # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a per-rank
+        # seed so that ranks draw different masks and mixing positions.
+        rank_seed = train.seed + 1000 * context.rank
+        seed_everything(train.seed)
+        objective, encoder_cfg, decoder_cfg, objective_cfg = build_objective(
+            config, args.stage, args.variant, train, rank_seed, (dataset.norm_mean, dataset.norm_std))
+        if snapshot is None and args.stage == 2:
+            from sslam.model.checkpoints import read_checkpoint
+
+            sources = objective.load_stage1(read_checkpoint(args.init))
+            log.info("stage 2 initialised from %s: %s", args.init, sources)
+        seed_everything(rank_seed)
+        recorded = {"pretrain": to_dict(train), "objective": to_dict(objective_cfg),
+                    "model": {"encoder": to_dict(encoder_cfg), "decoder": to_dict(decoder_cfg)},
+                    "stage": args.stage, "variant": args.variant, "init": args.init}
+        identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded)
+        _train(args, train, objective, dataset, identity, snapshot, context)
+        finished = True
+    finally:
+        # Wait for the other ranks only on success: after an error on one rank a barrier could hang.
+        shutdown_distributed(context, wait_for_others=finished)
+    return 0
+
+
+def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, identity: RunIdentity,
+           snapshot: dict[str, Any] | None, context: DistributedContext) -> None:
+    out_dir = Path(args.out)
+    run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
+    tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain",
+            "code_hash": code_hash("sslam.model", "sslam.objective", "sslam.train")}
+    # Only the main rank reports; JobTracker would otherwise pick MLFLOW_TRACKING_URI up on every rank.
+    tracker = JobTracker(args.tracking, run_name, tags, identity.config) if context.is_main else None
+    with tracker or contextlib.nullcontext():
+        trainer = Pretrainer(objective, dataset, train, out_dir, identity, context,
+                             metrics=MetricsLog(out_dir / "metrics.jsonl", tracker), show_progress=args.progress)
+        if snapshot is not None:
+            trainer.restore(snapshot)
+            log.info("resuming %s at update %d of %d%s", out_dir, trainer.step, train.steps,
+                     " (--init is ignored: the weights come from the snapshot)" if args.init else "")
+        final = trainer.run()
+        trainer.save_final(out_dir / "checkpoint.pt")
+        if tracker is not None:
+            tracker.log_artifact(out_dir / "metrics.jsonl")
+        if context.is_main:
+            log.info("finished %d updates: %s", trainer.step,
+                     ", ".join(f"{k}={v:.6g}" for k, v in final.items() if isinstance(v, float)))

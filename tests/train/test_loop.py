@@ -1,0 +1,116 @@
+"""The loop in-process: NaN stops the run naming step and term with the last snapshot intact; checkpoint
+contents; the CLI's argument checks."""
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from sslam.cli import main
+from sslam.configuration import load_yaml
+from sslam.errors import ConfigError
+from sslam.train.config import train_config_for_stage
+from sslam.train.loop import NonFiniteLossError, Pretrainer, RunIdentity
+from sslam.train.pretrain import build_objective, objective_config
+from sslam.train.state import load_training_state
+
+from conftest import NUM_BINS, NUM_FRAMES, tiny_study
+
+
+class PoisonedClips(Dataset):
+    """Random clips that turn NaN from the `first_bad_read`-th item read on (reads are in loop order)."""
+
+    def __init__(self, num_clips: int, first_bad_read: int) -> None:
+        self.clips = torch.randn(num_clips, NUM_FRAMES, NUM_BINS)
+        self.first_bad_read, self.reads = first_bad_read, 0
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        clip = self.clips[index].clone()
+        if self.reads > self.first_bad_read:
+            clip[0, 0] = float("nan")
+        return clip
+
+
+def _trainer(tmp_path, dataset, stage=1, **train_overrides):
+    config = load_yaml(tiny_study(tmp_path, stage1=train_overrides))
+    train = train_config_for_stage(config, stage)
+    torch.manual_seed(0)
+    objective, encoder_cfg, decoder_cfg, _ = build_objective(config, stage, None, train, seed=0,
+                                                             norm_stats=(0.0, 1.0))
+    identity = RunIdentity(stage, None, {"embed_dim": encoder_cfg.embed_dim}, {"depth": decoder_cfg.depth})
+    return Pretrainer(objective, dataset, train, tmp_path / "run", identity, show_progress=False)
+
+
+def test_nan_in_the_data_stops_with_step_and_terms_and_keeps_last_snapshot(tmp_path):
+    batch = 4
+    trainer = _trainer(tmp_path, PoisonedClips(16, first_bad_read=5 * batch), steps=8, checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"update 6: .*local_unmixed=nan.*global_unmixed=nan"):
+        trainer.run()
+    snapshot = load_training_state(tmp_path / "run")
+    assert snapshot["step"] == 4  # the snapshot of update 4 is intact; nothing was written after the NaN
+    assert all(torch.isfinite(t).all() for t in snapshot["student"].values())
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5]
+
+
+def test_snapshot_holds_the_contract_keys(tmp_path):
+    trainer = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), steps=2, checkpoint_every=2)
+    trainer.run()
+    snapshot = load_training_state(tmp_path / "run")
+    assert snapshot["format"] == "sslam" and snapshot["version"] == 1 and snapshot["stage"] == 1
+    expected_keys = {"student", "decoder", "teacher", "optimizer", "scheduler", "rng", "data", "config", "model"}
+    assert expected_keys <= set(snapshot)
+    assert {"python", "numpy", "torch", "objective"} <= set(snapshot["rng"][0])
+    assert snapshot["data"]["batches_consumed"] == 2 and snapshot["scheduler"]["last_epoch"] == 2
+    # The teacher moved by EMA only: close to, but not equal to, the student.
+    student, teacher = snapshot["student"], snapshot["teacher"]
+    assert not torch.equal(student["blocks.0.mlp.fc1.weight"], teacher["blocks.0.mlp.fc1.weight"])
+
+
+def test_objective_takes_the_ema_schedule_from_the_stage(tmp_path):
+    config = load_yaml(tiny_study(tmp_path))
+    train = train_config_for_stage(config, 2)
+    objective_cfg = objective_config(config, "SSLAM", train)
+    assert (objective_cfg.ema_decay_start, objective_cfg.ema_anneal_steps) == (train.ema_start, 20)
+    config["variants"] = {"SSLAM": {"ema_decay_end": 0.5}}
+    with pytest.raises(ConfigError, match="variants.SSLAM.ema_decay_end"):
+        objective_config(config, "SSLAM", train)
+
+
+def test_cli_rejects_stage2_without_init_and_missing_cache(tmp_path, capsys):
+    config = tiny_study(tmp_path)
+    assert main(["pretrain", "--config", str(config), "--stage", "2", "--out", str(tmp_path / "s2")]) == 1
+    assert "--init" in capsys.readouterr().err
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--shards", str(tmp_path / "nope.h5")]) == 1
+    assert "nope.h5" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mlflow_run_gets_tags_params_and_metrics(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    config = tiny_study(tmp_path, stage1={"steps": 2, "checkpoint_every": 2})
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--no-progress"]) == 0
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("sslam").experiment_id])
+    assert run.data.tags["stage"] == "1" and len(run.data.tags["code_hash"]) == 16
+    assert run.data.params["pretrain.steps"] == "2" and run.data.params["objective.clones_stage1"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert run.info.status == "FINISHED"
+
+
+def test_bf16_autocast_path_runs_and_keeps_fp32_weights(tmp_path):
+    trainer = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), steps=2, checkpoint_every=2,
+                       precision="bf16")
+    assert trainer.config.autocast_dtype("cpu") == torch.bfloat16
+    metrics = trainer.run()
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert all(p.dtype == torch.float32 for p in trainer.objective.parameters())

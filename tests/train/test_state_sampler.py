@@ -1,0 +1,100 @@
+"""Atomic snapshots with fallback to the previous one, random-state capture, the resumable data order."""
+import itertools
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sslam.train.distributed import EpochBatchSampler
+from sslam.model.checkpoints import CheckpointError
+from sslam.train.state import (capture_rng_state, load_training_state, restore_rng_state, save_training_state,
+                               state_paths)
+
+
+def _snapshot(step):
+    return {"format": "sslam", "version": 1, "step": step, "optimizer": {}, "weights": torch.full((3,), step)}
+
+
+def test_save_keeps_previous_and_load_returns_newest(tmp_path):
+    assert load_training_state(tmp_path) is None
+    save_training_state(tmp_path, _snapshot(1))
+    save_training_state(tmp_path, _snapshot(2))
+    last, previous = state_paths(tmp_path)
+    assert torch.load(previous, weights_only=False)["step"] == 1
+    assert load_training_state(tmp_path)["step"] == 2
+    assert not [p for p in last.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
+
+
+def test_truncated_last_falls_back_to_previous(tmp_path, caplog):
+    save_training_state(tmp_path, _snapshot(1))
+    save_training_state(tmp_path, _snapshot(2))
+    last, previous = state_paths(tmp_path)
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # half-written file
+    snapshot = load_training_state(tmp_path)
+    assert snapshot["step"] == 1 and torch.equal(snapshot["weights"], torch.full((3,), 1))
+    assert "unreadable" in caplog.text and "previous snapshot" in caplog.text
+    previous.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable training snapshot"):
+        load_training_state(tmp_path)
+
+
+def test_foreign_file_is_rejected(tmp_path):
+    last, _ = state_paths(tmp_path)
+    last.parent.mkdir(parents=True)
+    torch.save({"model": {}}, last)
+    with pytest.raises(CheckpointError, match="not an sslam training snapshot"):
+        load_training_state(tmp_path)
+
+
+def test_rng_state_round_trip():
+    state = capture_rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    restore_rng_state(state)
+    again = (random.random(), np.random.rand(), torch.rand(2))
+    assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+def test_sampler_ranks_are_disjoint_full_batches_and_cover_an_epoch():
+    num_items, batch, world = 23, 2, 3
+    per_rank = [list(itertools.islice(iter(EpochBatchSampler(num_items, batch, seed=5, rank=r, world_size=world)),
+                                      3)) for r in range(world)]
+    assert all(len(b) == batch for batches in per_rank for b in batches)
+    seen = [i for batches in per_rank for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == world * 3 * batch  # one epoch: 3 batches per rank, no overlap
+
+
+def test_sampler_resumes_the_same_stream_and_reshuffles_each_epoch():
+    sampler = EpochBatchSampler(10, 3, seed=1)
+    assert sampler.batches_per_epoch == 3
+    full = list(itertools.islice(iter(sampler), 8))
+    resumed = list(itertools.islice(iter(EpochBatchSampler(10, 3, seed=1, start_batch=4)), 4))
+    assert resumed == full[4:]
+    assert full[:3] != full[3:6]  # a new permutation each epoch
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        EpochBatchSampler(3, 2, seed=1, world_size=2)
+
+
+class RecordingTracker:
+    def __init__(self):
+        self.calls = []
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, metrics))
+
+
+def test_metrics_log_mirrors_to_tracker_and_truncates_for_resume(tmp_path):
+    from sslam.train.metrics import MetricsLog
+
+    tracker = RecordingTracker()
+    log = MetricsLog(tmp_path / "metrics.jsonl", tracker)
+    for step in (1, 2, 3):
+        log.write(step, {"loss": torch.tensor(float(step)), "lr": 0.1})
+    with (tmp_path / "metrics.jsonl").open("a") as stream:
+        stream.write('{"step": 4, "lo')  # a line cut short by a kill
+    log.truncate_after(2)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    assert tracker.calls[2] == (3, {"loss": 3.0, "lr": 0.1})
