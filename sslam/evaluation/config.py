@@ -1,0 +1,158 @@
+"""Typed configuration of the downstream benchmarks (YAML `evaluation.benchmarks.<name>`).
+
+Defaults are the official SSLAM values: fine-tuning follows the AS-20K script, linear evaluation
+follows the SPASS linear-eval script (spec §9). Where the paper (Tables 7-8) differs, the paper's
+version is a named option (`linear_mode: paper`, `selection`); docs/evaluation.md lists the values
+per benchmark.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from sslam.errors import ConfigError
+
+
+@dataclass
+class RegimeConfig:
+    """Optimisation and augmentation of one training regime (fine-tuning or linear probe).
+
+    Training length is given in `epochs` or in `steps` (at most one; neither = the regime's
+    default length); the warm-up likewise (neither = the regime's default warm-up).
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    warmup_epochs: float | None = None
+    warmup_steps: int | None = None
+    batch_size: int = 48
+    lr: float = 5e-5
+    min_lr: float = 1e-6                        # cosine floor; the warm-up also starts here (fairseq)
+    weight_decay: float = 0.05                  # on every parameter: the official exemptions are dead (spec §8)
+    betas: tuple[float, float] = (0.9, 0.95)
+    layer_decay: float = 0.65                   # block i gets lr * layer_decay ** (depth - i)
+    drop_path: float = 0.1                      # linear 0 -> drop_path over the blocks
+    grad_clip: float = 0.0                      # 0 = no clipping (official)
+    mixup: float = 0.8                          # Beta(alpha, alpha); 0 disables mixup
+    mixup_prob: float = 0.9
+    specaug_freq: float = 0.2                   # mask width ~ U[0, ratio * F)
+    specaug_time: float = 0.2                   # mask width ~ U[0, ratio * T)
+    roll: bool = True                           # waveform roll + gain, done on the cached fbank
+    noise: bool = False                         # keyword-spotting noise + small time roll (spec §1)
+    label_smoothing: float = 0.0
+    loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multilabel, CE for multiclass
+    pooling: Literal["cls", "mean"] = "cls"
+    head_norm: bool = True                      # LayerNorm (fc_norm) before the Linear head
+    encoder_weights: Literal["student", "teacher"] = "student"
+    weighted_sampling: int | None = None        # draws per epoch from the `weight` column (AS-2M: 200k)
+    selection: Literal["last", "best_on_eval", "best_on_valid"] = "last"
+    eval_interval_steps: int | None = None      # evaluations for model selection; None = once per epoch
+    linear_mode: Literal["official", "paper"] = "official"  # only read by the linear probe
+    # bf16 autocast on CUDA (the official code trains in fp16 with loss scaling; bf16 needs none).
+    # CPU runs are always fp32.
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+    # Length and warm-up when none is given; subclasses set the official values.
+    DEFAULT_STEPS: ClassVar[int | None] = None
+    DEFAULT_EPOCHS: ClassVar[int | None] = None
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigError(f"give at most one of epochs / steps (got epochs={self.epochs}, steps={self.steps})")
+        if self.warmup_epochs is not None and self.warmup_steps is not None:
+            raise ConfigError("give at most one of warmup_epochs / warmup_steps")
+        if self.batch_size < 1 or any(v is not None and v < 1 for v in (self.epochs, self.steps)):
+            raise ConfigError("batch_size and the training length must be positive")
+        for name in ("mixup_prob", "specaug_freq", "specaug_time", "drop_path", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("weighted_sampling", "eval_interval_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive count or null, got {getattr(self, name)}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay must lie in (0, 1], got {self.layer_decay}")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.steps is not None or self.epochs is not None:
+            return self.steps if self.steps is not None else self.epochs * steps_per_epoch
+        return self.DEFAULT_STEPS if self.DEFAULT_STEPS is not None else self.DEFAULT_EPOCHS * steps_per_epoch
+
+    def warmup(self, steps_per_epoch: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        if self.warmup_epochs is not None:
+            return int(math.ceil(self.warmup_epochs * steps_per_epoch))
+        return self.default_warmup(steps_per_epoch)
+
+    def default_warmup(self, steps_per_epoch: int) -> int:
+        return 0
+
+
+@dataclass
+class FinetuneConfig(RegimeConfig):
+    """Whole-network fine-tuning; defaults = official AS-20K script (paper Table 7: 40k steps).
+
+    Every fine-tuning recipe of Tables 7-8 warms up for 10 % of its length, so that is the default.
+    """
+
+    DEFAULT_STEPS = 40_000
+
+    def default_warmup(self, steps_per_epoch: int) -> int:
+        return int(math.ceil(0.1 * self.total_steps(steps_per_epoch)))
+
+
+@dataclass
+class LinearProbeConfig(RegimeConfig):
+    """Frozen backbone, LayerNorm + Linear trained; defaults = official SPASS linear eval.
+
+    `linear_mode: official` keeps the backbone in train mode (drop path active under no_grad) and
+    has no warm-up; `paper` (Table 8) puts the backbone in eval mode and warms up for 5 epochs,
+    unless a warm-up is given explicitly. Mixup and SpecAug stay on in both (Table 8 lists them).
+    """
+
+    lr: float = 1e-3
+    layer_decay: float = 1.0                    # nothing but the head is trained
+
+    DEFAULT_EPOCHS = 50
+    PAPER_WARMUP_EPOCHS = 5
+
+    def default_warmup(self, steps_per_epoch: int) -> int:
+        return self.PAPER_WARMUP_EPOCHS * steps_per_epoch if self.linear_mode == "paper" else 0
+
+
+@dataclass
+class BenchmarkConfig:
+    """One downstream benchmark: which cached dataset, which protocol, which metric."""
+
+    dataset: str                                # name under `datasets:` whose cache holds the test clips
+    train_dataset: str | None = None            # where the training clips live (polyphony: poly); None = dataset
+    task: Literal["multilabel", "multiclass"] = "multilabel"
+    metric: Literal["map", "accuracy"] = "map"
+    protocol: Literal["split", "folds"] = "split"
+    folds: list[int] = field(default_factory=list)  # folds protocol; empty = every fold in the data
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    valid_split: str | None = "valid"           # used by selection best_on_valid when such rows exist
+    eval_split: str = "eval"
+    bin_column: str | None = "auto"             # per-bin scores; auto = polyphony_bin, else polyphony, if present
+    num_workers: int = 2
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+
+    def __post_init__(self) -> None:
+        if self.task == "multiclass" and self.metric == "map" or self.task == "multilabel" and self.metric == "accuracy":
+            raise ConfigError(f"metric {self.metric!r} does not fit task {self.task!r}")
+
+    @property
+    def training_dataset(self) -> str:
+        return self.train_dataset or self.dataset
+
+    def regime(self, name: str) -> RegimeConfig:
+        if name not in ("finetune", "linear"):
+            raise ConfigError(f"unknown regime {name!r}; expected finetune or linear")
+        return self.finetune if name == "finetune" else self.linear
+
+    def loss(self, regime: RegimeConfig) -> str:
+        if regime.loss != "auto":
+            return regime.loss
+        return "bce" if self.task == "multilabel" else "ce"

@@ -1,0 +1,226 @@
+"""`sslam finetune` and `sslam probe`: train a classifier on one benchmark and write metrics.json.
+
+    sslam probe --config config/demo.yaml --benchmark synth_poly \
+        --checkpoint results/demo/pretrain/stage2/SSLAM/checkpoint.pt \
+        --out results/demo/eval/SSLAM/synth_poly/linear/seed0 --seed 0
+    sslam probe ... --checkpoint random          # randomly initialised encoder of the config's model.encoder
+
+metrics.json (the source of truth for every table): benchmark, regime, variant, seed, checkpoint,
+metric + value (the headline), per_class, classes_without_positives, per_bin / per_fold where the
+benchmark has them, selection, steps, epochs, wall_time_s, code_hash. The same numbers go to MLflow
+when tracking is on (tags stage=eval, variant, benchmark, regime, seed, code_hash).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslam import __version__
+from sslam.configuration import from_dict, load_yaml, section, to_dict
+from sslam.errors import ConfigError
+from sslam.evaluation.config import BenchmarkConfig
+from sslam.evaluation.protocols import combine, plan_rounds
+from sslam.evaluation.rounds import RoundSettings, run_round
+from sslam.provenance import code_hash as package_code_hash
+from sslam.tracking import JobTracker
+
+REGIME_OF_COMMAND = {"finetune": "finetune", "probe": "linear"}
+RANDOM_INIT = "random"
+DEFAULT_ENCODER_SECTION = "model.encoder"
+
+
+def code_hash() -> str:
+    """Hash of the package source this job's result depends on (evaluation + what it imports)."""
+    return package_code_hash("sslam.evaluation")
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--config", required=True, help="study YAML (evaluation.benchmarks, datasets, study, model)")
+    parser.add_argument("--benchmark", required=True, help="name under evaluation.benchmarks")
+    parser.add_argument("--checkpoint", help="pretrained checkpoint, or 'random[:SECTION]' for a randomly "
+                        f"initialised encoder built from SECTION of the config (default {DEFAULT_ENCODER_SECTION})")
+    parser.add_argument("--random-init", action="store_true", help="same as --checkpoint random")
+    parser.add_argument("--out", required=True, help="output folder (metrics.json, metrics.jsonl)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", help="pretraining variant recorded with the result "
+                        "(default: the checkpoint's own, 'random-init' for a random encoder)")
+    parser.add_argument("--shards", nargs="+", help="cache shards of the benchmark's dataset "
+                        "(default <study.results>/cache/<dataset>/shard-XXX-of-NNN.h5)")
+    parser.add_argument("--train-shards", nargs="+", help="cache shards of the training dataset when it "
+                        "differs from the benchmark's dataset (polyphony: poly)")
+    parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
+    parser.add_argument("--tracking", help="the study's tracking.json (MLflow); tracking is off without it")
+    parser.add_argument("--max-steps", type=int, help="cap the optimiser steps of every round (smoke tests)")
+
+
+def dataset_config(config: dict[str, Any], dataset: str):
+    """The dataset's `datasets.<name>` entry (norm constants, shard count, target length)."""
+    from sslam.data.commands import DatasetConfig
+
+    settings = section(config, f"datasets.{dataset}", default=None)
+    if not isinstance(settings, dict) or not settings:
+        raise ConfigError(f"dataset {dataset!r} is not configured under datasets:")
+    return from_dict(DatasetConfig, settings, where=f"datasets.{dataset}")
+
+
+def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
+    """<study.results>/cache/<dataset>/shard-{i:03d}-of-{n:03d}.h5 for n = datasets.<dataset>.shards."""
+    results = section(config, "study.results", default="")
+    if not results:
+        raise ConfigError("study.results is not set; pass --shards")
+    count = dataset_config(config, dataset).shards
+    return [Path(results) / "cache" / dataset / f"shard-{i:03d}-of-{count:03d}.h5" for i in range(count)]
+
+
+def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Encoder from a checkpoint file, or a randomly initialised one ('random[:section]')."""
+    from sslam.model.encoder import AudioEncoder, EncoderConfig
+
+    if spec == RANDOM_INIT or spec.startswith(RANDOM_INIT + ":"):
+        where = spec.partition(":")[2] or DEFAULT_ENCODER_SECTION
+        encoder_config = from_dict(EncoderConfig, section(config, where), where=where)
+        torch.manual_seed(seed)
+        return AudioEncoder(encoder_config), {"checkpoint": spec, "variant": "random-init", "weights": "random"}
+    from sslam.model.checkpoints import build_encoder, read_checkpoint
+
+    loaded = read_checkpoint(spec)
+    encoder = build_encoder(loaded, which)
+    meta = loaded.meta or {}
+    return encoder, {"checkpoint": str(spec), "variant": meta.get("variant"), "weights": which,
+                     "pretrain_step": meta.get("step"), "pretrain_stage": meta.get("stage")}
+
+
+@dataclass
+class EvaluationJob:
+    """Everything one `sslam finetune|probe` run needs, resolved from the CLI and the config."""
+
+    benchmark_name: str
+    benchmark: BenchmarkConfig
+    regime_name: str                        # finetune | linear
+    encoder: torch.nn.Module
+    backbone: dict[str, Any]
+    test_shards: list[Path]
+    train_shards: list[Path]
+    norm_mean: float | None
+    norm_std: float | None
+    out: Path
+    seed: int = 0
+    variant: str | None = None
+    device: str = "cpu"
+    tracking: str | None = None
+    max_steps: int | None = None
+
+
+def evaluate(job: EvaluationJob) -> dict[str, Any]:
+    """Run every round of the benchmark's protocol, write OUT/metrics.json, return its content."""
+    from sslam.data.datasets import FbankDataset, normalisation_stats
+
+    started = time.perf_counter()
+    regime = job.benchmark.regime(job.regime_name)
+    norm_mean, norm_std = job.norm_mean, job.norm_std
+    if norm_mean is None or norm_std is None:
+        # Both train and test clips are normalised with the TRAINING data's statistics.
+        norm_mean, norm_std = normalisation_stats(job.train_shards)
+    survey = FbankDataset(job.train_shards, norm_mean, norm_std, labelled=True)
+    rounds = plan_rounds(job.benchmark, folds_in_data=sorted(set(survey.column("fold").tolist())),
+                         splits_in_training_data=sorted(set(survey.column("split").tolist())))
+    job.out.mkdir(parents=True, exist_ok=True)
+    hash_value = code_hash()
+    variant = job.variant or job.backbone.get("variant") or "unknown"
+    tags = {"stage": "eval", "variant": variant, "benchmark": job.benchmark_name, "regime": job.regime_name,
+            "seed": job.seed, "code_hash": hash_value}
+    run_name = f"eval-{variant}-{job.benchmark_name}-{job.regime_name}-seed{job.seed}"
+    settings = RoundSettings(benchmark=job.benchmark, regime=regime, regime_name=job.regime_name,
+                             shards={job.benchmark.dataset: job.test_shards,
+                                     job.benchmark.training_dataset: job.train_shards},
+                             norm_mean=norm_mean, norm_std=norm_std, device=torch.device(job.device),
+                             seed=job.seed, max_steps=job.max_steps)
+    with JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
+            open(job.out / "metrics.jsonl", "w") as log_file:
+        def log(record: dict[str, Any]) -> None:
+            log_file.write(json.dumps(record) + "\n")
+            if record.get("step", 0) % 10 == 0 or "evaluation" in record:
+                tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "round")},
+                                    step=record.get("step"))
+
+        results = [run_round(copy.deepcopy(job.encoder), round_, settings, log) for round_ in rounds]
+        classes = results[0].classes
+        summary = combine(job.benchmark.metric, classes, [r.result for r in results])
+        metrics = {
+            "benchmark": job.benchmark_name, "regime": job.regime_name, "variant": variant, "seed": job.seed,
+            **{key: value for key, value in job.backbone.items() if key != "variant"},
+            "checkpoint_variant": job.backbone.get("variant"),
+            "dataset": job.benchmark.dataset, "train_dataset": job.benchmark.training_dataset,
+            "task": job.benchmark.task, "protocol": job.benchmark.protocol,
+            **summary,
+            "classes": classes,
+            # One round: its selection; folds: the policy (each fold's choice is under per_fold).
+            "selection": results[0].result.selection if len(results) == 1 else
+            {key: results[0].result.selection[key] for key in ("policy", "requested")},
+            "steps": sum(r.result.steps for r in results),
+            "epochs": results[0].result.epochs,
+            "num_train": results[0].result.num_train,
+            "max_steps": job.max_steps,
+            "norm_mean": norm_mean, "norm_std": norm_std,
+            "wall_time_s": time.perf_counter() - started,
+            "code_hash": hash_value, "sslam_version": __version__, "device": job.device,
+            "config": to_dict(job.benchmark),
+        }
+        write_json_atomically(job.out / "metrics.json", metrics)
+        tracker.log_metrics({metrics["metric"]: metrics["value"], "wall_time_s": metrics["wall_time_s"]})
+        tracker.log_artifact(job.out / "metrics.json")
+    return metrics
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """A reader (the tables rule) never sees a half-written metrics.json."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def job_from_args(args: argparse.Namespace) -> EvaluationJob:
+    config = load_yaml(args.config)
+    benchmarks = section(config, "evaluation.benchmarks")
+    if args.benchmark not in benchmarks:
+        raise ConfigError(f"benchmark {args.benchmark!r} is not under evaluation.benchmarks "
+                          f"(known: {', '.join(sorted(benchmarks)) or 'none'})")
+    where = f"evaluation.benchmarks.{args.benchmark}"
+    benchmark = from_dict(BenchmarkConfig, benchmarks[args.benchmark], where=where)
+    regime_name = REGIME_OF_COMMAND[args.command]
+    regime = benchmark.regime(regime_name)
+    if args.random_init and args.checkpoint and not args.checkpoint.startswith(RANDOM_INIT):
+        raise ConfigError("give either --checkpoint PATH or --random-init, not both")
+    spec = RANDOM_INIT if args.random_init and not args.checkpoint else args.checkpoint
+    if not spec:
+        raise ConfigError("--checkpoint (or --random-init) is required")
+    encoder, backbone = load_backbone(spec, config, regime.encoder_weights, args.seed)
+    train_name = benchmark.training_dataset
+    test_shards = [Path(p) for p in args.shards] if args.shards else default_shards(config, benchmark.dataset)
+    if train_name == benchmark.dataset:
+        train_shards = [Path(p) for p in args.train_shards] if args.train_shards else test_shards
+    else:
+        train_shards = [Path(p) for p in args.train_shards] if args.train_shards else default_shards(config, train_name)
+    # Train and test clips are both normalised with the TRAINING dataset's constants.
+    train_settings = dataset_config(config, train_name)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError("--max-steps must be positive")
+    return EvaluationJob(args.benchmark, benchmark, regime_name, encoder, backbone, test_shards, train_shards,
+                         train_settings.norm_mean, train_settings.norm_std, Path(args.out),
+                         args.seed, args.variant, device, args.tracking, args.max_steps)
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics = evaluate(job_from_args(args))
+    print(f"{metrics['benchmark']} {metrics['regime']} {metrics['variant']} seed {metrics['seed']}: "
+          f"{metrics['metric']} = {metrics['value']:.4f} ({metrics['wall_time_s']:.1f} s) -> {args.out}/metrics.json")
+    return 0

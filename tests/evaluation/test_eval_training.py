@@ -1,0 +1,64 @@
+"""The training loop: weighted sampling draws, learning on an easy problem, evaluation points."""
+import torch
+from torch.utils.data import TensorDataset
+
+from sslam.evaluation.augment import TrainingAugmentation
+from sslam.evaluation.config import FinetuneConfig, LinearProbeConfig
+from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
+from sslam.evaluation.training import TrainingData, epoch_loader, fit, predict, steps_per_epoch
+from sslam.model.encoder import AudioEncoder, EncoderConfig
+
+TINY = EncoderConfig(embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, max_time_patches=4, num_mel_bins=32)
+
+
+def easy_data(clips=32):
+    """Class 0 clips are quiet in the low bins, class 1 clips in the high bins."""
+    torch.manual_seed(0)
+    labels = torch.arange(clips) % 2
+    fbank = torch.randn(clips, 32, 32) * 0.1
+    fbank[labels == 0, :, :16] += 1.0
+    fbank[labels == 1, :, 16:] += 1.0
+    return TensorDataset(fbank, torch.nn.functional.one_hot(labels, 2).float())
+
+
+def test_weighted_sampling_draws_without_replacement_and_never_zero_weight_clips():
+    dataset = easy_data(20)
+    weights = torch.ones(20, dtype=torch.float64)
+    weights[:5] = 0
+    regime = FinetuneConfig(steps=3, batch_size=4, weighted_sampling=12)
+    data = TrainingData(dataset, torch.full((20,), 32), weights)
+    drawn = torch.cat([index for _, _, index in epoch_loader(data, regime, torch.Generator().manual_seed(0), 0)])
+    assert len(drawn) == 12 and len(set(drawn.tolist())) == 12 and drawn.min() >= 5
+    assert steps_per_epoch(20, regime) == 3 and steps_per_epoch(20, FinetuneConfig(batch_size=8)) == 3
+
+
+def test_fine_tuning_learns_an_easy_problem_and_calls_evaluation_points():
+    data = easy_data()
+    torch.manual_seed(0)
+    classifier = EncoderClassifier(AudioEncoder(TINY), ClassificationHead(32, 2))
+    regime = FinetuneConfig(steps=30, batch_size=8, lr=1e-2, layer_decay=0.9, mixup=0.0, drop_path=0.0)
+    augment = TrainingAugmentation.from_regime(regime, norm_std=1.0)
+    points = []
+    result = fit(classifier, TrainingData(data, torch.full((32,), 32)), regime, "ce", augment, total_steps=30,
+                 warmup_steps=3, device=torch.device("cpu"), seed=0,
+                 on_evaluation_point=lambda step, epoch: points.append((step, epoch)), evaluation_interval=8)
+    assert result.steps == 30 and result.epochs == 30 / 4
+    assert points == [(8, 2.0), (16, 4.0), (24, 6.0), (30, 7.5)]
+    assert sum(result.losses[-5:]) / 5 < 0.5 * sum(result.losses[:5]) / 5
+    targets, scores = predict(classifier, data, 16, torch.device("cpu"), "multiclass")
+    assert (scores.argmax(1) == targets.argmax(1)).mean() > 0.9
+
+
+def test_linear_probe_leaves_the_backbone_unchanged():
+    data = easy_data(16)
+    torch.manual_seed(0)
+    encoder = AudioEncoder(TINY)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    classifier = EncoderClassifier(encoder, ClassificationHead(32, 2), frozen_backbone=True)
+    head_before = classifier.head.linear.weight.clone()
+    regime = LinearProbeConfig(steps=4, batch_size=8)
+    fit(classifier, TrainingData(data, torch.full((16,), 32)), regime, "bce",
+        TrainingAugmentation.from_regime(regime, 1.0), 4, 0, torch.device("cpu"), seed=0)
+    for key, value in encoder.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    assert not torch.equal(classifier.head.linear.weight, head_before)
