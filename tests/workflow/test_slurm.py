@@ -1,0 +1,131 @@
+"""The SLURM profile for real: a single-node SLURM (slurmctld + slurmd + munge) is installed and started by
+this test (recipe of /work/shared/spec/pipeline.md), a reduced demo runs through `--profile slurm`, and the
+daemons are stopped afterwards. Skipped, with the reason, where SLURM cannot be installed or started."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repository, reduced_demo, run_snakemake, write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+SLURM_CONF = """\
+ClusterName=sslamtest
+SlurmctldHost=localhost
+SlurmUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MinJobAge=3600
+ReturnToService=2
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+NodeName=localhost CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(list(command), capture_output=True, text=True, **kwargs)
+
+
+def ensure_installed() -> None:
+    if all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "munged", "sbatch")):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("SLURM is not installed and cannot be installed here (needs root and apt-get)")
+    installed = run("apt-get", "install", "-y", "-q", "slurm-wlm", "munge", timeout=900,
+                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if installed.returncode != 0:
+        pytest.skip(f"apt-get install slurm-wlm munge failed: {installed.stderr.strip()[-300:]}")
+
+
+def start_munge(started: list) -> None:
+    if run("pgrep", "-x", "munged").returncode == 0:
+        return  # someone else's munged already serves this machine
+    if not Path("/etc/munge/munge.key").is_file():
+        run("mungekey", "--create", "--force")
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    run("chown", "-R", "munge:munge", "/etc/munge", "/var/log/munge", "/var/lib/munge", "/run/munge")
+    result = run("runuser", "-u", "munge", "--", "munged")
+    if result.returncode != 0:
+        pytest.skip(f"munged did not start: {result.stderr.strip()}")
+    started.append(Path("/run/munge/munged.pid"))
+
+
+def memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024 - 512
+    return 4000
+
+
+@pytest.fixture
+def slurm_cluster(tmp_path):
+    ensure_installed()
+    started: list[Path] = []  # pid files of the daemons this test started, stopped in reverse order
+    root = tmp_path / "slurm"
+    for folder in ("state", "spool"):
+        (root / folder).mkdir(parents=True)
+    # The job steps (srun inside each batch job) read the default /etc/slurm/slurm.conf, not SLURM_CONF,
+    # so the test's config goes there for the duration of the test; an existing one is put back afterwards.
+    conf = Path("/etc/slurm/slurm.conf")
+    backup = conf.read_text() if conf.is_file() else None
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(SLURM_CONF.format(root=root, cpus=os.cpu_count(), memory_mb=memory_mb()))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    try:
+        start_munge(started)
+        for command, pid_file in ((["slurmctld", "-i"], root / "slurmctld.pid"),
+                                  (["slurmd", "-N", "localhost"], root / "slurmd.pid")):
+            result = run(*command, env=env)
+            if result.returncode != 0:
+                pytest.skip(f"{command[0]} did not start: {result.stderr.strip()}")
+            started.append(pid_file)
+        for _ in range(30):
+            state = run("sinfo", "-h", "-o", "%T", env=env).stdout.strip()
+            if state in ("idle", "mixed"):
+                break
+            time.sleep(1)
+        else:
+            pytest.skip(f"the SLURM node never became idle (state {state!r}); see {root}")
+        yield env
+    finally:
+        for pid_file in reversed(started):
+            if pid_file.is_file():
+                run("kill", pid_file.read_text().strip())
+        time.sleep(1)
+        if backup is None:
+            conf.unlink(missing_ok=True)
+        else:
+            conf.write_text(backup)
+
+
+def test_reduced_demo_through_the_slurm_profile(slurm_cluster, tmp_path):
+    repo = copy_repository(tmp_path / "repo")
+    config = reduced_demo(repo / "results", variants=["SSLAM"], benchmarks=["synth_poly"])
+    config["study"]["regimes"] = ["linear"]
+    config["study"]["evaluate_stage1"] = False
+    config_path = write_config(config, repo / "slurm-demo.yaml")
+    result = run_snakemake("--configfile", str(config_path), "--profile", "slurm", "--slurm-no-account",
+                           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+                           "--jobs", "4", "--latency-wait", "5", cwd=repo, timeout=1500, env=slurm_cluster)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "Job " in output and "has been submitted with SLURM jobid" in output  # really went through sbatch
+    assert (repo / "results" / "tables" / "table2.md").is_file()
+    assert (repo / "results" / "eval" / "SSLAM" / "synth_poly" / "linear" / "seed0" / "metrics.json").is_file()
