@@ -152,15 +152,22 @@ def variant_config(name: str | None, base: ObjectiveConfig | dict[str, Any] | No
     """Base config (dataclass or YAML mapping) + the variant's preset + the study's YAML overrides.
 
     The preset is applied over the base and the YAML overrides last, so a study can, e.g., run
-    SSLAM with `srl_aggregation: max` (Table 11) without a new preset.
+    SSLAM with `srl_aggregation: max` (Table 11) without a new preset. A new variant (an ablation)
+    names the preset it starts from with the key `base`, e.g. `variants: {SSLAM-srl-max: {base: SSLAM,
+    srl_aggregation: max}}`.
     """
-    if name is not None and name not in VARIANT_PRESETS:
-        raise ConfigError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_PRESETS)}")
+    overrides = dict(overrides or {})
+    preset = overrides.pop("base", None) or name
+    where = f"variants.{name}" if name is not None else "objective"
+    if preset is not None and preset not in VARIANT_PRESETS:
+        if preset == name:
+            raise ConfigError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_PRESETS)} "
+                              f"(a new variant is defined under `variants:` with `base: <one of those>`)")
+        raise ConfigError(f"{where}.base: unknown preset {preset!r}; known: {', '.join(VARIANT_PRESETS)}")
     # Merge plain mappings first and validate once, so a base that is only valid together with the
     # preset (e.g. a YAML base with mix_mode none under the MB-UA preset) is not rejected early.
     merged = dataclasses.asdict(base) if isinstance(base, ObjectiveConfig) else dict(base or {})
-    if name is not None:
-        merged.update(VARIANT_PRESETS[name])
-    merged.update(overrides or {})
-    where = f"variants.{name}" if name is not None else "objective"
+    if preset is not None:
+        merged.update(VARIANT_PRESETS[preset])
+    merged.update(overrides)
     return from_dict(ObjectiveConfig, merged, where=where)

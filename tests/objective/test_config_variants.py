@@ -64,3 +64,24 @@ def test_layer_counts_resolve_against_the_encoder_depth():
         resolve_layer_count(12, 2, "local_target_layers")
     parsed = from_dict(ObjectiveConfig, {"local_target_layers": "all", "global_target_layers_stage2": 3})
     assert parsed.local_target_layers == "all" and parsed.global_target_layers_stage2 == 3
+
+
+def test_a_new_variant_starts_from_a_named_preset():
+    from sslam.objective.config import variant_config
+
+    ablation = variant_config("SSLAM-srl-max", None, {"base": "SSLAM", "srl_aggregation": "max"})
+    assert ablation.srl_aggregation == "max" and ablation.srl_local
+    no_global = variant_config("MB-UA-PMA-noglobal", None, {"base": "MB-UA-PMA", "global_mixed": False})
+    assert not no_global.srl_local and not no_global.global_mixed and no_global.global_unmixed
+
+
+def test_a_new_variant_without_a_known_base_is_refused():
+    import pytest
+
+    from sslam.errors import ConfigError
+    from sslam.objective.config import variant_config
+
+    with pytest.raises(ConfigError, match="base: <one of those>"):
+        variant_config("my-ablation", None, {"srl_aggregation": "max"})
+    with pytest.raises(ConfigError, match="variants.my-ablation.base: unknown preset 'SSLAMX'"):
+        variant_config("my-ablation", None, {"base": "SSLAMX"})
