@@ -44,6 +44,9 @@ class RegimeConfig:
     loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multilabel, CE for multiclass
     pooling: Literal["cls", "mean"] = "cls"
     head_norm: bool = True                      # LayerNorm (fc_norm) before the Linear head
+    # batch: BatchNorm without affine on the pooled features before the head (MAE linear probing);
+    # none: official. See heads.py for why near-constant features need it.
+    feature_norm: Literal["none", "batch"] = "none"
     encoder_weights: Literal["student", "teacher"] = "student"
     weighted_sampling: int | None = None        # draws per epoch from the `weight` column (AS-2M: 200k)
     selection: Literal["last", "best_on_eval", "best_on_valid"] = "last"

@@ -3,6 +3,13 @@
 Official fine-tuning head (spec §9): the final-layer CLS token (mean pooling of the patch tokens
 is an option) -> LayerNorm(eps 1e-6, affine; "fc_norm") -> Linear, weight trunc-normal(std 0.02),
 bias 0. The linear probe trains the same head on a frozen backbone.
+
+`feature_norm: batch` (MAE's linear-probing recipe) puts a BatchNorm without affine parameters in
+front: it standardises every feature across clips. The per-clip LayerNorm cannot do that, and it
+matters when the pooled features share a large common part and differ across clips only by a
+small one, as the CLS token of a randomly initialised or briefly pretrained encoder does
+(post-norm blocks, 0.02-std weights: the CLS output varies by <1 % across clips). A 0.02-init
+linear head then sees near-identical inputs, learns only the class bias and predicts one class.
 """
 from __future__ import annotations
 
@@ -20,11 +27,18 @@ class ClassificationHead(nn.Module):
     """Pooled encoder features (N, 1+L, D), CLS first -> logits (N, num_classes)."""
 
     def __init__(self, embed_dim: int, num_classes: int, pooling: str = "cls", norm: bool = True,
-                 norm_eps: float = 1e-6) -> None:
+                 norm_eps: float = 1e-6, feature_norm: str = "none") -> None:
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ConfigError(f"pooling must be cls or mean, got {pooling!r}")
+        if feature_norm not in ("none", "batch"):
+            raise ConfigError(f"feature_norm must be none or batch, got {feature_norm!r}")
         self.pooling = pooling
+        # momentum None: the running statistics are the plain average over all training batches.
+        # An exponential average (momentum 0.1) still carries 1.5 % of its zero initial mean after
+        # 40 steps, more than the cross-clip spread of such features: test-time inputs would be off.
+        self.feature_norm = (nn.BatchNorm1d(embed_dim, eps=norm_eps, momentum=None, affine=False)
+                             if feature_norm == "batch" else nn.Identity())
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if norm else nn.Identity()
         self.linear = nn.Linear(embed_dim, num_classes)
         nn.init.trunc_normal_(self.linear.weight, std=HEAD_INIT_STD)
@@ -32,6 +46,12 @@ class ClassificationHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1)
+        if isinstance(self.feature_norm, nn.BatchNorm1d) and self.training and pooled.shape[0] == 1:
+            # A batch of one has no spread to standardise with: use the running statistics.
+            bn = self.feature_norm
+            pooled = nn.functional.batch_norm(pooled, bn.running_mean, bn.running_var, training=False, eps=bn.eps)
+        else:
+            pooled = self.feature_norm(pooled)
         return self.linear(self.norm(pooled))
 
 
