@@ -4,7 +4,7 @@ Decoding, resampling and the Kaldi fbank cost tens of milliseconds per 10-s clip
 (T, F) float16 block costs well under one. So the front end runs once per clip here, and training
 reads shards through `sslam.data.datasets.FbankDataset`.
 
-Shard layout (docs/contracts.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, holding
+Shard layout (docs/architecture.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, holding
 the RAW log-mel padded/truncated to `target_length` (normalisation happens at read time, so one
 cache serves any mean/std); `num_frames` int32; `clip_id`, `split` str; `fold` int16; `labels` uint8
 multi-hot (N, C); manifest extra columns under the group `extra/`. Attributes record everything the

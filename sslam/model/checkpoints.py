@@ -3,7 +3,7 @@ Hugging Face safetensors into one in-memory form, and convert any of them to saf
 
 Supported layouts (docs/checkpoints.md has the full key tables):
 
-* own:  `torch.save` dict with ``format: "sslam"`` (docs/contracts.md), or a bare encoder state_dict;
+* own:  `torch.save` dict with ``format: "sslam"`` (docs/architecture.md), or a bare encoder state_dict;
 * A:    fairseq pre-training ``ckpt["model"]``: ``modality_encoders.IMAGE.*`` + ``blocks.*`` and the
         teacher as a flat dict under ``_ema``;
 * B:    fairseq fine-tuned ``ckpt["model"]``: the same keys prefixed with ``model.``, plus ``fc_norm``/``head``;

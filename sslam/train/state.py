@@ -1,6 +1,6 @@
 """Training snapshots: atomic writes, every random state, and exact resume.
 
-`DIR/state/last.pt` is a project-format checkpoint (docs/contracts.md) plus the training-state keys
+`DIR/state/last.pt` is a project-format checkpoint (docs/architecture.md) plus the training-state keys
 "optimizer", "scheduler", "rng", "data" and "config". It is written atomically: to a temporary file in the
 same folder, fsync'ed, then renamed over the old one, whose previous version is first kept as
 `last.prev.pt`. A reader therefore sees either the old or the new file, never a half-written one; if a file
@@ -89,7 +89,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def project_checkpoint(*, encoder_config: dict, decoder_config: dict, student: dict, decoder: dict,
                        teacher: dict, stage: int, variant: str | None, step: int) -> dict[str, Any]:
-    """The project's own checkpoint dict (docs/contracts.md), without training state."""
+    """The project's own checkpoint dict (docs/architecture.md), without training state."""
     return {"format": FORMAT, "version": VERSION,
             "model": {"encoder": encoder_config, "decoder": decoder_config},
             "student": student, "decoder": decoder, "teacher": teacher,

@@ -14,7 +14,7 @@ REQUIRED = {"benchmark", "regime", "variant", "seed", "checkpoint", "metric", "v
 
 
 def save_checkpoint(path, seed=0):
-    """A project-format checkpoint (docs/contracts.md) of a tiny encoder; returns (student, teacher)."""
+    """A project-format checkpoint (docs/architecture.md) of a tiny encoder; returns (student, teacher)."""
     from sslam.model.encoder import AudioEncoder, EncoderConfig
 
     torch.manual_seed(seed)
