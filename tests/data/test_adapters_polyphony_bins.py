@@ -16,21 +16,23 @@ def test_paper_bins():
             polyphony_bins(bad)
 
 
-def make_source(path, clips, classes):
+def make_source(path, clips, classes, split="test"):
     table = pd.DataFrame({
-        "clip_id": [c[0] for c in clips], "path": [f"audio/{c[0]}.wav" for c in clips], "split": "test",
+        "clip_id": [c[0] for c in clips], "path": [f"audio/{c[0]}.wav" for c in clips], "split": split,
         "labels": [";".join(c[1]) for c in clips], "polyphony": [len(set(c[1])) for c in clips],
     })
     write_manifest(Manifest(table, classes), path)
 
 
 def test_builder_merges_sources_and_drops_monophonic(tmp_path):
-    make_source(tmp_path / "spass_market.tsv", [("m1", ["talk", "bird"]), ("m2", ["talk"])], ["talk", "bird"])
+    make_source(tmp_path / "spass_market.tsv", [("m1", ["talk", "bird"]), ("m2", ["talk"])], ["talk", "bird"],
+                split="eval")
     make_source(tmp_path / "urbansed.tsv", [("u1", ["siren", "dog_bark", "talk", "drilling"])],
                 ["dog_bark", "siren", "drilling", "talk"])
     merged = build_polyphony_bins(tmp_path)
     assert merged.table["clip_id"].tolist() == ["spass_market/m1", "urbansed/u1"]
     assert merged.table["polyphony_bin"].tolist() == ["{2,3}", "{4,5}"]
+    assert merged.table["split"].tolist() == ["eval", "eval"]  # SPASS `eval` and URBAN-SED `test` pooled
     assert merged.classes == ["talk", "bird", "dog_bark", "siren", "drilling"]
     assert merged.table["path"][0] == str((tmp_path / "audio" / "m1.wav").resolve())
     everything = build_polyphony_bins(tmp_path, sources=["spass_market.tsv"], keep_monophonic=True, max_bin=2)

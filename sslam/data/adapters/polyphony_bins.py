@@ -18,6 +18,9 @@ from sslam.errors import ConfigError, ManifestError
 
 PAPER_MAX_BIN = 14
 NO_BIN = ""
+# The sources name their held-out split differently (SPASS: `eval`, URBAN-SED: `test`); the merged
+# benchmark pools them under one name so that one `eval_split` selects every source's test clips.
+HELD_OUT_SPLITS = {"test": "eval", "eval": "eval"}
 
 
 def _check_max_bin(max_bin: int) -> None:
@@ -58,7 +61,7 @@ def build_polyphony_bins(
     """Merge canonical manifests (SPASS scenes, URBAN-SED, ...) into one binned manifest.
 
     `sources` are manifest files relative to `root` (default: every `*.tsv` manifest in root).
-    Clip ids become `<source stem>/<clip id>`; the class list is the union of the sources' lists,
+    Clip ids become `<source stem>/<clip id>`; held-out splits (`test`, `eval`) become `eval`; the class list is the union of the sources' lists,
     in source order, so each source keeps its own classes' relative order.
     """
     root = require_dir(Path(root), "Degrees-of-Polyphony source folder")
@@ -77,6 +80,7 @@ def build_polyphony_bins(
             clip_id=path.stem + "/" + source.table["clip_id"],
             path=[str(source.audio_path(row).resolve()) for row in range(len(source))],
             source=path.stem,
+            split=source.table["split"].replace(HELD_OUT_SPLITS),
         )
         tables.append(table)
         for label, name in zip(source.classes, source.class_names):
