@@ -258,7 +258,9 @@ def verify_shard(path: str | Path, manifest: Manifest | None = None, front_end: 
 
 
 def verify_shard_set(paths: list[str | Path]) -> list[str]:
-    """Problems between the shards of one dataset: same build settings, distinct shard indices."""
+    """Problems between the shards of one dataset: same build settings, distinct shard indices and,
+    when several shards are given, no index of 0..num_shards−1 missing (a lost shard silently drops
+    1/N of the data otherwise)."""
     keys = ("num_shards", "manifest_hash", "target_length", "front_end")
     seen: dict[int, str] = {}
     reference, problems = None, []
@@ -276,6 +278,11 @@ def verify_shard_set(paths: list[str | Path]) -> list[str]:
         if index in seen:
             problems.append(f"{path}: shard index {index} also in {seen[index]}")
         seen[index] = str(path)
+    if len(paths) > 1 and reference is not None:
+        num_shards = int(float(reference[0][0]))
+        missing = sorted(set(range(num_shards)) - set(seen))
+        if missing:
+            problems.append(f"shard set incomplete: index(es) {missing} of {num_shards} not among the files given")
     return problems
 
 

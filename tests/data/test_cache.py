@@ -214,3 +214,10 @@ def test_verify_checks_that_shards_belong_together(tiny_corpus, tmp_path, capsys
     assert len(problems) == 2 and "other settings" in problems[0] and "shard index 0 also in" in problems[1]
     assert main(["cache", "verify", str(first), str(copy)]) == 1
     assert "also in" in capsys.readouterr().out
+
+
+def test_verify_reports_a_shard_missing_from_the_set(tiny_corpus, tmp_path):
+    shards = [build_shard(tiny_corpus["mono"], tmp_path / f"s{i}.h5", i, 3, TARGET).path for i in range(3)]
+    assert verify_shard_set(shards) == []
+    assert verify_shard_set([shards[0], shards[2]]) == ["shard set incomplete: index(es) [1] of 3 not among the files given"]
+    assert verify_shard_set([shards[1]]) == []  # one shard on its own is checked alone
