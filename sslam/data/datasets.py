@@ -55,6 +55,12 @@ def normalisation_stats(shard_paths: Sequence[str | Path]) -> tuple[float, float
     return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0))
 
 
+def study_shard_paths(results_dir: str | Path, dataset: str, num_shards: int) -> list[Path]:
+    """Where a study keeps the cache of `dataset`: <results>/cache/<dataset>/shard-{i:03d}-of-{n:03d}.h5.
+    The workflow writes shards there and the jobs read them from there, both through this function."""
+    return [Path(results_dir) / "cache" / dataset / f"shard-{i:03d}-of-{num_shards:03d}.h5" for i in range(num_shards)]
+
+
 class FbankDataset(Dataset):
     """Items of the cached shards, optionally filtered by split and fold, in (shard, row) order."""
 

@@ -76,8 +76,9 @@ def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
     results = section(config, "study.results", default="")
     if not results:
         raise ConfigError("study.results is not set; pass --shards")
-    count = dataset_config(config, dataset).shards
-    return [Path(results) / "cache" / dataset / f"shard-{i:03d}-of-{count:03d}.h5" for i in range(count)]
+    from sslam.data.datasets import study_shard_paths
+
+    return study_shard_paths(results, dataset, dataset_config(config, dataset).shards)
 
 
 def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -87,9 +87,10 @@ def pretrain_dataset_config(config: dict[str, Any]):
 
 def default_shards(config: dict[str, Any]) -> list[Path]:
     """<study.results>/cache/<dataset>/shard-XXX-of-YYY.h5 for every shard of study.pretrain_dataset."""
+    from sslam.data.datasets import study_shard_paths
+
     name, dataset = pretrain_dataset_config(config)
-    folder = Path(section(config, "study.results", default="results")) / "cache" / name
-    return [folder / f"shard-{i:03d}-of-{dataset.shards:03d}.h5" for i in range(dataset.shards)]
+    return study_shard_paths(section(config, "study.results", default="results"), name, dataset.shards)
 
 
 def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):

@@ -9,7 +9,7 @@ import torch
 
 from sslam.model.checkpoints import read_checkpoint
 
-from conftest import REPO, cli_env, read_metrics, run_sslam, tiny_study
+from train_helpers import REPO, cli_env, read_metrics, run_sslam, tiny_study
 
 
 def _mean_loss(records):

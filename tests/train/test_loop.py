@@ -14,7 +14,7 @@ from sslam.train.loop import NonFiniteLossError, Pretrainer, RunIdentity
 from sslam.train.pretrain import build_objective, objective_config
 from sslam.train.state import load_training_state
 
-from conftest import NUM_BINS, NUM_FRAMES, tiny_study
+from train_helpers import NUM_BINS, NUM_FRAMES, tiny_study
 
 
 class PoisonedClips(Dataset):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sslam.cli import main
-from conftest import cli_env, read_metrics, run_sslam, sslam_command, tiny_study, REPO
+from train_helpers import cli_env, read_metrics, run_sslam, sslam_command, tiny_study, REPO
 
 STEPS, EVERY = 120, 30
 

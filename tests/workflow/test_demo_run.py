@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import copy_repository, reduced_demo, run_snakemake, write_config
+from workflow_helpers import copy_repository, reduced_demo, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import job_counts, run_snakemake, write_config
+from workflow_helpers import job_counts, run_snakemake, write_config
 
 
 def expected_jobs(config: dict) -> dict[str, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repository, reduced_demo, run_snakemake, write_config
+from workflow_helpers import copy_repository, reduced_demo, run_snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -16,6 +16,7 @@ from snakemake.settings.types import DeploymentMethod
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
 from sslam.configuration import from_dict, section
+from sslam.data.datasets import study_shard_paths
 from sslam.errors import ConfigError
 from sslam.provenance import code_hash
 
@@ -28,8 +29,11 @@ SYNTHETIC_ADAPTER = "synthetic"  # a dataset written by `sslam synth` rather tha
 
 # --- 1. validation: everything that can be wrong with the config fails here, before any job starts ---
 
+# Without --configfile the workflow runs the embedded demo (a `configfile:` directive would be MERGED
+# with a --configfile given on the command line, mixing the demo into the paper study, so the default
+# is applied here instead). `snakemake --profile slurm` gets config/config.yaml from the profile.
 if not config:
-    raise ConfigError("no config: run with --configfile config/demo.yaml (synthetic demo) or config/config.yaml (paper study)")
+    config.update(yaml.safe_load((Path(workflow.basedir).parent / "config" / "demo.yaml").read_text()))
 
 
 def validate_against_schema(config):
@@ -159,8 +163,7 @@ def manifest_path(name):
 
 
 def shard_paths(name):
-    count = dataset_entry(name).get("shards", 1)
-    return [f"{RESULTS}/cache/{name}/shard-{i:03d}-of-{count:03d}.h5" for i in range(count)]
+    return [str(path) for path in study_shard_paths(RESULTS, name, dataset_entry(name).get("shards", 1))]
 
 
 def target_length(name):
