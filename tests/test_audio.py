@@ -23,14 +23,6 @@ from sslam.audio import (
 from sslam.errors import AudioError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny fbanks: intra-op threads only add contention on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tone(seconds: float, sample_rate: int, frequency: float = 1000.0, amplitude: float = 0.3, seed: int = 0) -> np.ndarray:
     time_axis = np.arange(int(seconds * sample_rate)) / sample_rate

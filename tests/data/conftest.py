@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sslam.data.synthetic import SyntheticConfig, generate_corpus
 
 TINY = dict(clip_seconds=1.0, pretrain_clips=12, mono_clips_per_class=2, poly_train_clips=10, poly_test_clips=6,
             polyphony_clips=8, polyphony_max_events=4, odd_format_every=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors: intra-op threads only add contention on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

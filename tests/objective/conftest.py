@@ -1,10 +1,7 @@
 """Tiny shared settings for the objective tests (2 CPU cores are shared by several people)."""
 import pytest
-import torch
 
 from sslam.model import DecoderConfig, EncoderConfig
-
-torch.set_num_threads(1)
 
 
 @pytest.fixture
