@@ -33,24 +33,14 @@ import torch
 from sslam import __version__
 from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank
 from sslam.configuration import from_dict, load_yaml, section
+from sslam.data.config import CacheConfig
 from sslam.data.manifest import COLUMNS, Manifest, read_manifest
 from sslam.errors import AudioError, CacheError, ConfigError
+from sslam.io import atomic_path
 
 # Splits whose frames feed the normalisation statistics: never evaluation data.
 STATISTICS_SPLITS = ("train", "unlabeled")
 BASE_DATASETS = ("fbank", "num_frames", "clip_id", "split", "fold", "labels")
-
-
-@dataclass
-class CacheConfig:
-    max_failure_fraction: float = 0.05      # skipped / total clips above this fails the shard
-    compression: str | None = None          # None, "lzf" or "gzip"; None reads fastest
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.max_failure_fraction <= 1.0:
-            raise ConfigError(f"cache.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
-        if self.compression not in (None, "lzf", "gzip"):
-            raise ConfigError(f"cache.compression must be null, 'lzf' or 'gzip', got {self.compression!r}")
 
 
 @dataclass
@@ -89,9 +79,8 @@ def _extra_array(values: pd.Series) -> np.ndarray:
 
 
 def _write_skips(path: Path, skips: list[tuple[str, str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pd.DataFrame(skips, columns=["clip_id", "path", "reason"]).to_csv(tmp, sep="\t", index=False)
-    tmp.replace(path)
+    with atomic_path(path) as temporary:
+        pd.DataFrame(skips, columns=["clip_id", "path", "reason"]).to_csv(temporary, sep="\t", index=False)
 
 
 def build_shard(
@@ -124,8 +113,6 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
     started = time.perf_counter()
     manifest = read_manifest(manifest_path)
     rows = shard_rows(len(manifest), shard_index, num_shards)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(out_path.name + ".tmp")
     skips_path = out_path.with_name(out_path.name.removesuffix(".h5") + ".skips.tsv")
     num_bins = front_end.num_mel_bins
     kept: list[int] = []
@@ -133,52 +120,53 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
     stat_sum = stat_sumsq = 0.0
     stat_count = 0
 
-    with h5py.File(tmp_path, "w") as shard:
-        # Room for every row of the shard; shrunk to the clips that decoded once the loop is done.
-        fbank = shard.create_dataset("fbank", shape=(len(rows), target_length, num_bins),
-                                     maxshape=(None, target_length, num_bins), dtype=np.float16,
-                                     chunks=(1, target_length, num_bins), compression=config.compression)
-        num_frames = []
-        for row in rows:
-            clip_id = manifest.table.at[row, "clip_id"]
-            path = manifest.audio_path(row)
-            try:
-                raw = load_raw_fbank(path, front_end)
-            except AudioError as error:
-                skips.append((clip_id, str(path), str(error)))
-                continue
-            fitted = fit_length(raw, target_length).numpy()
-            fbank[len(kept)] = fitted.astype(np.float16)
-            if manifest.table.at[row, "split"] in STATISTICS_SPLITS:
-                real = fitted[:min(raw.shape[0], target_length)].astype(np.float64)   # padding would bias them
-                stat_sum += real.sum()
-                stat_sumsq += np.square(real).sum()
-                stat_count += real.size
-            num_frames.append(raw.shape[0])
-            kept.append(row)
-        fbank.resize(len(kept), axis=0)
+    # Written beside the target and renamed only when complete: a killed or failed build leaves any
+    # existing shard untouched.
+    with atomic_path(out_path) as tmp_path:
+        with h5py.File(tmp_path, "w") as shard:
+            # Room for every row of the shard; shrunk to the clips that decoded once the loop is done.
+            fbank = shard.create_dataset("fbank", shape=(len(rows), target_length, num_bins),
+                                         maxshape=(None, target_length, num_bins), dtype=np.float16,
+                                         chunks=(1, target_length, num_bins), compression=config.compression)
+            num_frames = []
+            for row in rows:
+                clip_id = manifest.table.at[row, "clip_id"]
+                path = manifest.audio_path(row)
+                try:
+                    raw = load_raw_fbank(path, front_end)
+                except AudioError as error:
+                    skips.append((clip_id, str(path), str(error)))
+                    continue
+                fitted = fit_length(raw, target_length).numpy()
+                fbank[len(kept)] = fitted.astype(np.float16)
+                if manifest.table.at[row, "split"] in STATISTICS_SPLITS:
+                    real = fitted[:min(raw.shape[0], target_length)].astype(np.float64)   # padding would bias them
+                    stat_sum += real.sum()
+                    stat_sumsq += np.square(real).sum()
+                    stat_count += real.size
+                num_frames.append(raw.shape[0])
+                kept.append(row)
+            fbank.resize(len(kept), axis=0)
 
-        too_many_failures = bool(rows) and len(skips) / len(rows) > config.max_failure_fraction
-        if not too_many_failures:
-            _write_columns(shard, manifest, kept, num_frames)
-            shard.attrs.update({
-                "front_end": front_end_json(front_end), "target_length": target_length, "num_mel_bins": num_bins,
-                "manifest_hash": manifest.content_hash(), "manifest_rows": len(manifest),
-                "sslam_version": __version__, "classes": json.dumps(manifest.classes),
-                "class_names": json.dumps(manifest.class_names), "num_classes": manifest.num_classes,
-                "shard_index": shard_index, "num_shards": num_shards, "num_skipped": len(skips),
-                "stat_sum": stat_sum, "stat_sumsq": stat_sumsq, "stat_count": stat_count,
-            })
-            shard.flush()
-            shard.attrs["complete"] = True     # last: a shard without it is unfinished, whatever else it holds
-    _write_skips(skips_path, skips)
-    if too_many_failures:
-        tmp_path.unlink()
-        raise CacheError(
-            f"{len(skips)} of {len(rows)} clips failed ({len(skips) / len(rows):.1%} > max_failure_fraction "
-            f"{config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
-        )
-    tmp_path.replace(out_path)
+            too_many_failures = bool(rows) and len(skips) / len(rows) > config.max_failure_fraction
+            if not too_many_failures:
+                _write_columns(shard, manifest, kept, num_frames)
+                shard.attrs.update({
+                    "front_end": front_end_json(front_end), "target_length": target_length, "num_mel_bins": num_bins,
+                    "manifest_hash": manifest.content_hash(), "manifest_rows": len(manifest),
+                    "sslam_version": __version__, "classes": json.dumps(manifest.classes),
+                    "class_names": json.dumps(manifest.class_names), "num_classes": manifest.num_classes,
+                    "shard_index": shard_index, "num_shards": num_shards, "num_skipped": len(skips),
+                    "stat_sum": stat_sum, "stat_sumsq": stat_sumsq, "stat_count": stat_count,
+                })
+                shard.flush()
+                shard.attrs["complete"] = True     # last: a shard without it is unfinished, whatever else it holds
+        _write_skips(skips_path, skips)
+        if too_many_failures:
+            raise CacheError(
+                f"{len(skips)} of {len(rows)} clips failed ({len(skips) / len(rows):.1%} > max_failure_fraction "
+                f"{config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
+            )
     return ShardReport(out_path, skips_path, len(rows), len(kept), len(skips), time.perf_counter() - started)
 
 

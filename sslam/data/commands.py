@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +17,9 @@ import yaml
 
 from sslam.configuration import from_dict, load_yaml, section
 from sslam.data.adapters import ADAPTERS, get_adapter
+from sslam.data.config import DatasetConfig
 from sslam.data.manifest import Manifest, write_manifest
 from sslam.errors import ConfigError
-
-
-@dataclass
-class DatasetConfig:
-    """One entry of the `datasets:` config section.
-
-    `adapter` names the on-disk layout (see sslam.data.adapters.ADAPTERS), `root` its folder and
-    `options` the adapter's keyword options. `target_length` (fbank frames), `norm_mean`/`norm_std`
-    and `shards` are read by the HDF5 cache and the datasets; norm_* null = computed from the
-    cached train split (the defaults are the official AudioSet statistics).
-    """
-
-    adapter: str
-    root: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    target_length: int = 1024
-    norm_mean: float | None = -4.268
-    norm_std: float | None = 4.569
-    shards: int = 1
 
 
 def _check_options(name: str, build, options: dict[str, Any], where: str) -> None:

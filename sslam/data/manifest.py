@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from sslam.errors import ManifestError
+from sslam.io import atomic_path
 
 COLUMNS = ["clip_id", "path", "split", "fold", "labels", "sample_rate", "duration"]
 LABEL_SEPARATOR = ";"
@@ -114,15 +115,14 @@ def classes_path(manifest_path: str | Path) -> Path:
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write `<path>` and its class list atomically (temp file + rename)."""
+    """Write `<path>` and its class list, each atomically (sslam.io.atomic_path)."""
     manifest.validate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     classes = pd.DataFrame({"index": range(manifest.num_classes), "label_id": manifest.classes, "name": manifest.class_names})
     for target, frame in ((classes_path(path), classes), (path, manifest.table)):
-        tmp = target.with_name(target.name + ".tmp")
-        frame.to_csv(tmp, sep="\t", index=False)
-        tmp.replace(target)
+        with atomic_path(target) as temporary:
+            frame.to_csv(temporary, sep="\t", index=False)
     return path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from sslam.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import combine, plan_rounds
 from sslam.evaluation.rounds import RoundSettings, run_round
+from sslam.io import atomic_write_json
 from sslam.provenance import code_hash as package_code_hash
 from sslam.tracking import JobTracker
 
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def dataset_config(config: dict[str, Any], dataset: str):
     """The dataset's `datasets.<name>` entry (norm constants, shard count, target length)."""
-    from sslam.data.commands import DatasetConfig
+    from sslam.data.config import DatasetConfig
 
     settings = section(config, f"datasets.{dataset}", default=None)
     if not isinstance(settings, dict) or not settings:
@@ -175,17 +175,10 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
             "code_hash": hash_value, "sslam_version": __version__, "device": job.device,
             "config": to_dict(job.benchmark),
         }
-        write_json_atomically(job.out / "metrics.json", metrics)
+        atomic_write_json(job.out / "metrics.json", metrics)  # a reader (the tables rule) never sees half of it
         tracker.log_metrics({metrics["metric"]: metrics["value"], "wall_time_s": metrics["wall_time_s"]})
         tracker.log_artifact(job.out / "metrics.json")
     return metrics
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """A reader (the tables rule) never sees a half-written metrics.json."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
 
 
 def job_from_args(args: argparse.Namespace) -> EvaluationJob:

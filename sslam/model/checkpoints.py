@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 import types
@@ -34,8 +33,9 @@ from safetensors.torch import save_file
 
 from sslam.configuration import from_dict, to_dict
 from sslam.errors import SslamError
-from sslam.model.decoder import DecoderConfig
-from sslam.model.encoder import AudioEncoder, EncoderConfig, sincos_table
+from sslam.io import atomic_path
+from sslam.model.config import DecoderConfig, EncoderConfig
+from sslam.model.encoder import AudioEncoder, sincos_table
 
 
 class CheckpointError(SslamError, ValueError):
@@ -381,10 +381,8 @@ def convert(source: str | Path, target: str | Path, which: str = "student", **ov
         raise CheckpointError(f"output must end in .safetensors, got {target}")
     metadata = {"format": "pt", "sslam_encoder_config": json.dumps(to_dict(loaded.encoder_config)),
                 "sslam_which": which, "sslam_source": str(source)}
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    save_file(to_hf_state_dict(encoder.state_dict(), loaded.head), str(partial), metadata=metadata)
-    os.replace(partial, target)  # atomic: a reader never sees half a file
+    with atomic_path(target) as temporary:
+        save_file(to_hf_state_dict(encoder.state_dict(), loaded.head), str(temporary), metadata=metadata)
     return target
 
 

@@ -7,28 +7,11 @@ over the (time, frequency) patch grid then predicts a D-dimensional target at ev
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslam.model.encoder import ModelInputError
-
-
-@dataclass
-class DecoderConfig:
-    depth: int = 6
-    groups: int = 16
-    kernel: int = 3
-    # Standard deviation of the noise tokens placed at masked positions (official mask_noise_std).
-    mask_noise_std: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.kernel % 2 == 0:
-            raise ModelInputError(f"decoder kernel must be odd to keep the grid size, got {self.kernel}")
-        if self.depth < 1 or self.groups < 1:
-            raise ModelInputError(f"decoder depth and groups must be positive, got {self.depth}, {self.groups}")
+from sslam.model.config import DecoderConfig, ModelInputError
 
 
 class ConvLayer(nn.Module):

@@ -2,35 +2,41 @@
 
 Knows nothing of optimisers, files or MLflow; the training loop drives `PretrainingObjective`.
 """
-from sslam.objective.config import VARIANT_PRESETS, ObjectiveConfig, variant_config
-from sslam.objective.losses import LossTerm, d2v_loss, global_loss, local_loss, term_weights, total_loss
-from sslam.objective.masking import clone_masks, inverse_block_mask, keep_index
-from sslam.objective.mixing import MixRegions, draw_regions, mix_batch
-from sslam.objective.pretraining import ObjectiveOutput, PretrainingObjective
-from sslam.objective.source_retention import source_retention_terms, srl_target
-from sslam.objective.targets import global_target, make_targets, teacher_targets
+_EXPORTS = {
+    "VARIANT_PRESETS": "sslam.objective.config",
+    "ObjectiveConfig": "sslam.objective.config",
+    "variant_config": "sslam.objective.config",
+    "LossTerm": "sslam.objective.losses",
+    "d2v_loss": "sslam.objective.losses",
+    "global_loss": "sslam.objective.losses",
+    "local_loss": "sslam.objective.losses",
+    "term_weights": "sslam.objective.losses",
+    "total_loss": "sslam.objective.losses",
+    "clone_masks": "sslam.objective.masking",
+    "inverse_block_mask": "sslam.objective.masking",
+    "keep_index": "sslam.objective.masking",
+    "MixRegions": "sslam.objective.mixing",
+    "draw_regions": "sslam.objective.mixing",
+    "mix_batch": "sslam.objective.mixing",
+    "ObjectiveOutput": "sslam.objective.pretraining",
+    "PretrainingObjective": "sslam.objective.pretraining",
+    "source_retention_terms": "sslam.objective.source_retention",
+    "srl_target": "sslam.objective.source_retention",
+    "global_target": "sslam.objective.targets",
+    "make_targets": "sslam.objective.targets",
+    "teacher_targets": "sslam.objective.targets",
+}
 
-__all__ = [
-    "VARIANT_PRESETS",
-    "LossTerm",
-    "MixRegions",
-    "ObjectiveConfig",
-    "ObjectiveOutput",
-    "PretrainingObjective",
-    "clone_masks",
-    "d2v_loss",
-    "draw_regions",
-    "global_loss",
-    "global_target",
-    "inverse_block_mask",
-    "keep_index",
-    "local_loss",
-    "make_targets",
-    "mix_batch",
-    "source_retention_terms",
-    "srl_target",
-    "teacher_targets",
-    "term_weights",
-    "total_loss",
-    "variant_config",
-]
+def __getattr__(name: str):
+    # Re-exports are imported on first use, so that `import sslam.objective.config` (the study's parse-time
+    # validation) never pulls in torch through this package's __init__.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)

@@ -18,7 +18,10 @@ import torch
 from torch import nn
 
 from sslam.errors import ConfigError
-from sslam.model import AudioEncoder, Decoder2d, DecoderConfig, EMATeacher, EncoderConfig, ema_decay, gather_tokens
+from sslam.model.config import DecoderConfig, EncoderConfig
+from sslam.model.decoder import Decoder2d
+from sslam.model.encoder import AudioEncoder, gather_tokens
+from sslam.model.teacher import EMATeacher, ema_decay
 from sslam.objective.config import ObjectiveConfig, resolve_layer_count
 from sslam.objective.losses import LossTerm, global_loss, local_loss, term_weights, total_loss
 from sslam.objective.masking import clone_masks, keep_index

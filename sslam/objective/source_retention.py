@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from sslam.model import AudioEncoder
+from sslam.model.encoder import AudioEncoder
 from sslam.objective.config import SrlAggregation
 from sslam.objective.losses import LossTerm, global_loss, local_loss
 from sslam.objective.mixing import MixRegions, foreign_clips

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from sslam.model import AudioEncoder
+from sslam.model.encoder import AudioEncoder
 
 NORM_EPS = 1e-5  # F.instance_norm / F.layer_norm defaults, as the official make_targets uses
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from sslam.configuration import from_dict, section
 from sslam.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported only where a dtype is needed: the study config validates without it
+    import torch
 
 
 @dataclass
@@ -80,6 +81,8 @@ class TrainConfig:
         """The dtype to autocast the forward pass to, or None for plain fp32."""
         if self.precision == "fp32" or (self.precision == "auto" and device_type != "cuda"):
             return None
+        import torch
+
         return torch.bfloat16
 
 

@@ -75,7 +75,7 @@ def objective_config(config: dict[str, Any], variant: str | None, train: TrainCo
 
 def pretrain_dataset_config(config: dict[str, Any]):
     """(name, DatasetConfig) of study.pretrain_dataset."""
-    from sslam.data.commands import DatasetConfig
+    from sslam.data.config import DatasetConfig
 
     name = section(config, "study.pretrain_dataset", default="")
     if not name:

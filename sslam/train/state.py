@@ -9,10 +9,8 @@ is damaged anyway (disk full, copied half-way), `load_training_state` falls back
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sslam.io import atomic_path
 from sslam.model.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -31,42 +30,8 @@ STATE_DIR, LAST, PREVIOUS = "state", "last.pt", "last.prev.pt"
 def atomic_torch_save(obj: Any, path: str | Path, keep_previous: Path | None = None) -> None:
     """torch.save to `path` so that a crash at any moment leaves a complete file at `path` or at
     `keep_previous` (which receives the version being replaced)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it private; give it normal permissions
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the renames durable (POSIX needs the directory entry itself flushed)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+    with atomic_path(path, keep_previous=keep_previous) as temporary:
+        torch.save(obj, temporary)
 
 
 def capture_rng_state(extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import soundfile
 
 from sslam.cli import main
 from sslam.data.adapters.fairseq import MIN_SAMPLE_SIZE, build_fairseq, export_fairseq, read_label_descriptors
-from sslam.data.commands import DatasetConfig, build_manifest
+from sslam.data.commands import build_manifest
+from sslam.data.config import DatasetConfig
 from sslam.data.manifest import Manifest, read_manifest
 from sslam.errors import ConfigError, ManifestError
 

@@ -52,13 +52,11 @@ def validate_against_schema(config):
 def build_every_section(config):
     """Build each section's own dataclass with from_dict (as the jobs will), so an unknown or mistyped
     key in any module's section fails at parse time instead of hours later inside a job."""
-    from sslam.audio import FrontEndConfig
-    from sslam.data.cache import CacheConfig
-    from sslam.data.commands import DatasetConfig
+    from sslam.data.config import CacheConfig, DatasetConfig
     from sslam.data.synthetic import SyntheticConfig
     from sslam.evaluation.config import BenchmarkConfig
-    from sslam.model.decoder import DecoderConfig
-    from sslam.model.encoder import EncoderConfig
+    from sslam.front_end import FrontEndConfig
+    from sslam.model.config import DecoderConfig, EncoderConfig
     from sslam.objective.config import ObjectiveConfig
     from sslam.train.config import train_config_for_stage
     from sslam.train.pretrain import objective_config
@@ -167,7 +165,7 @@ def shard_paths(name):
 
 
 def target_length(name):
-    from sslam.data.commands import DatasetConfig
+    from sslam.data.config import DatasetConfig
 
     return from_dict(DatasetConfig, dataset_entry(name), where=f"datasets.{name}").target_length
 

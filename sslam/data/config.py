@@ -1,0 +1,41 @@
+"""The data layer's typed settings: one `datasets.<name>` entry and the `cache` section.
+
+Torch-free on purpose: the study model (sslam.study) builds them when the workflow is parsed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sslam.errors import ConfigError
+
+
+@dataclass
+class DatasetConfig:
+    """One entry of the `datasets:` config section.
+
+    `adapter` names the on-disk layout (see sslam.data.adapters.ADAPTERS), `root` its folder and
+    `options` the adapter's keyword options. `target_length` (fbank frames), `norm_mean`/`norm_std`
+    and `shards` are read by the HDF5 cache and the datasets; norm_* null = computed from the
+    cached train split (the defaults are the official AudioSet statistics).
+    """
+
+    adapter: str
+    root: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    target_length: int = 1024
+    norm_mean: float | None = -4.268
+    norm_std: float | None = 4.569
+    shards: int = 1
+
+
+@dataclass
+class CacheConfig:
+    max_failure_fraction: float = 0.05      # skipped / total clips above this fails the shard
+    compression: str | None = None          # None, "lzf" or "gzip"; None reads fastest
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_failure_fraction <= 1.0:
+            raise ConfigError(f"cache.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if self.compression not in (None, "lzf", "gzip"):
+            raise ConfigError(f"cache.compression must be null, 'lzf' or 'gzip', got {self.compression!r}")

@@ -1,0 +1,35 @@
+"""The audio front end's settings (spec §1), torch-free so that a study config validates without torch.
+
+`sslam.audio` implements the front end with these settings; the HDF5 cache records them in every shard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+AUDIOSET_MEAN = -4.268
+AUDIOSET_STD = 4.569
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """Kaldi fbank parameters; everything not listed keeps torchaudio's Kaldi defaults
+    (25 ms window, preemphasis 0.97, 512-point FFT, 20 Hz low cut, snip_edges, log power mel)."""
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    frame_shift_ms: float = 10.0
+    window_type: str = "hanning"
+    htk_compat: bool = True
+    use_energy: bool = False
+    dither: float = 0.0
+    # A clip whose peak (after DC removal) is below this level is digital silence: its log-mel is
+    # the floor everywhere and it would only teach the model the padding value.
+    silence_dbfs: float = -90.0
+
+    def min_samples(self) -> int:
+        """One 25 ms analysis window: anything shorter yields no fbank frame at all."""
+        return int(round(0.025 * self.sample_rate))
+
+
+DEFAULT_FRONT_END = FrontEndConfig()

@@ -1,0 +1,82 @@
+"""Atomic file writes: the one place that knows how a file is replaced so that a reader never sees half of it.
+
+Every writer of a result the workflow or a later run reads (manifests, skip reports, HDF5 shards,
+metrics.json, training snapshots, checkpoints, code records) goes through `atomic_path`: the content is
+written to a temporary file in the target's folder, flushed to disk, and renamed over the target. A job
+killed at any moment leaves either the old complete file or the new complete file, never a mixture.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, keep_previous: str | Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; when the block succeeds, fsync it and rename it over `target`.
+
+    `keep_previous` receives the version being replaced (e.g. `last.prev.pt`), so that a crash between the
+    two renames still leaves one complete file. On any error the temporary file is removed and the target
+    is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        _fsync_file(temporary)
+        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes it private; give it normal permissions
+        if keep_previous is not None and target.exists():
+            os.replace(target, keep_previous)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    """Pretty JSON with a final newline; NaN/inf are refused (JSON has none, and they would hide a bug)."""
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as stream:
+        os.fsync(stream.fileno())
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable (POSIX needs the directory entry itself flushed)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
