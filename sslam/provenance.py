@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import os
 from pathlib import Path
 
 PACKAGE = "sslam"
@@ -121,6 +122,16 @@ def code_hash(*targets: str) -> str:
         digest.update(file.read_bytes())
         digest.update(b"\0")
     return digest.hexdigest()[:HASH_LENGTH]
+
+
+FINGERPRINT_ENVIRONMENT = "SSLAM_FINGERPRINT"
+
+
+def job_fingerprint(*entry_modules: str) -> str:
+    """The code fingerprint of the running job: the one the workflow scheduled it with (the rule's
+    `params.code`, passed in SSLAM_FINGERPRINT) so that its MLflow tag, its metrics.json and its log banner
+    name the same code version as the rule; outside the workflow, the static hash of `entry_modules`."""
+    return os.environ.get(FINGERPRINT_ENVIRONMENT) or code_hash(*entry_modules)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,7 @@ from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import combine, plan_rounds
 from sslam.evaluation.rounds import RoundSettings, run_round
 from sslam.io import atomic_write_json
-from sslam.provenance import code_hash as package_code_hash
+from sslam.provenance import job_fingerprint
 from sslam.tracking import JobTracker
 
 REGIME_OF_COMMAND = {"finetune": "finetune", "probe": "linear"}
@@ -38,8 +38,8 @@ DEFAULT_ENCODER_SECTION = "model.encoder"
 
 
 def code_hash() -> str:
-    """Hash of the package source this job's result depends on (evaluation + what it imports)."""
-    return package_code_hash("sslam.evaluation")
+    """The code fingerprint this job's result is recorded with (the workflow's, else evaluation + its imports)."""
+    return job_fingerprint("sslam.evaluation.run")
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from sslam.configuration import from_dict, load_yaml, section, to_dict
 from sslam.errors import ConfigError, SslamError
-from sslam.provenance import code_hash
+from sslam.provenance import job_fingerprint
 from sslam.tracking import JobTracker
 from sslam.train.config import TrainConfig, train_config_for_stage
 from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -178,7 +178,7 @@ def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, ide
     out_dir = Path(args.out)
     run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
     tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain",
-            "code_hash": code_hash("sslam.model", "sslam.objective", "sslam.train")}
+            "code_hash": job_fingerprint("sslam.train.pretrain")}
     # Only the main rank reports; JobTracker would otherwise pick MLFLOW_TRACKING_URI up on every rank.
     tracker = JobTracker(args.tracking, run_name, tags, identity.config) if context.is_main else None
     with tracker or contextlib.nullcontext():
