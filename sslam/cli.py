@@ -12,8 +12,10 @@ import argparse
 import importlib
 import sys
 
-# subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
+from sslam.provenance import Registry, finish_recording
+
+# subcommand -> (module, one-line help); a Registry, so that a job depends on its own entry only.
+COMMANDS = Registry("COMMANDS", {
     "manifest": ("sslam.data.commands", "build the canonical manifest of a dataset from its on-disk layout"),
     "synth": ("sslam.data.synthetic", "write the embedded synthetic corpus (audio + canonical manifests)"),
     "cache": ("sslam.data.cache", "build or verify HDF5 spectrogram cache shards"),
@@ -25,7 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("sslam.model.checkpoints", "convert a checkpoint (fairseq, HF, own) to safetensors"),
     "tables": ("sslam.tables.aggregate", "aggregate metrics.json files into the paper's tables and plots"),
     "track": ("sslam.tracking", "MLflow helpers: initialise the study store, log a finished job"),
-}
+    "why": ("sslam.study", "which finished jobs a code change re-runs, and which functions they ran changed"),
+})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv)  # prints usage / errors and exits
+        build_parser().parse_args(argv)  # prints usage / errors and exits
         return 2
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
@@ -52,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     args.command = name
     try:
-        code = module.run(args)
+        code = int(module.run(args) or 0)
     except SslamError as error:
         print(f"sslam {name}: error: {error}", file=sys.stderr)
         return 1
-    return int(code or 0)
+    if code == 0:
+        finish_recording()  # the workflow's record of the code this job executed (sslam/provenance.py)
+    return code
 
 
 from sslam.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)

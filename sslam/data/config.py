@@ -5,6 +5,7 @@ Torch-free on purpose: the study model (sslam.study) builds them when the workfl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sslam.errors import ConfigError
@@ -39,3 +40,9 @@ class CacheConfig:
             raise ConfigError(f"cache.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
         if self.compression not in (None, "lzf", "gzip"):
             raise ConfigError(f"cache.compression must be null, 'lzf' or 'gzip', got {self.compression!r}")
+
+
+def study_shard_paths(results_dir: str | Path, dataset: str, num_shards: int) -> list[Path]:
+    """Where a study keeps the cache of `dataset`: <results>/cache/<dataset>/shard-{i:03d}-of-{n:03d}.h5.
+    The workflow writes shards there and the jobs read them from there, both through this function."""
+    return [Path(results_dir) / "cache" / dataset / f"shard-{i:03d}-of-{num_shards:03d}.h5" for i in range(num_shards)]

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
+from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
 from sslam.data.manifest import Manifest, read_manifest
 from sslam.errors import CacheError
 
@@ -53,12 +54,6 @@ def normalisation_stats(shard_paths: Sequence[str | Path]) -> tuple[float, float
         raise CacheError(f"no train/unlabeled frames in {len(shard_paths)} shard(s): cannot compute mean/std")
     mean = total / count
     return mean, math.sqrt(max(total_sq / count - mean * mean, 0.0))
-
-
-def study_shard_paths(results_dir: str | Path, dataset: str, num_shards: int) -> list[Path]:
-    """Where a study keeps the cache of `dataset`: <results>/cache/<dataset>/shard-{i:03d}-of-{n:03d}.h5.
-    The workflow writes shards there and the jobs read them from there, both through this function."""
-    return [Path(results_dir) / "cache" / dataset / f"shard-{i:03d}-of-{num_shards:03d}.h5" for i in range(num_shards)]
 
 
 class FbankDataset(Dataset):

@@ -1,47 +1,37 @@
-# Downstream evaluation: every model (the Stage-1 baseline and each Stage-2 variant) × benchmark × seed,
-# fine-tuned (`sslam finetune`) and linear-probed (`sslam probe`). metrics.json is the source of truth.
+# Downstream evaluation: every model (the Stage-1 baseline, each Stage-2 variant, the random-init baseline)
+# × benchmark × regime × seed; `finetune` fine-tunes the whole encoder, `linear` probes the frozen one.
+# metrics.json is the source of truth of every table.
 
-rule finetune:
-    """Fine-tune the whole encoder + head on one benchmark (one seed)."""
+
+rule evaluate:
+    """One model on one benchmark, in one regime, with one seed."""
     input:
-        unpack(evaluation_inputs),
+        unpack(lambda wildcards: STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark)),
     output:
-        f"{RESULTS}/eval/{{model}}/{{benchmark}}/finetune/seed{{seed}}/metrics.json",
+        metrics=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.json",
+        code=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.code.json",
     wildcard_constraints:
-        **EVALUATION_WILDCARDS,
+        model=one_of(STUDY.models),
+        benchmark=one_of(STUDY.benchmarks),
+        regime=one_of(STUDY.regimes),
+        seed=r"\d+",
     params:
-        **evaluation_rule_params("finetune"),
-    threads: EVALUATE_RESOURCES["threads"]
+        code=code("evaluate", f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.json"),
+        settings=lambda wildcards: STUDY.evaluation_settings(wildcards.benchmark),
+        command=lambda wildcards: REGIME_COMMAND[wildcards.regime],
+        arguments=lambda wildcards: STUDY.evaluation_arguments(wildcards.model, wildcards.benchmark),
+        device=STUDY.device_argument("evaluate"),
+        env=STUDY.thread_environment("evaluate"),
+    threads: STUDY.resources("evaluate")["threads"]
     resources:
-        **evaluation_resources(),
+        **STUDY.job_resources("evaluate"),
     log:
-        f"{RESULTS}/logs/eval/{{model}}/{{benchmark}}/finetune-seed{{seed}}.log",
+        f"{RESULTS}/logs/eval/{{model}}/{{benchmark}}/{{regime}}-seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/eval/{{model}}/{{benchmark}}/finetune-seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/eval/{{model}}/{{benchmark}}/{{regime}}-seed{{seed}}.tsv"
     conda:
         CONDA_ENV
     shell:
-        EVALUATION_SHELL
-
-
-rule linear_probe:
-    """Train LayerNorm + Linear on the frozen encoder's CLS output on one benchmark (one seed)."""
-    input:
-        unpack(evaluation_inputs),
-    output:
-        f"{RESULTS}/eval/{{model}}/{{benchmark}}/linear/seed{{seed}}/metrics.json",
-    wildcard_constraints:
-        **EVALUATION_WILDCARDS,
-    params:
-        **evaluation_rule_params("linear"),
-    threads: EVALUATE_RESOURCES["threads"]
-    resources:
-        **evaluation_resources(),
-    log:
-        f"{RESULTS}/logs/eval/{{model}}/{{benchmark}}/linear-seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/eval/{{model}}/{{benchmark}}/linear-seed{{seed}}.tsv"
-    conda:
-        CONDA_ENV
-    shell:
-        EVALUATION_SHELL
+        f"{RECORD} {{params.env}} {SSLAM} {{params.command}} --config {STUDY_CONFIG} --benchmark {{wildcards.benchmark}} "
+        "{params.arguments} --seed {wildcards.seed} --variant {wildcards.model} {params.device} "
+        "--out $(dirname {output.metrics}) --tracking {input.tracking} > {log} 2>&1"

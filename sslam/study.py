@@ -1,0 +1,460 @@
+"""The study: one model of the whole DAG, built once from the validated config, for the workflow and the CLI.
+
+`Study(config)` knows the datasets and where their manifests and shards live, the pretrained models
+(Stage 1, Stage 2 per variant), the models to evaluate, regimes × benchmarks × seeds, the tables, the
+resources of each job group and the code fingerprint of every job. The Snakemake rules only ask it;
+`sslam why` uses it to say which functions changed for which job. Everything that can be wrong with a
+config fails in the constructor, naming the key, before any job starts (and without importing torch).
+
+Paths are relative to the working directory (the repository root), as the config gives them, so that a
+moved or copied checkout keeps every rule's parameters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslam.configuration import from_dict, load_yaml, section
+from sslam.errors import ConfigError
+
+SCHEMA = Path(__file__).with_name("study.schema.yaml")
+STAGE1 = "stage1"                  # the model id of the Stage-1 (EAT-style) baseline
+RANDOM_BASELINE = "random"         # a randomly initialised encoder of the study's shape
+REGIME_COMMAND = {"finetune": "finetune", "linear": "probe"}
+SYNTHETIC_ADAPTER = "synthetic"    # a dataset written by `sslam synth` rather than read by an adapter
+POLYPHONY_ADAPTER = "polyphony_bins"
+DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+# The module a job's command runs: what a never-run job's static fingerprint covers.
+JOB_MODULES = {"synth": "sslam.data.synthetic", "manifest": "sslam.data.commands", "cache": "sslam.data.cache",
+               "pretrain": "sslam.train.pretrain", "evaluate": "sslam.evaluation.run",
+               "tables": "sslam.tables.aggregate", "track": "sslam.tracking", "polyphony": "sslam.data.polyphony"}
+
+
+def validate_against_schema(config: dict[str, Any]) -> None:
+    """JSON-schema check with messages that name the offending key (study.seeds[0], datasets.x.root...)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text()))
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path)
+        problems.append(f"{where.replace('.[', '[') or '<top level>'}: {error.message}")
+    if problems:
+        raise ConfigError("the study config does not match sslam/study.schema.yaml:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class EvaluationJob:
+    model: str
+    benchmark: str
+    regime: str
+    seed: int
+
+
+class Study:
+    def __init__(self, config: dict[str, Any], check_data_roots: bool = True) -> None:
+        validate_against_schema(config)
+        self.config = config
+        study = config["study"]
+        self.name: str = study["name"]
+        self.results: str = study["results"]
+        self.seeds: list[int] = study["seeds"]
+        self.variants: list[str] = study["variants"]
+        self.benchmarks: list[str] = study["benchmarks"]
+        self.regimes: list[str] = study["regimes"]
+        self.baselines: list[str] = study.get("baselines", [RANDOM_BASELINE])
+        self.stage1_checkpoint: str | None = study.get("stage1_checkpoint")
+        self.pretrain_dataset: str = study["pretrain_dataset"]
+        self.audioset: dict[str, Any] = study.get("audioset") or {}
+        self._check_references()
+        self.datasets = self._build_sections()
+        if check_data_roots:
+            self._check_data_roots()
+        self._index = None
+        self.changed_code: dict[str, list[str]] = {}   # record path -> changed units, filled by fingerprint()
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> "Study":
+        return cls(load_yaml(path), **options)
+
+    # ------------------------------------------------------------------ validation
+    def _check_references(self) -> None:
+        """Cross-references the schema cannot express: names that must exist elsewhere in the config."""
+        from sslam.objective.config import VARIANT_PRESETS
+
+        config = self.config
+        datasets, benchmarks = config["datasets"], section(config, "evaluation.benchmarks")
+        defined = set(section(config, "variants") or {})
+        for i, variant in enumerate(self.variants):
+            if variant not in VARIANT_PRESETS and variant not in defined:
+                raise ConfigError(f"study.variants[{i}]: unknown variant {variant!r}; use one of "
+                                  f"{list(VARIANT_PRESETS)} or define it under `variants:`")
+        if self.pretrain_dataset not in datasets:
+            raise ConfigError(f"study.pretrain_dataset: {self.pretrain_dataset!r} is not under `datasets:`")
+        for i, name in enumerate(self.benchmarks):
+            if name not in benchmarks:
+                raise ConfigError(f"study.benchmarks[{i}]: {name!r} is not under evaluation.benchmarks")
+            for key in ("dataset", "train_dataset"):
+                if benchmarks[name].get(key) and benchmarks[name][key] not in datasets:
+                    raise ConfigError(f"evaluation.benchmarks.{name}.{key}: {benchmarks[name][key]!r} "
+                                      f"is not under `datasets:`")
+        for i, spec in enumerate(section(config, "study.tables.specs", [])):
+            for benchmark in spec.get("benchmarks", []):
+                if benchmark not in self.benchmarks:
+                    raise ConfigError(f"study.tables.specs[{i}] ({spec.get('name')}): benchmark {benchmark!r} "
+                                      f"is not in study.benchmarks, so it would never have results")
+        for name in self.used_datasets():
+            if datasets[name]["adapter"] == POLYPHONY_ADAPTER:
+                for source in self.polyphony_sources(name):
+                    if source not in datasets:
+                        raise ConfigError(f"datasets.{name}.options.sources: {source}.tsv names no dataset")
+
+    def _build_sections(self) -> dict[str, Any]:
+        """Build each section's own dataclass (as the jobs will), so an unknown, mistyped or out-of-range
+        key fails now instead of hours later inside a job."""
+        from sslam.data.config import CacheConfig, DatasetConfig
+        from sslam.data.synthetic import SyntheticConfig
+        from sslam.evaluation.config import BenchmarkConfig
+        from sslam.front_end import FrontEndConfig
+        from sslam.model.config import DecoderConfig, EncoderConfig
+        from sslam.objective.config import ObjectiveConfig, variant_config
+        from sslam.tables.layouts import TablesConfig
+        from sslam.train.config import train_config_for_stage
+
+        config = self.config
+        for where, dataclass in [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
+                                 ("model.encoder", EncoderConfig), ("model.decoder", DecoderConfig),
+                                 ("objective", ObjectiveConfig)]:
+            from_dict(dataclass, section(config, where), where=where)
+        from_dict(TablesConfig, section(config, "study.tables"), where="study.tables")
+        datasets = {name: from_dict(DatasetConfig, entry, where=f"datasets.{name}")
+                    for name, entry in config["datasets"].items()}
+        for name, entry in section(config, "evaluation.benchmarks").items():
+            from_dict(BenchmarkConfig, entry, where=f"evaluation.benchmarks.{name}")
+        for stage in (1, 2):
+            train_config_for_stage(config, stage)
+        base = section(config, "objective")
+        for variant in self.variants:  # exactly what `sslam pretrain --stage 2 --variant V` builds
+            variant_config(variant, base, section(config, f"variants.{variant}"))
+        return datasets
+
+    def _check_data_roots(self) -> None:
+        """Every dataset read from disk must have its folder; produced folders are exempt."""
+        for name in self.used_datasets():
+            entry = self.config["datasets"][name]
+            if entry["adapter"] in (SYNTHETIC_ADAPTER, POLYPHONY_ADAPTER):
+                continue
+            if not entry.get("root"):
+                raise ConfigError(f"datasets.{name}.root: not set (adapter {entry['adapter']!r} reads a folder)")
+            if not Path(entry["root"]).expanduser().is_dir():
+                raise ConfigError(f"datasets.{name}.root: folder not found: {entry['root']}")
+            audio_dir = entry.get("options", {}).get("audio_dir")
+            if audio_dir and not self.audioset.get("download") and not Path(audio_dir).expanduser().is_dir():
+                raise ConfigError(f"datasets.{name}.options.audio_dir: folder not found: {audio_dir} "
+                                  f"(or set study.audioset.download: true on a networked cluster)")
+
+    # ------------------------------------------------------------------ datasets
+    def adapter(self, dataset: str) -> str:
+        return self.config["datasets"][dataset]["adapter"]
+
+    def benchmark_datasets(self, benchmark: str) -> tuple[str, str]:
+        """(test dataset, training dataset): they differ for the polyphony bins (trained on poly)."""
+        entry = section(self.config, f"evaluation.benchmarks.{benchmark}")
+        return entry["dataset"], entry.get("train_dataset") or entry["dataset"]
+
+    def polyphony_sources(self, dataset: str) -> list[str]:
+        """Datasets whose manifests a polyphony_bins dataset merges (its `sources` are <dataset>.tsv files)."""
+        options = self.config["datasets"][dataset].get("options", {})
+        return [Path(source).stem for source in options.get("sources", [])]
+
+    def used_datasets(self) -> list[str]:
+        names = [self.pretrain_dataset] + [d for b in self.benchmarks for d in self.benchmark_datasets(b)]
+        for name in list(names):
+            if self.adapter(name) == POLYPHONY_ADAPTER:
+                names += self.polyphony_sources(name)
+        return list(dict.fromkeys(names))
+
+    def datasets_with(self, *adapters: str, exclude: tuple[str, ...] = ()) -> list[str]:
+        return [d for d in self.used_datasets()
+                if (not adapters or self.adapter(d) in adapters) and self.adapter(d) not in exclude]
+
+    def synthetic_set(self, dataset: str) -> str:
+        return self.config["datasets"][dataset].get("options", {}).get("set", dataset)
+
+    def synthetic_sets(self) -> list[str]:
+        return sorted({self.synthetic_set(d) for d in self.datasets_with(SYNTHETIC_ADAPTER)})
+
+    def manifest_path(self, dataset: str) -> str:
+        if self.adapter(dataset) == SYNTHETIC_ADAPTER:
+            return f"{self.results}/data/synthetic/{self.synthetic_set(dataset)}/manifest.tsv"
+        return f"{self.results}/data/{dataset}/manifest.tsv"
+
+    def shard_paths(self, dataset: str) -> list[str]:
+        from sslam.data.config import study_shard_paths
+
+        return [str(path) for path in study_shard_paths(self.results, dataset, self.datasets[dataset].shards)]
+
+    def polyphony_root(self) -> str:
+        """The folder the workflow fills with the source manifests a polyphony_bins dataset merges."""
+        roots = {self.config["datasets"][d].get("root") for d in self.datasets_with(POLYPHONY_ADAPTER)}
+        if not roots:
+            return f"{self.results}/data/polyphony_sources"
+        if len(roots) != 1 or None in roots:
+            raise ConfigError(f"datasets using the polyphony_bins adapter need one shared root folder (the workflow "
+                              f"fills it with their source manifests), got {sorted(map(str, roots))}")
+        return roots.pop()
+
+    def audioset_metadata(self) -> tuple[str, dict[str, str]]:
+        """The AudioSet metadata folder and the options locating its class list / ontology, shared by every
+        AudioSet dataset (the download manifest covers all of them at once)."""
+        names = self.datasets_with("audioset")
+        roots = {self.config["datasets"][d]["root"] for d in names}
+        if len(roots) > 1:
+            raise ConfigError(f"datasets using the audioset adapter must share one metadata root, got {sorted(roots)}")
+        options = self.config["datasets"][names[0]].get("options", {})
+        return roots.pop(), {key: options[key] for key in ("class_list", "ontology") if key in options}
+
+    # ------------------------------------------------------------------ models
+    @property
+    def stage2_models(self) -> list[str]:
+        return list(self.variants)
+
+    @property
+    def pretrained_models(self) -> list[str]:
+        """Models trained by this DAG (Stage 1 unless given as a checkpoint, then every Stage-2 variant)."""
+        return ([] if self.stage1_checkpoint else [STAGE1]) + self.stage2_models
+
+    @property
+    def models(self) -> list[str]:
+        """Every model evaluated: the Stage-1 baseline, the Stage-2 variants and the baselines."""
+        stage1 = [STAGE1] if self.config["study"].get("evaluate_stage1", True) else []
+        return stage1 + self.stage2_models + self.baselines
+
+    def pretrain_dir(self, model: str) -> str:
+        return f"{self.results}/pretrain/{model}"
+
+    def checkpoint(self, model: str) -> str | None:
+        """The checkpoint a model is evaluated from; None for a baseline built in the job itself."""
+        if model in self.baselines:
+            return None
+        if model == STAGE1 and self.stage1_checkpoint:
+            return self.stage1_checkpoint
+        return f"{self.pretrain_dir(model)}/checkpoint.pt"
+
+    def init_of(self, model: str) -> str:
+        """The Stage-1 checkpoint a Stage-2 model starts from."""
+        return self.checkpoint(STAGE1)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_jobs(self) -> list[EvaluationJob]:
+        return [EvaluationJob(m, b, r, s) for m in self.models for b in self.benchmarks
+                for r in self.regimes for s in self.seeds]
+
+    def evaluation_dir(self, model: str, benchmark: str, regime: str, seed: int | str) -> str:
+        return f"{self.results}/eval/{model}/{benchmark}/{regime}/seed{seed}"
+
+    def metrics_files(self) -> list[str]:
+        return [f"{self.evaluation_dir(j.model, j.benchmark, j.regime, j.seed)}/metrics.json"
+                for j in self.evaluation_jobs()]
+
+    def pretraining_metrics(self) -> list[str]:
+        return [f"{self.pretrain_dir(model)}/metrics.jsonl" for model in self.pretrained_models]
+
+    # ------------------------------------------------------------------ tables, tracking, resources
+    @property
+    def tables_dir(self) -> str:
+        return f"{self.results}/tables"
+
+    def table_specs(self) -> list[dict[str, Any]]:
+        return section(self.config, "study.tables.specs", [])
+
+    def table_files(self) -> dict[str, str]:
+        return {f"{spec['name']}_{suffix}": f"{self.tables_dir}/{spec['name']}.{suffix}"
+                for spec in self.table_specs() for suffix in ("md", "csv", "tex")}
+
+    def figure_files(self) -> dict[str, str]:
+        figures = {f"{spec['name']}_figure": f"{self.tables_dir}/{spec['name']}_polyphony.png"
+                   for spec in self.table_specs() if spec.get("kind") == "polyphony_bins"}
+        figures["pretrain_loss"] = f"{self.tables_dir}/pretrain_loss.png"
+        if self.polyphony_segments():
+            figures["audioset_polyphony"] = f"{self.tables_dir}/audioset_polyphony.png"
+        return figures
+
+    def polyphony_segments(self) -> list[str]:
+        """Figure 3 (App. B.1) needs the AudioSet ontology and segment CSVs: run it when the study names them."""
+        metadata = self.audioset.get("metadata")
+        return [str(Path(metadata) / name) for name in self.audioset.get("polyphony_segments", [])] if metadata else []
+
+    @property
+    def tracking_file(self) -> str:
+        return f"{self.results}/mlflow/tracking.json"
+
+    def tracking_uri(self) -> str:
+        """The configured URI, else a SQLite store beside tracking.json (relative: the checkout may move)."""
+        return section(self.config, "tracking.uri", None) or "sqlite:///mlflow.db"
+
+    def resources(self, group: str) -> dict[str, int]:
+        """Portable resources of a job group from study.resources.<group> (threads, mem_mb, runtime, gpu)."""
+        return {**DEFAULT_RESOURCES, **section(self.config, f"study.resources.{group}")}
+
+    def settings(self, *wheres: str) -> str:
+        """The config sections a job reads, as a canonical string: editing them re-runs just those jobs."""
+        return json.dumps({where: section(self.config, where) for where in wheres}, sort_keys=True, default=str)
+
+    def write_config(self, path: str | Path) -> None:
+        """The effective config (with any --config overrides), rewritten only when its content changed so
+        that its modification time stays put."""
+        from sslam.io import atomic_write_text
+
+        text = yaml.safe_dump(dict(self.config), sort_keys=False)
+        path = Path(path)
+        if not (path.is_file() and path.read_text() == text):
+            atomic_write_text(path, text)
+
+    # ------------------------------------------------------------------ what each job reads and runs
+    def manifest_inputs(self, dataset: str) -> dict[str, Any]:
+        """AudioSet manifests are availability scans: they wait for the download manifest (and the download
+        itself when enabled). A polyphony_bins dataset waits for its sources' manifests."""
+        inputs: dict[str, Any] = {}
+        if self.adapter(dataset) == "audioset":
+            inputs["download_manifest"] = f"{self.results}/data/audioset_download/manifest.tsv"
+            if self.audioset.get("download"):
+                inputs["downloaded"] = f"{self.results}/data/audioset_download/download.done"
+        if self.adapter(dataset) == POLYPHONY_ADAPTER:
+            inputs["sources"] = [f"{self.polyphony_root()}/{source}.tsv" for source in self.polyphony_sources(dataset)]
+        return inputs
+
+    def pretrain_inputs(self, model: str) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset), "tracking": self.tracking_file}
+        if model != STAGE1:
+            inputs["init"] = self.init_of(model)
+        return inputs
+
+    def pretrain_arguments(self, model: str) -> str:
+        return "--stage 1" if model == STAGE1 else f"--stage 2 --variant {model}"
+
+    def pretrain_settings(self, model: str) -> str:
+        stage = "pretrain.stage1" if model == STAGE1 else "pretrain.stage2"
+        return self.settings("model", "objective", f"datasets.{self.pretrain_dataset}", stage,
+                             *([] if model == STAGE1 else [f"variants.{model}"]))
+
+    def evaluation_inputs(self, model: str, benchmark: str) -> dict[str, Any]:
+        test, train = self.benchmark_datasets(benchmark)
+        inputs: dict[str, Any] = {"tracking": self.tracking_file, "shards": self.shard_paths(test)}
+        if self.checkpoint(model) is not None:
+            inputs["checkpoint"] = self.checkpoint(model)
+        if train != test:
+            inputs["train_shards"] = self.shard_paths(train)
+        return inputs
+
+    def evaluation_arguments(self, model: str, benchmark: str) -> str:
+        """--checkpoint (or `random` for the baseline), and --train-shards where the benchmark trains on
+        another dataset (the polyphony bins train on poly)."""
+        test, train = self.benchmark_datasets(benchmark)
+        checkpoint = self.checkpoint(model) or RANDOM_BASELINE
+        arguments = f"--checkpoint {checkpoint} --shards {' '.join(self.shard_paths(test))}"
+        if train != test:
+            arguments += f" --train-shards {' '.join(self.shard_paths(train))}"
+        return arguments
+
+    def evaluation_settings(self, benchmark: str) -> str:
+        test, train = self.benchmark_datasets(benchmark)
+        return self.settings(f"evaluation.benchmarks.{benchmark}", f"datasets.{test}", f"datasets.{train}",
+                             "model.encoder")
+
+    def job_resources(self, group: str) -> dict[str, int]:
+        """What the executor needs: gpu= only when asked for (the SLURM plugin maps it to --gpus; never
+        `tasks`, which would become --ntasks-per-gpu)."""
+        resources = self.resources(group)
+        extra = {"gpu": resources["gpu"]} if resources["gpu"] else {}
+        return dict(mem_mb=resources["mem_mb"], runtime=resources["runtime"], **extra)
+
+    def device_argument(self, group: str) -> str:
+        """A GPU job says so: asked for CUDA, it fails at once where CUDA does not work instead of training
+        on the CPU until its time limit."""
+        return "--device cuda" if self.resources(group)["gpu"] else "--device cpu"
+
+    def thread_environment(self, group: str) -> str:
+        """Torch and BLAS default to every core of the node; a job stays within its allocation (torchrun
+        shares the job's threads among its processes)."""
+        resources = self.resources(group)
+        threads = max(1, resources["threads"] // max(1, resources["gpu"]))
+        return f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+
+    def launcher(self, group: str, python: str) -> str:
+        """`python -m sslam.cli`, or torchrun for a multi-GPU job on one node (all GPUs visible to the task)."""
+        gpus = self.resources(group)["gpu"]
+        if gpus > 1:
+            return f"{python} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m sslam.cli"
+        return f"{python} -m sslam.cli"
+
+    # ------------------------------------------------------------------ code fingerprints
+    def fingerprint(self, job: str, record: str) -> str:
+        """The fingerprint a job is scheduled with (sslam.provenance), from its code record `record`."""
+        from sslam.codeindex import PackageIndex
+        from sslam.provenance import scheduled_fingerprint
+
+        if self._index is None:
+            self._index = PackageIndex()
+        scheduled = scheduled_fingerprint(record, JOB_MODULES[job], self._index)
+        if scheduled.changed and record not in self.changed_code:
+            # `snakemake -n` thereby says, per re-scheduled job, which of the functions it ran changed.
+            self.changed_code[record] = scheduled.changed
+            shown = ", ".join(scheduled.changed[:6]) + (f" (+{len(scheduled.changed) - 6} more)"
+                                                         if len(scheduled.changed) > 6 else "")
+            print(f"code changed for {record.removesuffix('.code.json')}: {shown}", file=sys.stderr)
+        return scheduled.value
+
+
+def one_of(names: list[str]) -> str:
+    """A wildcard constraint matching exactly these names (and nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def record_path(output: str) -> str:
+    """The code record of a job sits beside its primary output: X.ext -> X.code.json."""
+    return re.sub(r"\.[A-Za-z0-9]+$", "", output) + ".code.json"
+
+
+# ------------------------------------------------------------------------------ `sslam why`
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--config", required=True, help="the study YAML (as given to snakemake --configfile)")
+    parser.add_argument("--all", action="store_true", help="also list the jobs whose code is unchanged")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Which finished jobs a code change re-schedules, and which of the functions they executed changed."""
+    from sslam.codeindex import PackageIndex
+    from sslam.provenance import scheduled_fingerprint
+
+    study = Study.from_file(args.config, check_data_roots=False)
+    index = PackageIndex()
+    records = sorted(Path(study.results).glob("**/*.code.json"))
+    if not records:
+        print(f"no code records under {study.results}: nothing has run yet")
+        return 0
+    stale = 0
+    for path in records:
+        job = str(path).removesuffix(".code.json")
+        scheduled = scheduled_fingerprint(path, "sslam.cli", index)
+        if not scheduled.recorded:
+            stale += 1
+            print(f"{job}: unreadable code record (the job re-runs)")
+        elif scheduled.changed:
+            stale += 1
+            print(f"{job}: {len(scheduled.changed)} changed")
+            for unit in scheduled.changed:
+                print(f"    {unit}" + ("  (removed)" if index.digest_of(unit) is None else ""))
+        elif args.all:
+            print(f"{job}: unchanged")
+    print(f"{stale} of {len(records)} recorded jobs ran code that has changed since; snakemake re-runs them "
+          f"and what depends on them")
+    return 0
