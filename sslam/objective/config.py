@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -121,6 +122,9 @@ class ObjectiveConfig:
         if not low <= self.mixit_vectors <= high:
             raise ConfigError(f"objective.mixit_vectors must be in [{low}, {high}] (the MixIT minimum runs over "
                               f"2^K assignments), got {self.mixit_vectors}")
+        if self.mixit_level not in typing.get_args(MixItLevel):
+            raise ConfigError(f"objective.mixit_level must be one of {list(typing.get_args(MixItLevel))}, "
+                              f"got {self.mixit_level!r}")
         if not any(getattr(self, name) for name in LOSS_SWITCHES):
             raise ConfigError(f"objective: every loss term is switched off ({', '.join(LOSS_SWITCHES)})")
         mixing_terms = [name for name in MIXED_HALF_SWITCHES if getattr(self, name)]

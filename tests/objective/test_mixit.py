@@ -116,6 +116,8 @@ def test_config_fields_are_range_checked_and_the_preset_is_registered():
             ObjectiveConfig(mixit_vectors=bad)
     with pytest.raises(ConfigError, match="mixit_level"):
         variant_config("MixIT", overrides={"mixit_level": "tokens"})
+    with pytest.raises(ConfigError, match=r"mixit_level must be one of \['patch', 'cls', 'both'\]"):
+        ObjectiveConfig(mixit_level="tokens")
     with pytest.raises(ConfigError, match="mix_mode is 'none'"):
         variant_config("MB-UA", overrides={"mixit": True})
 
