@@ -2,7 +2,9 @@
 
 The visible tokens the student encoded go back to their grid positions; every masked position
 gets a fresh Gaussian noise token (not a learned mask token, and no positional embedding: the
-convolutions see position through the grid layout itself). A stack of grouped 2-D convolutions
+convolutions see position through the grid layout itself). The decoder draws nothing itself: the
+caller passes the noise tokens (`draw_noise` gives them the configured N(0, mask_noise_std²)), so
+the random stream belongs to whoever owns the run's generators. A stack of grouped 2-D convolutions
 over the (time, frequency) patch grid then predicts a D-dimensional target at every position.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ class ConvLayer(nn.Module):
 
 
 class Decoder2d(nn.Module):
-    """forward(visible (N, K, D), keep_index (N, K), grid (Tp, Fp)) -> predictions (N, Tp·Fp, D)."""
+    """forward(visible (N, K, D), keep_index (N, K), grid (Tp, Fp), noise (N, Tp·Fp − K, D))
+    -> predictions (N, Tp·Fp, D)."""
 
     def __init__(self, config: DecoderConfig | None = None, embed_dim: int = 768) -> None:
         super().__init__()
@@ -41,23 +44,46 @@ class Decoder2d(nn.Module):
         self.layers = nn.ModuleList(ConvLayer(embed_dim, config.kernel, config.groups) for _ in range(config.depth))
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def scatter_to_grid(self, visible: torch.Tensor, keep_index: torch.Tensor, num_positions: int) -> torch.Tensor:
-        """Place the visible tokens at their positions; fill the rest with N(0, mask_noise_std²) noise."""
+    def draw_noise(self, num_sequences: int, num_masked: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(N, M) -> (N, M, D) noise tokens ~ N(0, mask_noise_std²), drawn on `device` from `generator`
+        (which must live on that device: no host-side draw and copy)."""
+        noise = torch.randn(num_sequences, num_masked, self.embed_dim, generator=generator, device=device,
+                            dtype=dtype)
+        return noise * self.config.mask_noise_std
+
+    @staticmethod
+    def masked_index(keep_index: torch.Tensor, num_positions: int) -> torch.Tensor:
+        """(N, K) kept positions -> (N, L − K) the other positions, ascending (the order of `noise`)."""
+        is_kept = torch.zeros(keep_index.shape[0], num_positions, dtype=torch.uint8, device=keep_index.device)
+        is_kept.scatter_(1, keep_index, 1)
+        # Stable sort puts the masked (0) positions first, in ascending order, without a host sync.
+        return torch.argsort(is_kept, dim=1, stable=True)[:, :num_positions - keep_index.shape[1]]
+
+    def scatter_to_grid(self, visible: torch.Tensor, keep_index: torch.Tensor, noise: torch.Tensor,
+                        num_positions: int) -> torch.Tensor:
+        """(N, K, D) visible tokens at `keep_index`, (N, L − K, D) noise tokens at the other positions in
+        ascending order -> (N, L, D) time-major grid tokens."""
         batch, kept, dim = visible.shape
         if keep_index.shape != (batch, kept):
             raise ModelInputError(f"keep_index must be {(batch, kept)}, got {tuple(keep_index.shape)}")
         if kept > num_positions:
             raise ModelInputError(f"{kept} visible tokens do not fit a grid of {num_positions} positions")
-        noise = torch.randn(batch, num_positions, dim, device=visible.device, dtype=visible.dtype)
-        noise = noise * self.config.mask_noise_std
-        return noise.scatter(1, keep_index.unsqueeze(-1).expand(-1, -1, dim), visible)
+        if noise.shape != (batch, num_positions - kept, dim):
+            raise ModelInputError(f"noise must be {(batch, num_positions - kept, dim)} (one token per masked "
+                                  f"position), got {tuple(noise.shape)}")
+        masked_index = self.masked_index(keep_index, num_positions)
+        tokens = visible.new_empty(batch, num_positions, dim)
+        tokens = tokens.scatter(1, masked_index.unsqueeze(-1).expand(-1, -1, dim), noise.to(visible.dtype))
+        return tokens.scatter(1, keep_index.unsqueeze(-1).expand(-1, -1, dim), visible)
 
-    def forward(self, visible: torch.Tensor, keep_index: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, visible: torch.Tensor, keep_index: torch.Tensor, grid: tuple[int, int],
+                noise: torch.Tensor) -> torch.Tensor:
         time_patches, freq_patches = grid
         batch, _, dim = visible.shape
         if dim != self.embed_dim:
             raise ModelInputError(f"decoder expects width {self.embed_dim}, got {dim}")
-        tokens = self.scatter_to_grid(visible, keep_index, time_patches * freq_patches)
+        tokens = self.scatter_to_grid(visible, keep_index, noise, time_patches * freq_patches)
         # Time-major tokens (t·Fp + f) -> image layout (N, D, Tp, Fp).
         x = tokens.transpose(1, 2).reshape(batch, dim, time_patches, freq_patches)
         for layer in self.layers:

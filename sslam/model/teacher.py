@@ -16,8 +16,11 @@ from torch import nn
 from sslam.model.encoder import AudioEncoder
 
 
-def ema_decay(step: int, start: float = 0.9998, end: float = 0.99999, anneal_steps: int = 100_000) -> float:
+def ema_decay(step: int, start: float, end: float, anneal_steps: int) -> float:
     """Linear anneal from `start` (step 0) to `end` (step `anneal_steps`), then held at `end`.
+
+    The values are the training stage's (`TrainConfig.ema_start/ema_end/ema_anneal_steps`, their one
+    owner; official: 0.9998 → 0.99999 over 100k updates, restarted in Stage 2).
 
     `step` counts optimizer updates; the official trainer sets it at the start of update k ≥ 1,
     so the teacher tracks the student after every update (Stage 2 restarts the count at 0).

@@ -1,4 +1,4 @@
-"""The SSLAM pre-training objective: masking, mixing, teacher targets, losses, source retention.
+"""The SSLAM pre-training objective: masking, mixing, teacher targets, losses, source retention, MixIT.
 
 Knows nothing of optimisers, files or MLflow; the training loop drives `PretrainingObjective`.
 """
@@ -15,11 +15,16 @@ _EXPORTS = {
     "clone_masks": "sslam.objective.masking",
     "inverse_block_mask": "sslam.objective.masking",
     "keep_index": "sslam.objective.masking",
+    "MixedHalf": "sslam.objective.mixing",
     "MixRegions": "sslam.objective.mixing",
     "draw_regions": "sslam.objective.mixing",
     "mix_batch": "sslam.objective.mixing",
+    "MixItHead": "sslam.objective.mixit",
+    "MixItSettings": "sslam.objective.mixit",
+    "mixit_terms": "sslam.objective.mixit",
     "ObjectiveOutput": "sslam.objective.pretraining",
     "PretrainingObjective": "sslam.objective.pretraining",
+    "SrlSettings": "sslam.objective.source_retention",
     "source_retention_terms": "sslam.objective.source_retention",
     "srl_target": "sslam.objective.source_retention",
     "global_target": "sslam.objective.targets",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ MixOp = Literal["logmel_max", "logmel_mean", "waveform_mean"]
 LossWeighting = Literal["official", "paper"]
 SrlAggregation = Literal["mean", "max"]
 Stage1Input = Literal["unmixed", "mixed"]
+MixItLevel = Literal["patch", "cls", "both"]
 
 # The official code's unmixed region is 240 of 1024 frames (two of them; spec §7).
 OFFICIAL_REGION_FRACTION = 240 / 1024
@@ -32,7 +34,19 @@ OFFICIAL_REGION_FRACTION = 240 / 1024
 UNMIXED_TERMS = ("local_unmixed", "global_unmixed")
 MIXED_TERMS = ("local_mixed", "global_mixed")
 SRL_TERMS = ("srl_local", "srl_global")
-LOSS_TERMS = UNMIXED_TERMS + MIXED_TERMS + SRL_TERMS
+# One switch for the MixIT variant (App. C); its terms are named by level: mixit_patch, mixit_cls.
+MIXIT_SWITCH = "mixit"
+LOSS_SWITCHES = UNMIXED_TERMS + MIXED_TERMS + SRL_TERMS + (MIXIT_SWITCH,)
+MIXED_HALF_SWITCHES = MIXED_TERMS + SRL_TERMS + (MIXIT_SWITCH,)
+# The MixIT minimum runs over 2^K assignments (the paper's own objection to large K, App. C).
+MIXIT_VECTORS_RANGE = (2, 8)
+
+# Keys that left this section: where a YAML must set them now.
+MOVED_KEYS = {
+    "ema_decay_start": "pretrain.stage1.ema_start / pretrain.stage2.ema_start",
+    "ema_decay_end": "pretrain.stage1.ema_end / pretrain.stage2.ema_end",
+    "ema_anneal_steps": "pretrain.stage1.ema_anneal_steps / pretrain.stage2.ema_anneal_steps",
+}
 
 
 @dataclass
@@ -52,11 +66,6 @@ class ObjectiveConfig:
     # 12-layer average for the unmixed half: set global_target_unmixed_layers: all.
     global_target_layers_stage2: LayerCount = 1
     global_target_unmixed_layers: LayerCount | None = None  # None = same as global_target_layers_stage2
-
-    # --- EMA teacher (spec §5); the decay schedule restarts in Stage 2 ---
-    ema_decay_start: float = 0.9998
-    ema_decay_end: float = 0.99999
-    ema_anneal_steps: int = 100_000
 
     # --- mixing (spec §7, paper Tables 4 and 10) ---
     mix_mode: MixMode = "partial"
@@ -82,12 +91,23 @@ class ObjectiveConfig:
     srl_aggregation: SrlAggregation = "mean"  # Table 11
     loss_weighting: LossWeighting = "official"
 
+    # --- MixIT concept separation (paper App. C, Eq. 6; never released, so these are our choices) ---
+    # An MLP maps the student's mixed-half outputs to K vectors whose best 2-way split must sum to the
+    # teacher's views of the two unmixed sources. Off in every official preset; on in the MixIT preset.
+    mixit: bool = False
+    # K = 4: Wisdom et al.'s MixIT separates a mixture of two mixtures into 4 outputs, which lets each
+    # clip keep more than one concept while the 2^4 = 16 assignments stay cheap.
+    mixit_vectors: int = 4
+    # patch: on the masked tokens of the mixed rows, like the SRL that MixIT stands in for (local SRL on,
+    # global off officially); cls: on the CLS output; both: the two terms, each with its own minimum.
+    mixit_level: MixItLevel = "patch"
+
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"objective.mask_prob must be in (0, 1), got {self.mask_prob}")
         if self.block_size < 1:
             raise ConfigError(f"objective.block_size must be >= 1, got {self.block_size}")
-        for name in ("clones_stage1", "clones_stage2", "ema_anneal_steps"):
+        for name in ("clones_stage1", "clones_stage2"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"objective.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.region_fraction < 0.5:
@@ -98,9 +118,16 @@ class ObjectiveConfig:
             raise ConfigError("objective.norm_mean and objective.norm_std must be given together")
         if self.norm_std is not None and self.norm_std <= 0:
             raise ConfigError(f"objective.norm_std must be positive, got {self.norm_std}")
-        if not any(getattr(self, name) for name in LOSS_TERMS):
-            raise ConfigError(f"objective: every loss term is switched off ({', '.join(LOSS_TERMS)})")
-        mixing_terms = [name for name in MIXED_TERMS + SRL_TERMS if getattr(self, name)]
+        low, high = MIXIT_VECTORS_RANGE
+        if not low <= self.mixit_vectors <= high:
+            raise ConfigError(f"objective.mixit_vectors must be in [{low}, {high}] (the MixIT minimum runs over "
+                              f"2^K assignments), got {self.mixit_vectors}")
+        if self.mixit_level not in typing.get_args(MixItLevel):
+            raise ConfigError(f"objective.mixit_level must be one of {list(typing.get_args(MixItLevel))}, "
+                              f"got {self.mixit_level!r}")
+        if not any(getattr(self, name) for name in LOSS_SWITCHES):
+            raise ConfigError(f"objective: every loss term is switched off ({', '.join(LOSS_SWITCHES)})")
+        mixing_terms = [name for name in MIXED_HALF_SWITCHES if getattr(self, name)]
         if mixing_terms and self.mix_mode == "none":
             raise ConfigError(f"objective.mix_mode is 'none' but mixed-audio terms are on: {mixing_terms}")
         if self.stage1_input == "mixed" and self.mix_mode == "none":
@@ -112,7 +139,16 @@ class ObjectiveConfig:
 
     @property
     def student_sees_mixed(self) -> bool:
-        return any(getattr(self, name) for name in MIXED_TERMS + SRL_TERMS)
+        return any(getattr(self, name) for name in MIXED_HALF_SWITCHES)
+
+
+def reject_moved_keys(mapping: dict[str, Any], where: str) -> None:
+    """One ConfigError for every key of `mapping` that moved out of the objective section."""
+    moved = [key for key in mapping if key in MOVED_KEYS]
+    if moved:
+        raise ConfigError("; ".join(
+            f"{where}.{key} has moved: the teacher's EMA schedule belongs to the training stage, set "
+            f"{MOVED_KEYS[key]}" for key in moved))
 
 
 def resolve_layer_count(value: LayerCount, depth: int, name: str) -> int:
@@ -144,6 +180,9 @@ VARIANT_PRESETS: dict[str, dict[str, Any]] = {
     "MB-UA-PMA": dict(srl_local=False, srl_global=False),
     # Everything, as the released code.
     "SSLAM": {},
+    # App. C's concept separation in place of the SRL (the paper compares it with SSLAM: 39.9 vs 40.9
+    # mAP on AS-20K): both halves and the four ordinary losses, the MixIT term instead of the SRL.
+    "MixIT": dict(srl_local=False, srl_global=False, mixit=True),
 }
 
 
@@ -164,6 +203,9 @@ def variant_config(name: str | None, base: ObjectiveConfig | dict[str, Any] | No
             raise ConfigError(f"unknown variant {name!r}; known variants: {', '.join(VARIANT_PRESETS)} "
                               f"(a new variant is defined under `variants:` with `base: <one of those>`)")
         raise ConfigError(f"{where}.base: unknown preset {preset!r}; known: {', '.join(VARIANT_PRESETS)}")
+    if not isinstance(base, ObjectiveConfig):
+        reject_moved_keys(dict(base or {}), "objective")
+    reject_moved_keys(overrides, where)
     # Merge plain mappings first and validate once, so a base that is only valid together with the
     # preset (e.g. a YAML base with mix_mode none under the MB-UA preset) is not rejected early.
     merged = dataclasses.asdict(base) if isinstance(base, ObjectiveConfig) else dict(base or {})

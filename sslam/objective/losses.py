@@ -5,10 +5,11 @@ s(x) = Σ_d (pred_d − target_d)² / √D; `term_weights` then decides how the 
 
 * `official`: the EFFECTIVE objective of the released fairseq code, where every loss tensor is
   summed and divided by the number of masked tokens of the student batch. A local term therefore
-  weighs (its masked tokens)/(all masked tokens) — 1.0 in Stage 1, 0.5 per half in Stage 2 — the
-  SRL is doubled (1.0 in Stage 2), and a global term, multiplied by that same token count before
-  the division, becomes the SUM over its sequences (weight = number of sequences, 96 per half per
-  GPU in Stage 2, 192 in Stage 1). A run with another B·C than 12·16 per GPU changes that weight.
+  weighs (its masked tokens)/(all masked tokens) — 1.0 in Stage 1, 0.5 per half in Stage 2 — and a
+  global term, multiplied by that same token count before the division, becomes the SUM over its
+  sequences (weight = number of sequences, 96 per half per GPU in Stage 2, 192 in Stage 1). A run
+  with another B·C than 12·16 per GPU changes that weight. On top of that, each term carries its own
+  `official_factor`, set where the term is defined (the SRL's ×2 lives in source_retention.py).
 * `paper`: Eq. 1, 2 and 4 taken literally: plain means, each with weight 1.
 """
 from __future__ import annotations
@@ -22,17 +23,15 @@ import torch
 from sslam.errors import ConfigError
 from sslam.objective.config import LossWeighting
 
-# The official code multiplies the SRL ("mix_patch_loss") by 2 (spec §6).
-OFFICIAL_SRL_FACTOR = 2.0
-
 
 @dataclass
 class LossTerm:
-    """One loss term: its mean and what it is a mean over (for the official weighting)."""
+    """One loss term: its mean, what it is a mean over, and its own factor (for the official weighting)."""
 
     value: torch.Tensor                  # fp32 scalar, mean of s(x)
     count: int                           # masked tokens (local) or sequences (global)
     kind: Literal["local", "global"]
+    official_factor: float = 1.0         # the released code's multiplier of this term's loss tensor
 
 
 def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,18 +42,27 @@ def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return squared_error.sum(dim=-1) / math.sqrt(prediction.shape[-1])
 
 
-def local_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> LossTerm:
+def local_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               official_factor: float = 1.0) -> LossTerm:
     """Decoder output (N, L, D) vs target (N, L, D), averaged over the masked (True) tokens of (N, L)."""
     if mask.shape != prediction.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match prediction {tuple(prediction.shape)}")
     per_token = d2v_loss(prediction[mask], target[mask])
-    return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local")
+    return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local", official_factor=official_factor)
 
 
-def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor) -> LossTerm:
+def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor, official_factor: float = 1.0) -> LossTerm:
     """Student CLS output (N, D) vs pooled teacher target (N, D), averaged over the N sequences."""
     per_sequence = d2v_loss(cls_prediction, pooled_target)
-    return LossTerm(value=per_sequence.mean(), count=per_sequence.numel(), kind="global")
+    return LossTerm(value=per_sequence.mean(), count=per_sequence.numel(), kind="global",
+                    official_factor=official_factor)
+
+
+def official_weight(term: LossTerm, num_masked_tokens: int) -> float:
+    """The released code's effective factor of the term's mean: token share (local) or sequence count
+    (global), times the term's own factor."""
+    base = float(term.count) if term.kind == "global" else term.count / num_masked_tokens
+    return base * term.official_factor
 
 
 def term_weights(terms: dict[str, LossTerm], weighting: LossWeighting, num_masked_tokens: int) -> dict[str, float]:
@@ -65,14 +73,7 @@ def term_weights(terms: dict[str, LossTerm], weighting: LossWeighting, num_maske
         raise ConfigError(f"unknown loss_weighting {weighting!r}; known: official, paper")
     if num_masked_tokens < 1:
         raise ValueError("the official weighting needs the student batch's masked-token count (>= 1)")
-    weights = {}
-    for name, term in terms.items():
-        if term.kind == "global":
-            weights[name] = float(term.count)
-        else:
-            share = term.count / num_masked_tokens
-            weights[name] = share * (OFFICIAL_SRL_FACTOR if name.startswith("srl") else 1.0)
-    return weights
+    return {name: official_weight(term, num_masked_tokens) for name, term in terms.items()}
 
 
 def total_loss(terms: dict[str, LossTerm], weights: dict[str, float]) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from sslam.errors import ConfigError
 from sslam.objective.config import MixMode, MixOp
+from sslam.objective.targets import TeacherTargets
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class MixRegions:
         for start, end in self.unmixed_rows:
             rows[start:end] = True
         return rows
+
+    def mixed_token_mask(self, freq_patches: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """(time_patches·freq_patches,) bool over the time-major token grid: True in mixed rows."""
+        return (~self.unmixed_patch_rows(device)).repeat_interleave(freq_patches)
 
     def unmixed_frame_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(num_frames,) bool: True where the frame is the base clip alone."""
@@ -89,7 +94,14 @@ def all_regions_mixed(num_frames: int, patch_size: int) -> MixRegions:
 
 
 def draw_regions(mode: MixMode, num_frames: int, patch_size: int, region_fraction: float,
-                 generator: torch.Generator | None = None) -> MixRegions:
+                 generator: torch.Generator | None = None, mix_probability: float = 1.0) -> MixRegions:
+    """This update's regions. With probability 1 − mix_probability the update is not mixed at all
+    (Table 4's "mixed audio in 75 % of updates"); the coin is drawn only when mix_probability < 1, so
+    the official p = 1 consumes exactly the numbers of the region draw."""
+    if not 0.0 <= mix_probability <= 1.0:
+        raise ConfigError(f"mix_probability must be in [0, 1], got {mix_probability}")
+    if mix_probability < 1.0 and float(torch.rand(1, generator=generator)) >= mix_probability:
+        return no_regions_mixed(num_frames, patch_size)
     if mode == "partial":
         return draw_partial_regions(num_frames, patch_size, region_fraction, generator)
     if mode == "full":
@@ -139,3 +151,31 @@ def mix_batch(fbank: torch.Tensor, regions: MixRegions, op: MixOp,
     mixed_everywhere = combine_spectrograms(fbank, foreign_clips(fbank), op, norm_stats)
     keep_base = regions.unmixed_frame_mask(fbank.device)[None, :, None]
     return torch.where(keep_base, fbank, mixed_everywhere)
+
+
+@dataclass
+class MixedHalf:
+    """What the mixed-half losses (source_retention.py, mixit.py) see of one Stage-2 forward.
+
+    Student rows are sample-major (clone j of clip i is row i·C + j); teacher rows are one per clip.
+    """
+
+    predictions: torch.Tensor  # (B·C, L, D) decoder outputs of the mixed half
+    cls: torch.Tensor          # (B·C, D) student CLS outputs of the mixed half
+    mask: torch.Tensor         # (B·C, L) True = masked
+    fbank: torch.Tensor        # (B, T, F) the UN-mixed, un-rolled batch (the base clips)
+    base: TeacherTargets       # the teacher's targets of `fbank`: local (B, L, D), pooled (B, D)
+    regions: MixRegions        # this batch's mixing regions
+    clones: int                # C
+
+    @property
+    def freq_patches(self) -> int:
+        return self.base.local.shape[1] // self.regions.time_patches
+
+    def token_is_mixed(self) -> torch.Tensor:
+        """(L,) True for the tokens of mixed rows (where the foreign clip is audible)."""
+        return self.regions.mixed_token_mask(self.freq_patches, self.base.local.device)
+
+    def per_sequence(self, per_clip: torch.Tensor) -> torch.Tensor:
+        """(B, ...) one row per clip -> (B·C, ...) one row per student sequence."""
+        return per_clip.repeat_interleave(self.clones, dim=0)

@@ -7,7 +7,11 @@ the visible tokens, the decoder predicts every position, and the loss regresses 
 Stage 2 (SSLAM): the batch is partially mixed with itself rolled by one clip; the student sees
 [unmixed B; mixed B] with the SAME masks for clip i in both halves; each half is regressed onto the
 teacher's view of the same input, and the mixed half additionally onto the source retention target
-(source_retention.py). Which halves and terms are active is configuration (config.py's variants).
+(source_retention.py) or, in the MixIT variant, through the concept-separation head (mixit.py).
+Which halves and terms are active is configuration (config.py's variants).
+
+Every random input of a step (masks, mixing regions, decoder noise) can be passed to `forward`
+instead of drawn, which reproduces a step of another implementation exactly (docs/objective.md).
 """
 from __future__ import annotations
 
@@ -17,17 +21,27 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sslam.errors import ConfigError
+from sslam.errors import ConfigError, SslamError
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.decoder import Decoder2d
 from sslam.model.encoder import AudioEncoder, gather_tokens
-from sslam.model.teacher import EMATeacher, ema_decay
+from sslam.model.teacher import EMATeacher
 from sslam.objective.config import ObjectiveConfig, resolve_layer_count
 from sslam.objective.losses import LossTerm, global_loss, local_loss, term_weights, total_loss
 from sslam.objective.masking import clone_masks, keep_index
-from sslam.objective.mixing import MixRegions, draw_regions, mix_batch, no_regions_mixed
-from sslam.objective.source_retention import source_retention_terms
+from sslam.objective.mixing import MixedHalf, MixRegions, draw_regions, mix_batch
+from sslam.objective.mixit import MixItSettings, build_heads, mixit_terms
+from sslam.objective.source_retention import SrlSettings, source_retention_terms
 from sslam.objective.targets import TeacherTargets, teacher_targets
+
+# XOR-ed into the seed for the decoder-noise generator: on the CPU both generators are MT19937, and the
+# same seed would make the noise replay the numbers of the masks.
+NOISE_SEED_STREAM = 0x9E3779B97F4A7C15
+GENERATOR_STATE_KEYS = ("masks_and_mixing", "decoder_noise", "decoder_noise_device")
+
+
+class RandomStateError(SslamError, ValueError):
+    """A saved random state that cannot be restored exactly (other format, other device type)."""
 
 
 @dataclass
@@ -41,10 +55,14 @@ class ObjectiveOutput:
 
 
 class PretrainingObjective(nn.Module):
-    """Holds `student` (AudioEncoder), `decoder` (Decoder2d) and `teacher` (EMATeacher).
+    """Holds `student` (AudioEncoder), `decoder` (Decoder2d), `teacher` (EMATeacher) and, for MixIT,
+    `mixit_heads`.
 
-    Masks and mixing positions come from `generator` (a CPU torch.Generator, seeded with `seed` when
-    not given) so that a run is reproducible and resumable via generator_state()/set_generator_state().
+    Two generators make a run reproducible and resumable (generator_state()/set_generator_state()):
+    masks, mixing regions and the mix_probability coin come from `generator` (a CPU torch.Generator,
+    seeded with `seed` when not given); the decoder noise comes from a generator on the batch's device,
+    created at the first forward and seeded from the first one's seed (XOR NOISE_SEED_STREAM), so the
+    60 M noise values of a ViT-B step never cross the bus.
     `norm_stats` = (mean, std) of the fbank normalisation, needed by mix_op waveform_mean only.
     """
 
@@ -60,12 +78,16 @@ class PretrainingObjective(nn.Module):
         self.decoder = Decoder2d(decoder_cfg, encoder_cfg.embed_dim)
         self.teacher = EMATeacher(self.student)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.noise_seed = self.generator.initial_seed() ^ NOISE_SEED_STREAM
+        self._noise_generator: torch.Generator | None = None
+        self._pending_noise_state: tuple[str, torch.Tensor] | None = None
         if norm_stats is None and cfg.norm_mean is not None:
             norm_stats = (cfg.norm_mean, cfg.norm_std)
         self.norm_stats = norm_stats
 
         depth = encoder_cfg.depth
         self.local_layers = resolve_layer_count(cfg.local_target_layers, depth, "local_target_layers")
+        self.mixit: MixItSettings | None = None
         if stage == 1:
             self.clones = cfg.clones_stage1
             self.halves: tuple[str, ...] = (cfg.stage1_input,)
@@ -83,6 +105,12 @@ class PretrainingObjective(nn.Module):
             self.global_layers = {"unmixed": unmixed_global, "mixed": mixed_global}
             self.enabled_terms = {name for name in ("local_unmixed", "global_unmixed", "local_mixed",
                                                     "global_mixed", "srl_local", "srl_global") if getattr(cfg, name)}
+            if cfg.mixit:
+                self.mixit = MixItSettings.from_config(cfg)
+                self.enabled_terms |= set(self.mixit.term_names)
+                # A pretraining-only trainable module, like the decoder: optimised, snapshotted, never exported.
+                self.mixit_heads = build_heads(self.mixit, encoder_cfg.embed_dim)
+        self.srl = SrlSettings.from_config(cfg, self.local_layers)
         if "mixed" in self.halves and cfg.mix_op == "waveform_mean" and self.norm_stats is None:
             raise ConfigError("mix_op waveform_mean needs norm_stats=(mean, std) or objective.norm_mean/norm_std")
 
@@ -90,28 +118,74 @@ class PretrainingObjective(nn.Module):
     def uses_srl(self) -> bool:
         return bool(self.enabled_terms & {"srl_local", "srl_global"})
 
+    @property
+    def needs_base_targets(self) -> bool:
+        """Whether the mixed-half losses need the teacher's view of the unmixed clips."""
+        return self.uses_srl or self.mixit is not None
+
+    def pretraining_heads(self) -> dict[str, nn.Module]:
+        """Trainable modules beside the student and the decoder (MixIT's head), by snapshot key."""
+        return {"mixit": self.mixit_heads} if self.mixit is not None else {}
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """What the optimiser updates, by name: the teacher only ever moves by EMA."""
+        return {"student": self.student, "decoder": self.decoder, **self.pretraining_heads()}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Student and decoder parameters: the teacher only ever moves by EMA."""
-        return [*self.student.parameters(), *self.decoder.parameters()]
+        return [p for module in self.trainable_modules().values() for p in module.parameters()]
 
     # ------------------------------------------------------------------ randomness
-    def generator_state(self) -> torch.Tensor:
-        return self.generator.get_state()
+    def generator_state(self) -> dict[str, Any]:
+        """{"masks_and_mixing": CPU generator state, "decoder_noise": noise generator state or None
+        (not created yet: it will be seeded afresh), "decoder_noise_device": its device type or None}."""
+        if self._noise_generator is not None:
+            noise_state, noise_device = self._noise_generator.get_state(), self._noise_generator.device.type
+        elif self._pending_noise_state is not None:
+            noise_device, noise_state = self._pending_noise_state
+        else:
+            noise_state, noise_device = None, None
+        return {"masks_and_mixing": self.generator.get_state(), "decoder_noise": noise_state,
+                "decoder_noise_device": noise_device}
 
-    def set_generator_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)
+    def set_generator_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or set(state) != set(GENERATOR_STATE_KEYS):
+            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise RandomStateError(f"cannot resume exactly: the objective's random state must hold "
+                                   f"{', '.join(GENERATOR_STATE_KEYS)}, got {found} (a snapshot of an older "
+                                   f"version?); start a new run folder")
+        self.generator.set_state(state["masks_and_mixing"])
+        # The noise generator is (re)created on the batch's device at the next draw, from this state.
+        self._noise_generator = None
+        self._pending_noise_state = (None if state["decoder_noise"] is None
+                                     else (state["decoder_noise_device"], state["decoder_noise"]))
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """The decoder-noise generator on `device`, created (and restored or seeded) on first use."""
+        device = torch.device(device)
+        current = self._noise_generator
+        if current is not None and current.device.type == device.type and (
+                device.index is None or current.device.index == device.index):
+            return current
+        generator = torch.Generator(device=device)
+        if self._pending_noise_state is not None:
+            saved_device, saved_state = self._pending_noise_state
+            if saved_device != device.type:
+                raise RandomStateError(f"cannot resume exactly: the decoder-noise generator was saved on "
+                                       f"{saved_device}, this run draws on {device.type}")
+            generator.set_state(saved_state)
+            self._pending_noise_state = None
+        else:
+            generator.manual_seed(self.noise_seed)
+        self._noise_generator = generator
+        return generator
 
     # ------------------------------------------------------------------ teacher
-    def teacher_decay(self, step: int) -> float:
-        cfg = self.config
-        return ema_decay(step, cfg.ema_decay_start, cfg.ema_decay_end, cfg.ema_anneal_steps)
-
-    def update_teacher(self, step: int) -> float:
-        """EMA step after the student's `step`-th optimizer update of this stage (1, 2, …; the count
-        restarts in Stage 2, so the decay re-anneals from ema_decay_start). Returns the decay used."""
-        decay = self.teacher_decay(step)
+    def update_teacher(self, decay: float) -> None:
+        """EMA step teacher ← decay·teacher + (1 − decay)·student, after an optimizer update. The decay
+        schedule belongs to the training stage (TrainConfig.ema_*, `sslam.model.teacher.ema_decay`)."""
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must lie in [0, 1], got {decay}")
         self.teacher.update(self.student, decay)
-        return decay
 
     def load_stage1(self, checkpoint: Any) -> dict[str, str]:
         """Initialise Stage 2 from a Stage-1 `LoadedCheckpoint`: student from the Stage-1 student,
@@ -150,12 +224,8 @@ class PretrainingObjective(nn.Module):
     # ------------------------------------------------------------------ forward
     def draw_mix_regions(self, num_frames: int) -> MixRegions:
         cfg = self.config
-        patch_size = self.student.config.patch_size
-        if cfg.mix_probability < 1.0:
-            skip = torch.rand(1, generator=self.generator).item() >= cfg.mix_probability
-            if skip:
-                return no_regions_mixed(num_frames, patch_size)
-        return draw_regions(cfg.mix_mode, num_frames, patch_size, cfg.region_fraction, self.generator)
+        return draw_regions(cfg.mix_mode, num_frames, self.student.config.patch_size, cfg.region_fraction,
+                            self.generator, cfg.mix_probability)
 
     def draw_masks(self, batch_size: int, grid: tuple[int, int]) -> torch.Tensor:
         """(halves·B·C, L) student masks, True = masked. Row h·B·C + i·C + j is clone j of clip i in
@@ -165,34 +235,73 @@ class PretrainingObjective(nn.Module):
                                      cfg.block_size, self.generator)
         return masks_per_clip.repeat(len(self.halves), 1)
 
-    def forward(self, fbank: torch.Tensor) -> ObjectiveOutput:
-        """fbank: (B, T, F) normalised log-mel (or (B, 1, T, F))."""
+    def draw_decoder_noise(self, num_sequences: int, num_masked: int, device: torch.device | str,
+                           dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(N, M, D) noise tokens for the M masked positions of each student sequence, drawn on `device`."""
+        return self.decoder.draw_noise(num_sequences, num_masked, self.noise_generator(torch.device(device)),
+                                       device, dtype)
+
+    def _checked_regions(self, regions: MixRegions, num_frames: int) -> MixRegions:
+        if "mixed" not in self.halves:
+            raise ValueError(f"regions were given but this objective (stage {self.stage}) has no mixed half")
+        if not isinstance(regions, MixRegions):
+            raise ValueError(f"regions must be a MixRegions, got {type(regions).__name__}")
+        patch_size = self.student.config.patch_size
+        if (regions.num_frames, regions.patch_size) != (num_frames, patch_size):
+            raise ValueError(f"regions are for {regions.num_frames} frames / patch {regions.patch_size}, "
+                             f"the batch has {num_frames} frames / patch {patch_size}")
+        return regions
+
+    def _checked_masks(self, masks: torch.Tensor, batch_size: int, grid: tuple[int, int]) -> torch.Tensor:
+        expected = (len(self.halves) * batch_size * self.clones, grid[0] * grid[1])
+        if masks.dtype != torch.bool or tuple(masks.shape) != expected:
+            raise ValueError(f"masks must be a bool tensor of shape {expected} (halves·B·C sample-major, L; "
+                             f"True = masked), got {masks.dtype} {tuple(masks.shape)}")
+        return masks
+
+    def forward(self, fbank: torch.Tensor, masks: torch.Tensor | None = None, regions: MixRegions | None = None,
+                decoder_noise: torch.Tensor | None = None) -> ObjectiveOutput:
+        """fbank: (B, T, F) normalised log-mel (or (B, 1, T, F)).
+
+        Each random input is drawn when None and used as given otherwise (nothing is drawn for it):
+        masks (halves·B·C, L) bool, True = masked, in draw_masks' row order; regions, a MixRegions
+        (mixed half only); decoder_noise (halves·B·C, M, D), the tokens of each row's M masked
+        positions in ascending position order, as placed (already scaled by mask_noise_std).
+        """
         if fbank.dim() == 4:
             fbank = fbank.squeeze(1)
         batch_size, num_frames, _ = fbank.shape
         grid = self.student.grid(num_frames)
         cfg, clones = self.config, self.clones
 
-        regions = self.draw_mix_regions(num_frames) if "mixed" in self.halves else None
+        if regions is not None:
+            regions = self._checked_regions(regions, num_frames)
+        elif "mixed" in self.halves:
+            regions = self.draw_mix_regions(num_frames)
         inputs = {"unmixed": fbank}
         if regions is not None:
             inputs["mixed"] = mix_batch(fbank, regions, cfg.mix_op, self.norm_stats)
 
         # Teacher: full, unmasked clips (one row per clip, not per clone).
-        needs_teacher = set(self.halves) | ({"unmixed"} if self.uses_srl else set())
+        needs_teacher = set(self.halves) | ({"unmixed"} if self.needs_base_targets else set())
         targets: dict[str, TeacherTargets] = {
             half: teacher_targets(self.teacher.encoder, inputs[half], self.local_layers, self.global_layers[half])
             for half in sorted(needs_teacher)
         }
 
         # Student: C masked clones per clip of each half.
-        masks = self.draw_masks(batch_size, grid).to(fbank.device)
+        masks = (self._checked_masks(masks, batch_size, grid) if masks is not None
+                 else self.draw_masks(batch_size, grid)).to(fbank.device)
         kept = keep_index(masks)
         student_batch = torch.cat([inputs[half] for half in self.halves])
         # Embed once per clip and clone the tokens (as the official code does), then drop the masked ones.
         tokens = self.student.embed(student_batch).repeat_interleave(clones, dim=0)
         encoded = self.student.forward_blocks(self.student.add_cls_and_norm(gather_tokens(tokens, kept)))
-        predictions = self.decoder(encoded[:, 1:], kept, grid)
+        visible = encoded[:, 1:]
+        if decoder_noise is None:
+            decoder_noise = self.draw_decoder_noise(masks.shape[0], masks.shape[1] - kept.shape[1], visible.device,
+                                                    visible.dtype)
+        predictions = self.decoder(visible, kept, grid, decoder_noise.to(visible.device))
         cls_outputs = encoded[:, 0]
 
         terms: dict[str, LossTerm] = {}
@@ -206,11 +315,13 @@ class PretrainingObjective(nn.Module):
             if f"global_{half}" in self.enabled_terms:
                 pooled_target = targets[half].pooled.repeat_interleave(clones, dim=0)
                 terms[f"global_{half}"] = global_loss(half_cls, pooled_target)
-            if half == "mixed" and self.uses_srl:
-                terms.update(source_retention_terms(
-                    self.teacher.encoder, fbank, regions, targets["unmixed"].local, half_prediction, half_cls,
-                    half_mask, clones, self.local_layers, cfg.srl_aggregation,
-                    with_local="srl_local" in self.enabled_terms, with_global="srl_global" in self.enabled_terms))
+            if half == "mixed" and self.needs_base_targets:
+                mixed = MixedHalf(predictions=half_prediction, cls=half_cls, mask=half_mask, fbank=fbank,
+                                  base=targets["unmixed"], regions=regions, clones=clones)
+                if self.uses_srl:
+                    terms.update(source_retention_terms(self.teacher.encoder, mixed, self.srl))
+                if self.mixit is not None:
+                    terms.update(mixit_terms(self.mixit_heads, mixed))
 
         num_masked_tokens = int(masks.sum())
         weights = term_weights(terms, cfg.loss_weighting, num_masked_tokens)

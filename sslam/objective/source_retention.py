@@ -1,7 +1,7 @@
 """The source retention loss, SRL (paper §3.2.2, Eq. 4, Tables 5 and 11; spec algorithm.md §6, §11.7).
 
-THE ONE PLACE for the SRL: its target, its aggregation and its two loss terms. Changing the SRL means
-editing this file only; PretrainingObjective just calls `source_retention_terms`.
+THE ONE PLACE for the SRL: its target, its aggregation, its two loss terms and their weight. Changing
+the SRL means editing this file only; PretrainingObjective just calls `source_retention_terms`.
 
 Notation (paper): the student sees the mixture of the base clip S2 (= clip i) and the foreign clip S1
 (= clip i − 1, from the batch roll). The target for a mixed-half token is
@@ -14,18 +14,39 @@ part of S1 that is audible in the mixture, and the targets' instance norm runs o
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from sslam.model.encoder import AudioEncoder
-from sslam.objective.config import SrlAggregation
+from sslam.objective.config import ObjectiveConfig, SrlAggregation
 from sslam.objective.losses import LossTerm, global_loss, local_loss
-from sslam.objective.mixing import MixRegions, foreign_clips
+from sslam.objective.mixing import MixedHalf, MixRegions, foreign_clips
 from sslam.objective.targets import global_target, make_targets, strip_cls
+
+# The official code multiplies the SRL ("mix_patch_loss") by 2 (spec §6); the unused global SRL, had it
+# been on, would have been an ordinary CLS loss tensor.
+OFFICIAL_SRL_LOCAL_FACTOR = 2.0
+OFFICIAL_SRL_GLOBAL_FACTOR = 1.0
+
+
+@dataclass(frozen=True)
+class SrlSettings:
+    """How the SRL is computed: the teacher layers of its target, the aggregation and which terms."""
+
+    top_k: int                        # teacher layers averaged by the foreign pass (= the local target's)
+    aggregation: SrlAggregation       # Table 11
+    with_local: bool = True           # srl_local: the masked tokens (official)
+    with_global: bool = False         # srl_global: the CLS output vs the pooled SRL target (Table 5)
+
+    @classmethod
+    def from_config(cls, config: ObjectiveConfig, top_k: int) -> "SrlSettings":
+        return cls(top_k, config.srl_aggregation, config.srl_local, config.srl_global)
 
 
 def mixed_token_mask(regions: MixRegions, freq_patches: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(L,) bool over the time-major token grid: True for tokens in mixed time-patch rows."""
-    return (~regions.unmixed_patch_rows(device)).repeat_interleave(freq_patches)
+    return regions.mixed_token_mask(freq_patches, device)
 
 
 @torch.no_grad()
@@ -61,39 +82,25 @@ def srl_target(base: torch.Tensor, foreign_mixed_tokens: torch.Tensor, token_is_
     raise ValueError(f"unknown srl_aggregation {aggregation!r}; known: mean, max")
 
 
-def source_retention_terms(
-    teacher: AudioEncoder,
-    fbank: torch.Tensor,
-    regions: MixRegions,
-    base_targets: torch.Tensor,
-    mixed_prediction: torch.Tensor,
-    mixed_cls: torch.Tensor,
-    mask: torch.Tensor,
-    clones: int,
-    top_k: int,
-    aggregation: SrlAggregation,
-    with_local: bool = True,
-    with_global: bool = False,
-) -> dict[str, LossTerm]:
-    """The SRL loss terms of the mixed half.
-
-    fbank: (B, T, F) the UN-mixed, un-rolled batch; base_targets: (B, L, D) its main-pass local targets;
-    mixed_prediction: (B·C, L, D) decoder outputs of the mixed half (the same ones the local-mixed
-    loss uses); mixed_cls: (B·C, D) the student's CLS outputs of the mixed half; mask: (B·C, L).
-    """
-    if not (with_local or with_global):
+def source_retention_terms(teacher: AudioEncoder, half: MixedHalf, settings: SrlSettings) -> dict[str, LossTerm]:
+    """The SRL loss terms of the mixed half: its decoder outputs (the same ones the local-mixed loss
+    uses) against the SRL target built from `half.fbank` and its base targets `half.base.local`."""
+    if not (settings.with_local or settings.with_global):
         return {}
-    token_is_mixed = mixed_token_mask(regions, base_targets.shape[1] // regions.time_patches, base_targets.device)
+    base_targets = half.base.local
+    token_is_mixed = half.token_is_mixed()
     if token_is_mixed.any():
-        foreign = foreign_clips(foreign_dropped_features(teacher, fbank, token_is_mixed, top_k))
-        target = srl_target(base_targets, foreign, token_is_mixed, aggregation)
+        foreign = foreign_clips(foreign_dropped_features(teacher, half.fbank, token_is_mixed, settings.top_k))
+        target = srl_target(base_targets, foreign, token_is_mixed, settings.aggregation)
     else:
         # Nothing was mixed in this update: each clip's target is its own features.
         target = base_targets
     terms = {}
-    if with_local:
-        terms["srl_local"] = local_loss(mixed_prediction, target.repeat_interleave(clones, dim=0), mask)
-    if with_global:
+    if settings.with_local:
+        terms["srl_local"] = local_loss(half.predictions, half.per_sequence(target), half.mask,
+                                        official_factor=OFFICIAL_SRL_LOCAL_FACTOR)
+    if settings.with_global:
         # Table 5's "global SRL": the student's CLS against the pooled SRL target (off officially).
-        terms["srl_global"] = global_loss(mixed_cls, global_target(target).repeat_interleave(clones, dim=0))
+        terms["srl_global"] = global_loss(half.cls, half.per_sequence(global_target(target)),
+                                          official_factor=OFFICIAL_SRL_GLOBAL_FACTOR)
     return terms

@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     decay_all_parameters: bool = True         # True = official behaviour (exemptions inactive)
     clip_grad_norm: float = 4.0               # global L2 norm; 0 disables clipping
+    # The teacher's EMA schedule has this one owner (per stage: Stage 2 restarts the anneal).
     ema_start: float = 0.9998                 # teacher decay after the first update
     ema_end: float = 0.99999                  # teacher decay from `ema_anneal_steps` on
     ema_anneal_steps: int = 100_000           # linear anneal length, in optimizer updates

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from sslam.errors import SslamError
+from sslam.model.teacher import ema_decay
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree
 from sslam.train.metrics import MetricsLog, Throughput, progress_bar
@@ -67,7 +68,7 @@ class Pretrainer:
         self.device = self.context.device
         self.objective.to(self.device)
         self.optimizer = build_optimizer(
-            {"student": objective.student, "decoder": objective.decoder}, lr=config.lr, betas=config.betas,
+            objective.trainable_modules(), lr=config.lr, betas=config.betas,
             eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters)
         self.scheduler = build_scheduler(self.optimizer, config.lr, config.warmup_steps, config.steps,
                                          config.min_lr)
@@ -88,7 +89,9 @@ class Pretrainer:
         else:
             rng_per_rank = [rng]
         checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                          rng=rng_per_rank, data=self.sampler_state(), config=self.identity.config)
+                          rng=rng_per_rank, data=self.sampler_state(), config=self.identity.config,
+                          heads={name: {key: tensor.detach().cpu() for key, tensor in module.state_dict().items()}
+                                 for name, module in self.objective.pretraining_heads().items()})
         return checkpoint
 
     def _weights(self) -> dict[str, Any]:
@@ -129,6 +132,12 @@ class Pretrainer:
         self.objective.student.load_state_dict(snapshot["student"])
         self.objective.decoder.load_state_dict(snapshot["decoder"])
         self.objective.teacher.encoder.load_state_dict(snapshot["teacher"])
+        # Pretraining-only heads (MixIT) live in the snapshot only, never in checkpoint.pt.
+        saved_heads = snapshot.get("heads", {})
+        for name, module in self.objective.pretraining_heads().items():
+            if name not in saved_heads:
+                raise CheckpointError(f"cannot resume exactly: the snapshot in {self.out_dir} has no {name!r} head")
+            module.load_state_dict(saved_heads[name])
         self.optimizer.load_state_dict(snapshot["optimizer"])
         self.scheduler.load_state_dict(snapshot["scheduler"])
         self.step = snapshot["step"]
@@ -188,7 +197,7 @@ class Pretrainer:
             if self.step % config.log_every == 0 or self.step == config.steps:
                 # Loss terms: means over the updates since the last line; lr and grad norm: this update's.
                 last = {**self._reduce(window.mean()), "lr": lr, "grad_norm": grad_norm,
-                        "ema_decay": self.objective.teacher_decay(self.step), "clips_per_s": throughput.rate(),
+                        "ema_decay": self.teacher_decay(self.step), "clips_per_s": throughput.rate(),
                         "epoch": self.batches_consumed / self.sampler.batches_per_epoch}
                 window = _Window()
                 if self.context.is_main:
@@ -212,8 +221,14 @@ class Pretrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        self.objective.update_teacher(self.step)
+        self.objective.update_teacher(self.teacher_decay(self.step))
         return output, grad_norm
+
+    def teacher_decay(self, step: int) -> float:
+        """The EMA decay after this stage's `step`-th update (the count restarts in Stage 2, so the
+        anneal does too); the stage's TrainConfig is the schedule's only owner."""
+        config = self.config
+        return ema_decay(step, config.ema_start, config.ema_end, config.ema_anneal_steps)
 
     def _stop_if_not_finite(self, output) -> None:
         values = {"loss": output.loss.detach(), **output.terms}

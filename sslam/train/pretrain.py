@@ -34,15 +34,11 @@ from sslam.train.state import load_training_state, state_paths
 
 log = logging.getLogger(__name__)
 
-# The training schedule owns the teacher's EMA settings; these are the objective's copies of them.
-EMA_KEYS = {"ema_start": "ema_decay_start", "ema_end": "ema_decay_end", "ema_anneal_steps": "ema_anneal_steps"}
-
-
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--config", required=True, help="study YAML (model, objective, variants, pretrain, datasets)")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
     parser.add_argument("--variant", help="objective preset + the study's `variants.<name>` overrides "
-                                          "(MB-UA, MB-PMA, MB-UA-PMA, SSLAM); default: the base objective")
+                                          "(MB-UA, MB-PMA, MB-UA-PMA, SSLAM, MixIT); default: the base objective")
     parser.add_argument("--init", help="Stage-1 checkpoint to start Stage 2 from (student ← its student, "
                                        "teacher ← its teacher); required for a fresh Stage 2")
     parser.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.jsonl, state/)")
@@ -57,20 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="tqdm progress bar (default: only on a terminal)")
 
 
-def objective_config(config: dict[str, Any], variant: str | None, train: TrainConfig):
-    """`objective` + variant preset + `variants.<variant>`, with the EMA schedule of the training stage."""
+def objective_config(config: dict[str, Any], variant: str | None):
+    """`objective` + variant preset + `variants.<variant>` (the teacher's EMA schedule is not in it: the
+    training stage, pretrain.stageK.ema_*, owns it)."""
     from sslam.objective.config import variant_config
 
     base = section(config, "objective")
     overrides = section(config, f"variants.{variant}") if variant else {}
-    for train_key, objective_key in EMA_KEYS.items():
-        for where, values in (("objective", base), (f"variants.{variant}", overrides)):
-            if objective_key in values and values[objective_key] != getattr(train, train_key):
-                raise ConfigError(
-                    f"{where}.{objective_key} = {values[objective_key]} contradicts the stage's "
-                    f"pretrain.stageK.{train_key} = {getattr(train, train_key)}; set it in pretrain.stageK only")
-    ema = {objective_key: getattr(train, train_key) for train_key, objective_key in EMA_KEYS.items()}
-    return variant_config(variant, base, {**overrides, **ema})
+    return variant_config(variant, base, overrides)
 
 
 def pretrain_dataset_config(config: dict[str, Any]):
@@ -112,17 +102,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_objective(config: dict[str, Any], stage: int, variant: str | None, train: TrainConfig,
-                    seed: int, norm_stats: tuple[float, float]):
+def build_objective(config: dict[str, Any], stage: int, variant: str | None, seed: int,
+                    norm_stats: tuple[float, float]):
     """The PretrainingObjective of the study's model/objective/variant config (weights from the global
-    torch RNG; masks and mixing positions from its own generator seeded with `seed`)."""
+    torch RNG; masks, mixing positions and decoder noise from its own generators seeded from `seed`)."""
     from sslam.model.decoder import DecoderConfig
     from sslam.model.encoder import EncoderConfig
     from sslam.objective.pretraining import PretrainingObjective
 
     encoder_cfg = from_dict(EncoderConfig, section(config, "model.encoder"), "model.encoder")
     decoder_cfg = from_dict(DecoderConfig, section(config, "model.decoder"), "model.decoder")
-    objective_cfg = objective_config(config, variant, train)
+    objective_cfg = objective_config(config, variant)
     objective = PretrainingObjective(encoder_cfg, decoder_cfg, objective_cfg, stage, seed=seed,
                                      norm_stats=norm_stats)
     return objective, encoder_cfg, decoder_cfg, objective_cfg
@@ -154,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         rank_seed = train.seed + 1000 * context.rank
         seed_everything(train.seed)
         objective, encoder_cfg, decoder_cfg, objective_cfg = build_objective(
-            config, args.stage, args.variant, train, rank_seed, (dataset.norm_mean, dataset.norm_std))
+            config, args.stage, args.variant, rank_seed, (dataset.norm_mean, dataset.norm_std))
         if snapshot is None and args.stage == 2:
             from sslam.model.checkpoints import read_checkpoint
 

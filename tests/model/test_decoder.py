@@ -32,16 +32,23 @@ def test_noise_tokens_fill_masked_positions(tiny_decoder_config):
     positions = GRID[0] * GRID[1]
     keep = random_keep_index(64, 5, positions)
     visible = torch.randn(64, 5, DIM) + 3.0
-    grid = decoder.scatter_to_grid(visible, keep, positions)
+    generator = torch.Generator().manual_seed(0)
+    noise = decoder.draw_noise(64, positions - 5, generator)
+    assert noise.shape == (64, positions - 5, DIM)
+    grid = decoder.scatter_to_grid(visible, keep, noise, positions)
     is_visible = torch.zeros(64, positions, dtype=torch.bool).scatter(1, keep, True)
     for n in range(3):
         torch.testing.assert_close(grid[n, keep[n]], visible[n])
-    noise = grid[~is_visible]
-    assert noise.mean().abs().item() < 0.02
-    assert noise.std().item() == pytest.approx(0.5, rel=0.03)
-    # fresh noise on every call, never learned
-    assert not torch.equal(decoder.scatter_to_grid(visible, keep, positions)[~is_visible], noise)
+        # The noise tokens sit at the masked positions in ascending order.
+        torch.testing.assert_close(grid[n, torch.nonzero(~is_visible[n]).flatten()], noise[n])
+    assert grid[~is_visible].mean().abs().item() < 0.02
+    assert grid[~is_visible].std().item() == pytest.approx(0.5, rel=0.03)
+    # fresh noise on every draw, never learned, and only from the caller's generator
+    assert not torch.equal(decoder.draw_noise(64, positions - 5, generator), noise)
+    assert torch.equal(decoder.draw_noise(64, positions - 5, torch.Generator().manual_seed(0)), noise)
     assert all("noise" not in name and "mask" not in name for name, _ in decoder.named_parameters())
+    with pytest.raises(ModelInputError, match="one token per masked position"):
+        decoder.scatter_to_grid(visible, keep, noise[:, 1:], positions)
 
 
 def test_decoder_matches_reference_and_predicts_every_position(tiny_decoder_config):
@@ -49,10 +56,9 @@ def test_decoder_matches_reference_and_predicts_every_position(tiny_decoder_conf
     positions = GRID[0] * GRID[1]
     keep = random_keep_index(2, 6, positions)
     visible = torch.randn(2, 6, DIM)
-    torch.manual_seed(1)
-    out = decoder(visible, keep, GRID)
-    torch.manual_seed(1)
-    grid_tokens = decoder.scatter_to_grid(visible, keep, positions)
+    noise = decoder.draw_noise(2, positions - 6, torch.Generator().manual_seed(1))
+    out = decoder(visible, keep, GRID, noise)
+    grid_tokens = decoder.scatter_to_grid(visible, keep, noise, positions)
     assert out.shape == (2, positions, DIM)
     torch.testing.assert_close(out, reference_decoder(decoder, grid_tokens, GRID), rtol=1e-4, atol=1e-5)
 
@@ -66,7 +72,7 @@ def test_residual_structure_identity_when_convs_are_zero(tiny_decoder_config):
     keep = random_keep_index(2, 6, GRID[0] * GRID[1])
     visible = torch.randn(2, 6, DIM)
     # zero conv -> LN(0) = 0 -> GELU(0) = 0: each layer adds nothing, so only the projection acts
-    out = decoder(visible, keep, GRID)
+    out = decoder(visible, keep, GRID, decoder.draw_noise(2, GRID[0] * GRID[1] - 6))
     torch.testing.assert_close(torch.gather(out, 1, keep[..., None].expand(-1, -1, DIM)), decoder.proj(visible))
 
 
@@ -77,7 +83,7 @@ def test_decoder_configuration_errors():
         DecoderConfig(kernel=4)
     decoder = Decoder2d(DecoderConfig(depth=1, groups=4), embed_dim=DIM)
     with pytest.raises(ModelInputError, match="width"):
-        decoder(torch.zeros(1, 3, DIM + 4), torch.zeros(1, 3, dtype=torch.long), GRID)
+        decoder(torch.zeros(1, 3, DIM + 4), torch.zeros(1, 3, dtype=torch.long), GRID, torch.zeros(1, 21, DIM + 4))
 
 
 def test_default_decoder_shapes_follow_official_recipe():
@@ -98,7 +104,7 @@ def test_encoder_decoder_shapes_for_a_non_default_config(tiny_config, tiny_decod
     positions = grid[0] * grid[1]
     keep = random_keep_index(2, positions // 5, positions)
     student_out = encoder.forward_features(torch.randn(2, frames, tiny_config.num_mel_bins), keep_index=keep)
-    prediction = decoder(student_out[:, 1:], keep, grid)
+    prediction = decoder(student_out[:, 1:], keep, grid, decoder.draw_noise(2, positions - keep.shape[1]))
     assert prediction.shape == (2, positions, tiny_config.embed_dim)
     prediction.sum().backward()  # gradients reach the student through the decoder
     assert encoder.blocks[0].attn.qkv.weight.grad is not None

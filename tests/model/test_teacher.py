@@ -11,10 +11,10 @@ def test_ema_decay_schedule():
     assert ema_decay(steps, start, end, steps) == pytest.approx(end)
     assert ema_decay(steps * 3, start, end, steps) == pytest.approx(end)
     assert ema_decay(10, 0.5, 0.9, 0) == 0.9
-    values = [ema_decay(s) for s in range(0, 120_000, 10_000)]
+    values = [ema_decay(s, start, end, steps) for s in range(0, 120_000, 10_000)]
     assert values == sorted(values)
     with pytest.raises(ValueError):
-        ema_decay(-1)
+        ema_decay(-1, start, end, steps)
 
 
 def test_teacher_is_a_frozen_fp32_eval_copy(tiny_config):

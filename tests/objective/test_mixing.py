@@ -100,3 +100,17 @@ def test_regions_come_from_the_generator():
     first = draw_partial_regions(1024, 16, OFFICIAL_FRACTION, torch.Generator().manual_seed(5))
     again = draw_partial_regions(1024, 16, OFFICIAL_FRACTION, torch.Generator().manual_seed(5))
     assert first == again
+
+
+def test_mix_probability_is_drawn_with_the_regions():
+    generator = torch.Generator().manual_seed(0)
+    drawn = [draw_regions("partial", 128, 8, OFFICIAL_FRACTION, generator, mix_probability=0.75)
+             for _ in range(2000)]
+    share = sum(not regions.is_identity for regions in drawn) / len(drawn)
+    assert abs(share - 0.75) < 0.03
+    assert draw_regions("partial", 128, 8, OFFICIAL_FRACTION, generator, mix_probability=0.0).is_identity
+    # p = 1 draws no coin: the official regions consume exactly the region draw's numbers.
+    assert (draw_regions("partial", 1024, 16, OFFICIAL_FRACTION, torch.Generator().manual_seed(5), 1.0)
+            == draw_partial_regions(1024, 16, OFFICIAL_FRACTION, torch.Generator().manual_seed(5)))
+    with pytest.raises(ConfigError, match="mix_probability"):
+        draw_regions("partial", 128, 8, OFFICIAL_FRACTION, generator, mix_probability=1.5)

@@ -4,11 +4,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sslam.model.teacher import ema_decay
 from sslam.objective.config import ObjectiveConfig, variant_config
 from sslam.objective.pretraining import PretrainingObjective
+from sslam.train.config import TrainConfig
 
 BATCH = 4
 SMALL = dict(clones_stage1=4, clones_stage2=2)  # 4·4 = 4·2·2 = 16 sequences either way
+
+
+def stage_decay(step: int) -> float:
+    """The teacher decay the loop would hand over after `step` updates of an official stage."""
+    train = TrainConfig.stage2()
+    return ema_decay(step, train.ema_start, train.ema_end, train.ema_anneal_steps)
 
 
 def tiny_objective(encoder_cfg, decoder_cfg, stage, variant=None, **overrides):
@@ -70,7 +78,7 @@ def train_steps(objective: PretrainingObjective, steps: int) -> list[float]:
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-        objective.update_teacher(step + 1)
+        objective.update_teacher(stage_decay(step + 1))
         losses.append(float(out.loss.detach()))
     return losses
 
@@ -111,7 +119,6 @@ def test_load_stage1_takes_the_teacher_from_the_stage1_teacher(tiny_encoder_cfg,
         assert torch.equal(stage2.teacher.encoder.state_dict()[name], value)
     for name, value in stage1.student.state_dict().items():
         assert torch.equal(stage2.student.state_dict()[name], value)
-    assert stage2.teacher_decay(0) == ObjectiveConfig().ema_decay_start  # the schedule restarts
     student_only = SimpleNamespace(student=stage1.student.state_dict(), teacher=None, decoder=None)
     assert stage2.load_stage1(student_only)["teacher"] == "stage1_student"
 
@@ -158,3 +165,89 @@ def test_waveform_mean_mixing_needs_the_normalisation(tiny_encoder_cfg, tiny_dec
     objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM", mix_op="waveform_mean",
                                norm_mean=-4.268, norm_std=4.569)
     assert torch.isfinite(objective(fixed_batch()).loss)
+
+
+def test_injected_masks_regions_and_noise_reproduce_a_drawn_step(tiny_encoder_cfg, tiny_decoder_cfg):
+    torch.manual_seed(0)
+    objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM")
+    batch = fixed_batch()
+    state = objective.generator_state()
+    drawn = objective(batch)
+    # The same random inputs, drawn again in forward's order: regions, masks (CPU generator), then the
+    # decoder noise (its own generator) for the masked positions only.
+    objective.set_generator_state(state)
+    regions = objective.draw_mix_regions(128)
+    masks = objective.draw_masks(BATCH, (16, 4))
+    num_masked = int(masks[0].sum())
+    noise = objective.draw_decoder_noise(masks.shape[0], num_masked, batch.device)
+    assert noise.shape == (2 * BATCH * objective.clones, num_masked, tiny_encoder_cfg.embed_dim)
+    after_draws = objective.generator_state()
+    injected = objective(batch, masks=masks, regions=regions, decoder_noise=noise)
+    assert torch.equal(injected.loss, drawn.loss) and injected.regions == drawn.regions
+    assert all(torch.equal(injected.terms[name], value) for name, value in drawn.terms.items())
+    # Injected inputs are not drawn: neither generator moved.
+    for key, value in objective.generator_state().items():
+        same = torch.equal(value, after_draws[key]) if isinstance(value, torch.Tensor) else value == after_draws[key]
+        assert same, key
+
+
+def test_a_step_draws_nothing_from_the_global_torch_rng(tiny_encoder_cfg, tiny_decoder_cfg):
+    objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM")
+    before = torch.get_rng_state()
+    objective(fixed_batch())
+    assert torch.equal(torch.get_rng_state(), before)
+    generator = objective.noise_generator(torch.device("cpu"))
+    assert generator.device == fixed_batch().device and generator.initial_seed() == objective.noise_seed
+
+
+def test_injected_noise_sits_at_the_masked_positions_only(tiny_encoder_cfg, tiny_decoder_cfg):
+    objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 1)
+    masks = objective.draw_masks(BATCH, (16, 4))
+    noise = torch.randn(masks.shape[0], int(masks[0].sum()), tiny_encoder_cfg.embed_dim)
+    captured = {}
+    objective.decoder.register_forward_hook(lambda module, args, output: captured.update(args=args))
+    objective(fixed_batch(), masks=masks, decoder_noise=noise)
+    visible, kept, grid, given = captured["args"]
+    grid_tokens = objective.decoder.scatter_to_grid(visible, kept, given, grid[0] * grid[1])
+    assert torch.equal(grid_tokens[masks], noise.reshape(-1, noise.shape[-1]))  # row-major = sample-major, ascending
+
+
+def test_injected_inputs_are_checked(tiny_encoder_cfg, tiny_decoder_cfg):
+    from sslam.model import ModelInputError
+    from sslam.objective.mixing import MixRegions
+
+    stage1 = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 1)
+    with pytest.raises(ValueError, match="no mixed half"):
+        stage1(fixed_batch(), regions=MixRegions(128, 8, ((2, 6), (9, 13))))
+    with pytest.raises(ValueError, match=r"masks must be a bool tensor of shape \(16, 64\)"):
+        stage1(fixed_batch(), masks=torch.zeros(8, 64, dtype=torch.bool))
+    stage2 = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM")
+    with pytest.raises(ValueError, match="regions are for 64 frames"):
+        stage2(fixed_batch(), regions=MixRegions(64, 8, ((1, 3), (4, 6))))
+    with pytest.raises(ModelInputError, match="one token per masked position"):
+        stage2(fixed_batch(), decoder_noise=torch.zeros(16, 64, tiny_encoder_cfg.embed_dim))
+
+
+def test_generator_state_covers_both_generators_and_refuses_other_formats(tiny_encoder_cfg, tiny_decoder_cfg):
+    from sslam.objective.pretraining import RandomStateError
+
+    objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM")
+    fresh = objective.generator_state()
+    assert fresh["decoder_noise"] is None and fresh["decoder_noise_device"] is None  # not created yet
+    objective(fixed_batch())
+    state = objective.generator_state()
+    assert set(state) == {"masks_and_mixing", "decoder_noise", "decoder_noise_device"}
+    assert state["decoder_noise_device"] == "cpu"
+    next_loss = objective(fixed_batch()).loss
+    objective.set_generator_state(state)
+    assert torch.equal(objective(fixed_batch()).loss, next_loss)
+    # A fresh state re-seeds the noise generator exactly as a new objective would.
+    objective.set_generator_state(fresh)
+    twin = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM")
+    twin.load_state_dict(objective.state_dict())
+    assert torch.equal(objective(fixed_batch()).loss, twin(fixed_batch()).loss)
+    with pytest.raises(RandomStateError, match="older version"):
+        objective.set_generator_state(state["masks_and_mixing"])  # the format before the noise generator
+    objective.set_generator_state({**state, "decoder_noise_device": "cuda"})
+    with pytest.raises(RandomStateError, match="saved on cuda, this run draws on cpu"):
+        objective(fixed_batch())

@@ -2,18 +2,24 @@
 import torch
 
 from sslam.model import AudioEncoder, gather_tokens
-from sslam.objective.mixing import MixRegions, no_regions_mixed
+from sslam.objective.mixing import MixedHalf, MixRegions, no_regions_mixed
 from sslam.objective.source_retention import (
+    SrlSettings,
     foreign_dropped_features,
     mixed_token_mask,
     source_retention_terms,
     srl_target,
 )
-from sslam.objective.targets import make_targets, teacher_targets
+from sslam.objective.targets import TeacherTargets, make_targets, teacher_targets
 
 # 128 frames, 8-frame patches: 16 time rows x 4 freq patches; rows 2-5 and 9-12 unmixed.
 REGIONS = MixRegions(128, 8, ((2, 6), (9, 13)))
 FREQ_PATCHES = 4
+
+
+def mixed_half(fbank, regions, base, predictions, cls, mask, clones) -> MixedHalf:
+    return MixedHalf(predictions=predictions, cls=cls, mask=mask, fbank=fbank,
+                     base=TeacherTargets(local=base, pooled=base.mean(dim=1)), regions=regions, clones=clones)
 
 
 def test_mixed_token_mask_follows_time_major_rows():
@@ -69,8 +75,8 @@ def test_srl_loss_regresses_onto_the_base_plus_the_previous_clip(tiny_encoder_cf
     mask = torch.rand(batch * clones, 64) < 0.8
     cls = torch.zeros(batch * clones, 32)
     perfect = expected.repeat_interleave(clones, dim=0)
-    terms = source_retention_terms(teacher, fbank, REGIONS, base, perfect, cls, mask, clones, 2, "mean",
-                                   with_local=True, with_global=True)
+    terms = source_retention_terms(teacher, mixed_half(fbank, REGIONS, base, perfect, cls, mask, clones),
+                                   SrlSettings(top_k=2, aggregation="mean", with_local=True, with_global=True))
     assert set(terms) == {"srl_local", "srl_global"}
     assert float(terms["srl_local"].value) < 1e-10
     assert terms["srl_local"].count == int(mask.sum())
@@ -78,8 +84,9 @@ def test_srl_loss_regresses_onto_the_base_plus_the_previous_clip(tiny_encoder_cf
     pooled = expected.mean(dim=1).repeat_interleave(clones, dim=0)
     assert torch.isclose(terms["srl_global"].value, (pooled**2).sum(-1).mean() / 32**0.5)
     # A prediction of the base clip alone is penalised in the mixed regions.
-    base_only = source_retention_terms(teacher, fbank, REGIONS, base, base.repeat_interleave(clones, dim=0),
-                                       cls, mask, clones, 2, "mean")
+    base_only = source_retention_terms(
+        teacher, mixed_half(fbank, REGIONS, base, base.repeat_interleave(clones, dim=0), cls, mask, clones),
+        SrlSettings(top_k=2, aggregation="mean"))
     assert float(base_only["srl_local"].value) > 1e-3
 
 
@@ -88,6 +95,7 @@ def test_unmixed_update_gives_the_clip_its_own_features(tiny_encoder_cfg):
     fbank = torch.randn(2, 128, 32)
     base = teacher_targets(teacher, fbank, 2, 2).local
     mask = torch.ones(2, 64, dtype=torch.bool)
-    terms = source_retention_terms(teacher, fbank, no_regions_mixed(128, 8), base, base, torch.zeros(2, 32),
-                                   mask, 1, 2, "mean")
+    terms = source_retention_terms(
+        teacher, mixed_half(fbank, no_regions_mixed(128, 8), base, base, torch.zeros(2, 32), mask, 1),
+        SrlSettings(top_k=2, aggregation="mean"))
     assert float(terms["srl_local"].value) == 0.0

@@ -6,6 +6,7 @@ import torch
 
 from sslam.model import AudioEncoder
 from sslam.objective.losses import LossTerm, d2v_loss, global_loss, local_loss, term_weights, total_loss
+from sslam.objective.source_retention import OFFICIAL_SRL_LOCAL_FACTOR
 from sslam.objective.targets import global_target, make_targets, teacher_targets
 
 
@@ -81,13 +82,13 @@ def constructed_stage2_terms() -> tuple[dict[str, LossTerm], int]:
     """Two halves of 4 sequences with 3 masked tokens each; D = 4, so s = 4·error²/2 = 2·error²."""
     three_masked = (torch.arange(5) < 3).expand(4, 5)
 
-    def local(error):
-        return local_loss(torch.full((4, 5, 4), error), torch.zeros(4, 5, 4), three_masked)
+    def local(error, factor=1.0):
+        return local_loss(torch.full((4, 5, 4), error), torch.zeros(4, 5, 4), three_masked, official_factor=factor)
 
     terms = {
         "local_unmixed": local(1.0),   # mean s = 4·1/2 = 2
         "local_mixed": local(2.0),     # 8
-        "srl_local": local(3.0),       # 18
+        "srl_local": local(3.0, OFFICIAL_SRL_LOCAL_FACTOR),  # 18, doubled by the official code
         "global_unmixed": global_loss(torch.full((4, 4), 1.0), torch.zeros(4, 4)),  # 2
         "global_mixed": global_loss(torch.full((4, 4), 0.5), torch.zeros(4, 4)),    # 0.5
     }
@@ -118,3 +119,11 @@ def test_official_stage1_weighting_is_token_mean_plus_sequence_sum():
              "global_unmixed": LossTerm(torch.tensor(0.5), 192, "global")}
     weights = term_weights(terms, "official", 410 * 192)
     assert weights == {"local_unmixed": 1.0, "global_unmixed": 192.0}
+
+
+def test_the_official_factor_travels_with_the_term_not_its_name():
+    terms, masked_tokens = constructed_stage2_terms()
+    renamed = {"my_retention_term": terms.pop("srl_local"), "srl_plain": terms["local_mixed"]}
+    weights = term_weights(renamed, "official", masked_tokens)
+    assert weights == {"my_retention_term": 1.0, "srl_plain": 0.5}
+    assert set(term_weights(renamed, "paper", masked_tokens).values()) == {1.0}

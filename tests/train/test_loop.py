@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 from sslam.cli import main
 from sslam.configuration import load_yaml
 from sslam.errors import ConfigError
+from sslam.model.checkpoints import CheckpointError
 from sslam.train.config import train_config_for_stage
 from sslam.train.loop import NonFiniteLossError, Pretrainer, RunIdentity
 from sslam.train.pretrain import build_objective, objective_config
@@ -35,14 +36,13 @@ class PoisonedClips(Dataset):
         return clip
 
 
-def _trainer(tmp_path, dataset, stage=1, **train_overrides):
-    config = load_yaml(tiny_study(tmp_path, stage1=train_overrides))
+def _trainer(tmp_path, dataset, stage=1, variant=None, run="run", **train_overrides):
+    config = load_yaml(tiny_study(tmp_path, **{f"stage{stage}": train_overrides}))
     train = train_config_for_stage(config, stage)
     torch.manual_seed(0)
-    objective, encoder_cfg, decoder_cfg, _ = build_objective(config, stage, None, train, seed=0,
-                                                             norm_stats=(0.0, 1.0))
-    identity = RunIdentity(stage, None, {"embed_dim": encoder_cfg.embed_dim}, {"depth": decoder_cfg.depth})
-    return Pretrainer(objective, dataset, train, tmp_path / "run", identity, show_progress=False)
+    objective, encoder_cfg, decoder_cfg, _ = build_objective(config, stage, variant, seed=0, norm_stats=(0.0, 1.0))
+    identity = RunIdentity(stage, variant, {"embed_dim": encoder_cfg.embed_dim}, {"depth": decoder_cfg.depth})
+    return Pretrainer(objective, dataset, train, tmp_path / run, identity, show_progress=False)
 
 
 def test_nan_in_the_data_stops_with_step_and_terms_and_keeps_last_snapshot(tmp_path):
@@ -72,14 +72,25 @@ def test_snapshot_holds_the_contract_keys(tmp_path):
     assert not torch.equal(student["blocks.0.mlp.fc1.weight"], teacher["blocks.0.mlp.fc1.weight"])
 
 
-def test_objective_takes_the_ema_schedule_from_the_stage(tmp_path):
+def test_the_ema_schedule_has_one_owner_the_training_stage(tmp_path):
     config = load_yaml(tiny_study(tmp_path))
-    train = train_config_for_stage(config, 2)
-    objective_cfg = objective_config(config, "SSLAM", train)
-    assert (objective_cfg.ema_decay_start, objective_cfg.ema_anneal_steps) == (train.ema_start, 20)
-    config["variants"] = {"SSLAM": {"ema_decay_end": 0.5}}
-    with pytest.raises(ConfigError, match="variants.SSLAM.ema_decay_end"):
-        objective_config(config, "SSLAM", train)
+    objective_cfg = objective_config(config, "SSLAM")
+    assert not any(name.startswith("ema") for name in vars(objective_cfg))
+    for where, section in (("objective", config["objective"]), ("variants.SSLAM", {})):
+        config["variants"] = {"SSLAM": section}
+        section["ema_decay_end"] = 0.5
+        with pytest.raises(ConfigError, match=rf"{where}.ema_decay_end has moved: .*pretrain.stage2.ema_end"):
+            objective_config(config, "SSLAM")
+        del section["ema_decay_end"]
+
+
+def test_the_loop_drives_the_teacher_with_the_stage_schedule(tmp_path):
+    trainer = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), steps=3, checkpoint_every=3,
+                       ema_start=0.5, ema_end=0.9, ema_anneal_steps=4)
+    decays = []
+    trainer.objective.update_teacher = decays.append  # record what the loop hands over
+    metrics = trainer.run()
+    assert decays == pytest.approx([0.6, 0.7, 0.8]) and metrics["ema_decay"] == pytest.approx(0.8)
 
 
 def test_cli_rejects_stage2_without_init_and_missing_cache(tmp_path, capsys):
@@ -114,3 +125,42 @@ def test_bf16_autocast_path_runs_and_keeps_fp32_weights(tmp_path):
     metrics = trainer.run()
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     assert all(p.dtype == torch.float32 for p in trainer.objective.parameters())
+
+
+def test_mixit_head_is_optimised_snapshotted_and_resumed_exactly(tmp_path):
+    """Stage-2 MixIT: the head trains, lives in state/last.pt (not in checkpoint.pt), and an interrupted
+    run resumed from its snapshot ends bit-identical to an uninterrupted one (both generators included)."""
+    clean = PoisonedClips(8, first_bad_read=10**9)
+    poisoned = PoisonedClips(8, first_bad_read=3 * 4)  # update 4 turns NaN, after the snapshot of update 2
+    poisoned.clips = clean.clips.clone()
+    settings = dict(stage=2, variant="MixIT", steps=6, checkpoint_every=2)
+
+    reference = _trainer(tmp_path, clean, run="reference", **settings)
+    head_before = {k: v.clone() for k, v in reference.objective.mixit_heads.state_dict().items()}
+    assert any(name.startswith("mixit.") for group in reference.optimizer.param_groups for name in group["names"])
+    reference.run()
+    assert all(not torch.equal(v, reference.objective.mixit_heads.state_dict()[k]) for k, v in head_before.items())
+
+    interrupted = _trainer(tmp_path, poisoned, run="interrupted", **settings)
+    with pytest.raises(NonFiniteLossError):
+        interrupted.run()
+    snapshot = load_training_state(tmp_path / "interrupted")
+    assert snapshot["step"] == 2 and set(snapshot["heads"]) == {"mixit"}
+    resumed = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), run="interrupted", **settings)
+    resumed.dataset.clips = clean.clips.clone()
+    resumed.restore(snapshot)
+    resumed.run()
+    for part in ("student", "decoder", "mixit_heads"):
+        expected = getattr(reference.objective, part).state_dict()
+        for name, tensor in getattr(resumed.objective, part).state_dict().items():
+            assert torch.equal(tensor, expected[name]), f"{part}.{name} differs after resume"
+    ref_rng, res_rng = reference.objective.generator_state(), resumed.objective.generator_state()
+    assert all(torch.equal(ref_rng[key], res_rng[key]) for key in ("masks_and_mixing", "decoder_noise"))
+
+    resumed.save_final(tmp_path / "final.pt")
+    final = torch.load(tmp_path / "final.pt", weights_only=False)
+    assert "heads" not in final and not any("mixit" in key for part in ("student", "decoder", "teacher")
+                                            for key in final[part])
+    del snapshot["heads"]
+    with pytest.raises(CheckpointError, match="no 'mixit' head"):
+        _trainer(tmp_path, clean, run="other", **settings).restore(snapshot)
