@@ -124,14 +124,13 @@ class Study:
         from sslam.evaluation.config import BenchmarkConfig
         from sslam.front_end import FrontEndConfig
         from sslam.model.config import DecoderConfig, EncoderConfig
-        from sslam.objective.config import ObjectiveConfig, variant_config
+        from sslam.objective.config import variant_config
         from sslam.tables.layouts import TablesConfig
         from sslam.train.config import train_config_for_stage
 
         config = self.config
         for where, dataclass in [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
-                                 ("model.encoder", EncoderConfig), ("model.decoder", DecoderConfig),
-                                 ("objective", ObjectiveConfig)]:
+                                 ("model.encoder", EncoderConfig), ("model.decoder", DecoderConfig)]:
             from_dict(dataclass, section(config, where), where=where)
         from_dict(TablesConfig, section(config, "study.tables"), where="study.tables")
         datasets = {name: from_dict(DatasetConfig, entry, where=f"datasets.{name}")
@@ -141,6 +140,7 @@ class Study:
         for stage in (1, 2):
             train_config_for_stage(config, stage)
         base = section(config, "objective")
+        variant_config(None, base)      # what Stage 1 builds (a key that moved elsewhere is named as such)
         for variant in self.variants:  # exactly what `sslam pretrain --stage 2 --variant V` builds
             variant_config(variant, base, section(config, f"variants.{variant}"))
         return datasets

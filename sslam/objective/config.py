@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from sslam.configuration import from_dict
 from sslam.errors import ConfigError
+from sslam.provenance import Registry
 
 # "all" = average every teacher layer (12 for ViT-B); an int k = the last k layers.
 LayerCount = int | Literal["all"]
@@ -167,7 +168,7 @@ def floor_count(value: float) -> int:
 
 # The four models of paper §4.3 / Tables 2-3, as overrides of the official (SSLAM) recipe.
 # Single-batch variants (MB-UA, MB-PMA) use 16 clones so that B·C matches the 2B·8 of the others.
-VARIANT_PRESETS: dict[str, dict[str, Any]] = {
+VARIANT_PRESETS = Registry("VARIANT_PRESETS", {
     # Stage-2 continuation on unmixed audio only with the Stage-1 (EAT) losses, including the
     # 12-layer global target: the paper introduces the last-layer global target with the mixtures.
     "MB-UA": dict(mix_mode="none", local_mixed=False, global_mixed=False, srl_local=False,
@@ -183,7 +184,7 @@ VARIANT_PRESETS: dict[str, dict[str, Any]] = {
     # App. C's concept separation in place of the SRL (the paper compares it with SSLAM: 39.9 vs 40.9
     # mAP on AS-20K): both halves and the four ordinary losses, the MixIT term instead of the SRL.
     "MixIT": dict(srl_local=False, srl_global=False, mixit=True),
-}
+})
 
 
 def variant_config(name: str | None, base: ObjectiveConfig | dict[str, Any] | None = None,

@@ -1,84 +1,82 @@
-"""A reduced demo study really runs end to end (tables + MLflow runs), and a code change re-runs exactly
-the jobs that depend on the edited code: editing the source retention loss re-runs pretraining,
-evaluation and tables but not the manifests or the cache; editing the metrics re-runs evaluation and tables."""
+"""A reduced demo study really runs end to end (tables, MLflow runs, the HTML report), records the code of
+every job, and a moved copy of the finished checkout re-runs nothing."""
 from __future__ import annotations
 
+import base64
 import json
-import re
+import shutil
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from workflow_helpers import copy_repository, reduced_demo, run_snakemake, write_config
+from sslam.tracking import resolve_tracking
+
+from workflow_helpers import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.slow
 
 
-def planned_rules(repo: Path, config_path: Path) -> tuple[set[str], str]:
-    result = run_snakemake("--configfile", str(config_path), "-n", cwd=repo)
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
-    return set(re.findall(r"^(?:local)?rule (\w+):", output, flags=re.MULTILINE)), output
-
-
-@pytest.fixture(scope="module")
-def finished_study(tmp_path_factory):
-    repo = copy_repository(tmp_path_factory.mktemp("repo"))
-    config = reduced_demo(repo / "results")
-    config_path = write_config(config, repo / "reduced.yaml")
-    result = run_snakemake("--configfile", str(config_path), "--cores", "2", cwd=repo, timeout=1500)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    return repo, config_path, config
-
-
 def test_tables_and_mlflow_runs(finished_study):
-    repo, _, config = finished_study
+    repo, config_path = finished_study
     tables = repo / "results" / "tables"
-    for name in ["table2.md", "table2.tex", "table2.csv", "table3.md", "table3_polyphony.png", "pretrain_loss.png"]:
+    for name in ["table1.md", "table1.tex", "table1.csv", "table3.md", "table3_polyphony.png", "pretrain_loss.png"]:
         assert (tables / name).is_file(), name
-    assert "SSLAM" in (tables / "table2.md").read_text()
-    tracking = json.loads((repo / "results" / "mlflow" / "tracking.json").read_text())
+    assert "SSLAM" in (tables / "table1.md").read_text()
+    tracking = resolve_tracking(repo / "results" / "mlflow" / "tracking.json")
     client = MlflowClient(tracking_uri=tracking["uri"])
     runs = client.search_runs([tracking["experiment_id"]])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tracking["parent_run_id"]]
     evaluations = [r for r in children if r.data.tags.get("stage") == "eval"]
-    models = 1 + len(config["study"]["variants"])
-    assert len(evaluations) == models * len(config["study"]["benchmarks"]) * 2
+    assert len(evaluations) == 4 * 2 * 2  # stage1, MB-UA, SSLAM, random × 2 benchmarks × 2 regimes
     assert any(r.info.run_name == "tables" for r in children)
 
 
-def edit(path: Path) -> str:
-    original = path.read_text()
-    path.write_text(original + "\n# edited by test_demo_run\n")
-    return original
+def test_every_job_records_the_code_it_ran(finished_study):
+    repo, _ = finished_study
+    records = {path.relative_to(repo / "results").as_posix(): json.loads(path.read_text())
+               for path in (repo / "results").glob("**/*.code.json")}
+    stage1 = set(records["pretrain/stage1/checkpoint.code.json"]["units"])
+    mb_ua = set(records["pretrain/MB-UA/checkpoint.code.json"]["units"])
+    sslam = set(records["pretrain/SSLAM/checkpoint.code.json"]["units"])
+    evaluation = set(records["eval/SSLAM/synth_mono/linear/seed0/metrics.code.json"]["units"])
+    tables = set(records["tables/runs.code.json"]["units"])
+    srl = "sslam.objective.source_retention:srl_target"
+    mixing = "sslam.objective.mixing:mix_batch"
+    assert srl in sslam and srl not in mb_ua and srl not in stage1
+    assert mixing in sslam and mixing not in mb_ua and mixing not in stage1
+    assert not any(unit.startswith(("sslam.objective", "sslam.train")) for unit in evaluation)
+    assert not any(unit.startswith(("sslam.model", "sslam.objective", "sslam.train", "sslam.evaluation"))
+                   for unit in tables)
 
 
-def test_code_changes_rerun_only_dependent_jobs(finished_study):
-    repo, config_path, _ = finished_study
-    rules, _ = planned_rules(repo, config_path)
-    assert rules == set(), f"a finished study plans nothing, got {rules}"
-
-    loss = repo / "sslam" / "objective" / "source_retention.py"
-    original = edit(loss)
-    rules, output = planned_rules(repo, config_path)
-    loss.write_text(original)
-    assert {"pretrain_stage1", "pretrain_stage2", "finetune", "linear_probe", "tables"} <= rules
-    assert not rules & {"synth", "cache_shard", "track_init"}, rules
-    assert "Params have changed since last execution" in output
-
-    metrics = repo / "sslam" / "evaluation" / "metrics.py"
-    original = edit(metrics)
-    rules, _ = planned_rules(repo, config_path)
-    metrics.write_text(original)
-    assert {"finetune", "linear_probe", "tables"} <= rules
-    assert not rules & {"synth", "cache_shard", "pretrain_stage1", "pretrain_stage2"}, rules
+def test_no_absolute_path_in_any_rule_parameter(finished_study):
+    repo, _ = finished_study
+    metadata = list((repo / ".snakemake" / "metadata").iterdir())
+    assert metadata
+    for path in metadata:
+        record = json.loads(path.read_text())
+        params = json.loads(record.get("params") or "[]")
+        output = base64.b64decode(path.name + "=" * (-len(path.name) % 4)).decode()
+        for value in params:
+            assert str(repo) not in str(value) and not str(value).strip("'\"").startswith("/"), (output, value)
+        assert str(repo) not in record.get("code", ""), output
 
 
-def test_html_report_with_captions(finished_study):
-    repo, config_path, _ = finished_study
-    report = repo / "report.html"
+def test_a_moved_copy_of_the_finished_checkout_reruns_nothing(finished_study, tmp_path):
+    repo, config_path = finished_study
+    moved = tmp_path / "moved"
+    shutil.copytree(repo, moved, symlinks=True)  # copy2: modification times travel with the files
+    jobs, output = planned_jobs(moved, moved / config_path.name)
+    assert jobs == set(), output[-3000:]
+    jobs, output = planned_jobs(repo, config_path)
+    assert jobs == set(), output[-3000:]
+
+
+def test_html_report_with_captions(finished_study, tmp_path):
+    repo, config_path = finished_study
+    report = tmp_path / "report.html"
     result = run_snakemake("--configfile", str(config_path), "--report", str(report), cwd=repo)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     html = report.read_text(errors="replace")
-    assert "table2.md" in html and "pretrain_loss.png" in html
+    assert "table1.md" in html and "pretrain_loss.png" in html

@@ -84,6 +84,40 @@ def reduced_demo(results: Path, variants=("MB-UA", "SSLAM"), benchmarks=("synth_
     return config
 
 
+def planned_jobs(repo: Path, config_path: Path, *extra: str) -> tuple[set[tuple[str, str]], str]:
+    """The jobs a dry run schedules, as (rule, "wildcard=value, ...") pairs, and its output."""
+    result = run_snakemake("--configfile", str(config_path), "-n", *extra, cwd=repo)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        match = re.match(r"(?:local)?rule (\w+):", block.strip())
+        if match and match.group(1) != "all":
+            wildcards = re.search(r"^\s*wildcards: (.*)$", block, flags=re.MULTILINE)
+            jobs.add((match.group(1), wildcards.group(1).strip() if wildcards else ""))
+    return jobs, output
+
+
+def rerun_scope_study(results: str | Path = "results") -> dict:
+    """The reduced study the re-run tests finish once: two Stage-2 variants (one with, one without the SRL),
+    an accuracy benchmark and a per-bin mAP benchmark, both regimes, one seed, the random baseline."""
+    config = reduced_demo(Path(results), variants=("MB-UA", "SSLAM"), benchmarks=("synth_mono", "synth_polyphony"))
+    config["study"]["tables"]["specs"] = [
+        {"name": "table1", "title": "synth_mono, both regimes", "benchmarks": ["synth_mono"], "regimes": ["linear", "finetune"]},
+        *[spec for spec in config["study"]["tables"]["specs"] if spec["benchmarks"] == ["synth_polyphony"]]]
+    return config
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory):
+    """A copy of the repository in which the re-run-scope study ran to the end (relative results folder)."""
+    repo = copy_repository(tmp_path_factory.mktemp("study") / "repo")
+    config_path = write_config(rerun_scope_study(), repo / "reduced.yaml")
+    result = run_snakemake("--configfile", str(config_path), "--cores", "2", cwd=repo, timeout=1800)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return repo, config_path
+
+
 def copy_repository(target: Path, names=("sslam", "workflow", "config", "envs", "profiles", "slurm")) -> Path:
     """A working copy of what the workflow needs, so a test can edit code and results freely."""
     import shutil
