@@ -26,6 +26,9 @@ from sslam.errors import ConfigError
 
 SCHEMA = Path(__file__).with_name("study.schema.yaml")
 STAGE1 = "stage1"                  # the model id of the Stage-1 (EAT-style) baseline
+# Model ids: stage1, a Stage-2 variant (SSLAM), a Stage-1 variant `stage1@S` (Table 4) and its Stage-2
+# descendants `SSLAM@S`, and the baselines.
+DESCENDS = "@"
 RANDOM_BASELINE = "random"         # a randomly initialised encoder of the study's shape
 REGIME_COMMAND = {"finetune": "finetune", "linear": "probe"}
 SYNTHETIC_ADAPTER = "synthetic"    # a dataset written by `sslam synth` rather than read by an adapter
@@ -73,6 +76,7 @@ class Study:
         self.stage1_checkpoint: str | None = study.get("stage1_checkpoint")
         self.pretrain_dataset: str = study["pretrain_dataset"]
         self.audioset: dict[str, Any] = study.get("audioset") or {}
+        self.stage1_variants: list[str] = study.get("stage1_variants", [])
         self._check_references()
         self.datasets = self._build_sections()
         if check_data_roots:
@@ -96,6 +100,15 @@ class Study:
             if variant not in VARIANT_PRESETS and variant not in defined:
                 raise ConfigError(f"study.variants[{i}]: unknown variant {variant!r}; use one of "
                                   f"{list(VARIANT_PRESETS)} or define it under `variants:`")
+        defined_stage1 = config.get("stage1_variants") or {}
+        for i, name in enumerate(self.stage1_variants):
+            if name not in defined_stage1:
+                raise ConfigError(f"study.stage1_variants[{i}]: {name!r} is not defined under `stage1_variants:`")
+            for variant in defined_stage1[name].get("stage2", []):
+                if variant not in self.variants:
+                    raise ConfigError(f"stage1_variants.{name}.stage2: {variant!r} is not in study.variants")
+        if self.stage1_variants and self.stage1_checkpoint:
+            raise ConfigError("study.stage1_variants needs Stage 1 trained here; study.stage1_checkpoint is set")
         if self.pretrain_dataset not in datasets:
             raise ConfigError(f"study.pretrain_dataset: {self.pretrain_dataset!r} is not under `datasets:`")
         for i, name in enumerate(self.benchmarks):
@@ -124,7 +137,7 @@ class Study:
         from sslam.evaluation.config import BenchmarkConfig
         from sslam.front_end import FrontEndConfig
         from sslam.model.config import DecoderConfig, EncoderConfig
-        from sslam.objective.config import variant_config
+        from sslam.objective.config import stage1_variant_config, variant_config
         from sslam.tables.layouts import TablesConfig
         from sslam.train.config import train_config_for_stage
 
@@ -141,6 +154,8 @@ class Study:
             train_config_for_stage(config, stage)
         base = section(config, "objective")
         variant_config(None, base)      # what Stage 1 builds (a key that moved elsewhere is named as such)
+        for name in self.stage1_variants:
+            stage1_variant_config(name, base, config["stage1_variants"][name])
         for variant in self.variants:  # exactly what `sslam pretrain --stage 2 --variant V` builds
             variant_config(variant, base, section(config, f"variants.{variant}"))
         return datasets
@@ -222,20 +237,35 @@ class Study:
         return roots.pop(), {key: options[key] for key in ("class_list", "ontology") if key in options}
 
     # ------------------------------------------------------------------ models
+    def descendants(self, stage1_variant: str) -> list[str]:
+        """The Stage-2 variants trained from a Stage-1 variant (all of study.variants unless it lists some)."""
+        return (self.config.get("stage1_variants") or {})[stage1_variant].get("stage2", self.variants)
+
+    @property
+    def stage1_models(self) -> list[str]:
+        return [STAGE1] + [f"{STAGE1}{DESCENDS}{name}" for name in self.stage1_variants]
+
     @property
     def stage2_models(self) -> list[str]:
-        return list(self.variants)
+        return list(self.variants) + [f"{variant}{DESCENDS}{name}" for name in self.stage1_variants
+                                      for variant in self.descendants(name)]
 
     @property
     def pretrained_models(self) -> list[str]:
         """Models trained by this DAG (Stage 1 unless given as a checkpoint, then every Stage-2 variant)."""
-        return ([] if self.stage1_checkpoint else [STAGE1]) + self.stage2_models
+        return ([] if self.stage1_checkpoint else self.stage1_models) + self.stage2_models
 
     @property
     def models(self) -> list[str]:
-        """Every model evaluated: the Stage-1 baseline, the Stage-2 variants and the baselines."""
-        stage1 = [STAGE1] if self.config["study"].get("evaluate_stage1", True) else []
+        """Every model evaluated: the Stage-1 models, the Stage-2 models and the baselines."""
+        stage1 = self.stage1_models if self.config["study"].get("evaluate_stage1", True) else []
         return stage1 + self.stage2_models + self.baselines
+
+    @staticmethod
+    def lineage(model: str) -> tuple[str, str | None]:
+        """`SSLAM@mixed` -> ("SSLAM", "mixed"): the model's own variant and the Stage-1 variant it descends from."""
+        own, _, stage1_variant = model.partition(DESCENDS)
+        return own, stage1_variant or None
 
     def pretrain_dir(self, model: str) -> str:
         return f"{self.results}/pretrain/{model}"
@@ -250,7 +280,8 @@ class Study:
 
     def init_of(self, model: str) -> str:
         """The Stage-1 checkpoint a Stage-2 model starts from."""
-        return self.checkpoint(STAGE1)
+        _, stage1_variant = self.lineage(model)
+        return self.checkpoint(f"{STAGE1}{DESCENDS}{stage1_variant}" if stage1_variant else STAGE1)
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_jobs(self) -> list[EvaluationJob]:
@@ -333,17 +364,24 @@ class Study:
 
     def pretrain_inputs(self, model: str) -> dict[str, Any]:
         inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset), "tracking": self.tracking_file}
-        if model != STAGE1:
+        if self.lineage(model)[0] != STAGE1:
             inputs["init"] = self.init_of(model)
         return inputs
 
     def pretrain_arguments(self, model: str) -> str:
-        return "--stage 1" if model == STAGE1 else f"--stage 2 --variant {model}"
+        own, stage1_variant = self.lineage(model)
+        if own == STAGE1:
+            return "--stage 1" + (f" --variant {stage1_variant}" if stage1_variant else "")
+        return f"--stage 2 --variant {own}"
 
     def pretrain_settings(self, model: str) -> str:
-        stage = "pretrain.stage1" if model == STAGE1 else "pretrain.stage2"
-        return self.settings("model", "objective", f"datasets.{self.pretrain_dataset}", stage,
-                             *([] if model == STAGE1 else [f"variants.{model}"]))
+        own, stage1_variant = self.lineage(model)
+        sections = ["model", "objective", f"datasets.{self.pretrain_dataset}"]
+        if own == STAGE1:
+            sections += ["pretrain.stage1"] + ([f"stage1_variants.{stage1_variant}"] if stage1_variant else [])
+        else:
+            sections += ["pretrain.stage2", f"variants.{own}"]
+        return self.settings(*sections)
 
     def evaluation_inputs(self, model: str, benchmark: str) -> dict[str, Any]:
         test, train = self.benchmark_datasets(benchmark)

@@ -113,3 +113,23 @@ def test_the_config_file_is_rewritten_only_when_it_changes(demo, tmp_path):
     stamp = path.stat().st_mtime_ns
     study.write_config(path)
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_stage1_variants_have_their_own_stage2_descendants(demo):
+    demo["study"]["variants"] = ["MB-UA", "SSLAM"]
+    demo["study"]["stage1_variants"] = ["mixed75"]
+    demo["stage1_variants"] = {"mixed75": {"stage1_input": "mixed", "mix_mode": "full", "mix_probability": 0.75}}
+    study = Study(demo)
+    assert study.pretrained_models == ["stage1", "stage1@mixed75", "MB-UA", "SSLAM", "MB-UA@mixed75", "SSLAM@mixed75"]
+    assert study.pretrain_arguments("stage1@mixed75") == "--stage 1 --variant mixed75"
+    assert study.pretrain_arguments("SSLAM@mixed75") == "--stage 2 --variant SSLAM"
+    assert study.pretrain_inputs("SSLAM@mixed75")["init"] == "results/demo/pretrain/stage1@mixed75/checkpoint.pt"
+    assert "stage1_variants.mixed75" in study.pretrain_settings("stage1@mixed75")
+    demo["stage1_variants"]["mixed75"]["stage2"] = ["SSLAM"]
+    assert Study(demo).stage2_models == ["MB-UA", "SSLAM", "SSLAM@mixed75"]
+    demo["stage1_variants"]["mixed75"]["mix_probability"] = 1.5
+    with pytest.raises(ConfigError, match="stage1_variants.mixed75"):
+        Study(demo)
+    demo["study"]["stage1_variants"] = ["nope"]
+    with pytest.raises(ConfigError, match=r"study.stage1_variants\[0\]: 'nope'"):
+        Study(demo)

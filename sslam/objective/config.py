@@ -214,3 +214,20 @@ def variant_config(name: str | None, base: ObjectiveConfig | dict[str, Any] | No
         merged.update(VARIANT_PRESETS[preset])
     merged.update(overrides)
     return from_dict(ObjectiveConfig, merged, where=where)
+
+
+# The key of a `stage1_variants.<name>` entry that lists its Stage-2 descendants (not an objective setting).
+STAGE2_DESCENDANTS_KEY = "stage2"
+
+
+def stage1_variant_config(name: str, base: dict[str, Any] | None, overrides: dict[str, Any] | None) -> ObjectiveConfig:
+    """A Stage-1 variant (paper Table 4: Stage 1 on mixed audio, mixed in 75 % of the updates, partially
+    mixed): `objective` + the variant's overrides, e.g. {stage1_input: mixed, mix_mode: full}. No preset:
+    the Stage-2 presets describe Stage-2 batches."""
+    where = f"stage1_variants.{name}"
+    if overrides is None:
+        raise ConfigError(f"{where}: not defined (define it under `stage1_variants:`)")
+    overrides = {key: value for key, value in overrides.items() if key != STAGE2_DESCENDANTS_KEY}
+    reject_moved_keys(dict(base or {}), "objective")
+    reject_moved_keys(overrides, where)
+    return from_dict(ObjectiveConfig, {**dict(base or {}), **overrides}, where=where)

@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--config", required=True, help="study YAML (model, objective, variants, pretrain, datasets)")
     parser.add_argument("--stage", type=int, choices=(1, 2), required=True)
-    parser.add_argument("--variant", help="objective preset + the study's `variants.<name>` overrides "
-                                          "(MB-UA, MB-PMA, MB-UA-PMA, SSLAM, MixIT); default: the base objective")
+    parser.add_argument("--variant", help="Stage 2: objective preset + the study's `variants.<name>` overrides "
+                                          "(MB-UA, MB-PMA, MB-UA-PMA, SSLAM, MixIT); Stage 1: a Stage-1 variant "
+                                          "under `stage1_variants:` (Table 4); default: the base objective")
     parser.add_argument("--init", help="Stage-1 checkpoint to start Stage 2 from (student ← its student, "
                                        "teacher ← its teacher); required for a fresh Stage 2")
     parser.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.jsonl, state/)")
@@ -53,12 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="tqdm progress bar (default: only on a terminal)")
 
 
-def objective_config(config: dict[str, Any], variant: str | None):
-    """`objective` + variant preset + `variants.<variant>` (the teacher's EMA schedule is not in it: the
+def objective_config(config: dict[str, Any], variant: str | None, stage: int = 2):
+    """Stage 2: `objective` + variant preset + `variants.<variant>`; Stage 1: `objective`, or with a Stage-1
+    variant `objective` + `stage1_variants.<variant>` (the teacher's EMA schedule is in neither: the
     training stage, pretrain.stageK.ema_*, owns it)."""
-    from sslam.objective.config import variant_config
+    from sslam.objective.config import stage1_variant_config, variant_config
 
     base = section(config, "objective")
+    if stage == 1 and variant:
+        return stage1_variant_config(variant, base, (config.get("stage1_variants") or {}).get(variant))
     overrides = section(config, f"variants.{variant}") if variant else {}
     return variant_config(variant, base, overrides)
 
@@ -112,7 +116,7 @@ def build_objective(config: dict[str, Any], stage: int, variant: str | None, see
 
     encoder_cfg = from_dict(EncoderConfig, section(config, "model.encoder"), "model.encoder")
     decoder_cfg = from_dict(DecoderConfig, section(config, "model.decoder"), "model.decoder")
-    objective_cfg = objective_config(config, variant)
+    objective_cfg = objective_config(config, variant, stage)
     objective = PretrainingObjective(encoder_cfg, decoder_cfg, objective_cfg, stage, seed=seed,
                                      norm_stats=norm_stats)
     return objective, encoder_cfg, decoder_cfg, objective_cfg
