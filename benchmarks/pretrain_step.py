@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from sslam.model import DecoderConfig, EncoderConfig
 from sslam.objective.config import ObjectiveConfig
-from sslam.objective.masking import clone_masks
 from sslam.objective.pretraining import PretrainingObjective
+from sslam.plan import GPUS, pretraining_step_flops
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext
 from sslam.train.loop import Pretrainer, RunIdentity
@@ -38,11 +38,6 @@ PRESETS = {
     "vitb": (EncoderConfig(), DecoderConfig(), 1024),  # the official ViT-B over 1024 × 128
 }
 
-# Dense peak FLOP/s per (device-name fragment, dtype); the first fragment found in the device name wins.
-PEAK_FLOPS = [
-    ("H200", "bf16", 989e12), ("H100", "bf16", 989e12), ("A100", "bf16", 312e12),
-    ("H200", "fp32", 67e12), ("H100", "fp32", 67e12), ("A100", "fp32", 19.5e12),
-]
 
 
 class RandomClips(Dataset):
@@ -58,43 +53,20 @@ class RandomClips(Dataset):
         raise RuntimeError("the benchmark feeds random batches directly")
 
 
-def decoder_flops_per_forward(encoder: EncoderConfig, decoder: DecoderConfig, num_positions: int) -> int:
-    """Grouped 3×3 convs over the full grid per layer, then the output Linear (2 FLOPs per multiply-add)."""
-    dim = encoder.embed_dim
-    conv = 2 * num_positions * dim * (dim // decoder.groups) * decoder.kernel**2
-    return decoder.depth * conv + 2 * num_positions * dim * dim
-
-
 def step_flops(objective: PretrainingObjective, batch: int, num_frames: int) -> dict[str, int]:
-    """Model FLOPs of one update of `objective` on `batch` clips (see the module docstring)."""
-    student, cfg = objective.student, objective.config
-    time_patches, freq_patches = student.grid(num_frames)
-    positions = time_patches * freq_patches
-    halves, clones = len(objective.halves), objective.clones
-    # Every mask row keeps the same number of tokens (the batched gather needs it): count one.
-    one_mask = clone_masks(1, 1, (time_patches, freq_patches), cfg.mask_prob, cfg.mask_prob_adjust,
-                           cfg.block_size, torch.Generator().manual_seed(0))
-    kept = positions - int(one_mask.sum())
-    sequences = halves * batch * clones
-    embed = 2 * positions * student.config.embed_dim * student.config.patch_size**2
-    student_forward = sequences * student.flops_per_forward(1 + kept, num_patches=0) + halves * batch * embed
-    decoder_forward = sequences * decoder_flops_per_forward(student.config, objective.decoder.config, positions)
-    teacher = len(set(objective.halves) | ({"unmixed"} if objective.uses_srl else set()))
-    teacher_forward = teacher * batch * student.flops_per_forward(1 + positions)
-    if objective.uses_srl:
-        regions = objective.draw_mix_regions(num_frames)
-        unmixed_tokens = int(regions.unmixed_patch_rows().sum()) * freq_patches
-        teacher_forward += batch * student.flops_per_forward(1 + positions - unmixed_tokens, num_patches=positions)
-    return {"student": 3 * student_forward, "decoder": 3 * decoder_forward, "teacher": teacher_forward,
-            "total": 3 * student_forward + 3 * decoder_forward + teacher_forward}
+    """Model FLOPs of one update of `objective` on `batch` clips (sslam.plan owns the count)."""
+    return pretraining_step_flops(objective.student.config, objective.decoder.config, objective.config,
+                                  objective.stage, batch, num_frames)
 
 
 def peak_flops(device: torch.device, dtype: str) -> tuple[float, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for fragment, table_dtype, peak in PEAK_FLOPS:
-            if fragment in name and table_dtype == dtype:
-                return peak, f"table: {fragment} {dtype} dense"
+        for fragment, (bf16_peak, _memory) in sorted(GPUS.items(), key=lambda item: -len(item[0])):
+            if fragment.split("-")[0] in name.replace(" ", ""):
+                # fp32 (TF32 off) runs at about 1/15 of the dense bf16 tensor-core peak on these GPUs.
+                return (bf16_peak, f"table: {fragment} bf16 dense") if dtype == "bf16" else \
+                    (bf16_peak / 15, f"table: {fragment} fp32 ≈ bf16/15")
         return float("nan"), f"unknown accelerator {name!r}"
     size = 1024
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -155,7 +127,7 @@ def benchmark_stage(stage: int, args: argparse.Namespace, device: torch.device) 
     return {"stage": stage, "clones": objective.clones, "sequences": sequences,
             "seconds_per_step": seconds, "clips_per_s": args.batch / seconds,
             "model_tflops_per_step": flops["total"] / 1e12, "achieved_tflops": flops["total"] / seconds / 1e12,
-            "flops_split": {k: v / 1e12 for k, v in flops.items()}, "peak_memory_gib": memory}
+            "flops_split": {k: flops[k] / 1e12 for k in ("student", "decoder", "teacher", "total")}, "peak_memory_gib": memory}
 
 
 def main(argv: list[str] | None = None) -> dict:

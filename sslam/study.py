@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class Study:
         if check_data_roots:
             self._check_data_roots()
         self._index = None
+        self._plan = None
         self.changed_code: dict[str, list[str]] = {}   # record path -> changed units, filled by fingerprint()
 
     @classmethod
@@ -407,12 +409,33 @@ class Study:
         return self.settings(f"evaluation.benchmarks.{benchmark}", f"datasets.{test}", f"datasets.{train}",
                              "model.encoder")
 
-    def job_resources(self, group: str) -> dict[str, int]:
+    def job_resources(self, group: str) -> dict[str, Any]:
         """What the executor needs: gpu= only when asked for (the SLURM plugin maps it to --gpus; never
-        `tasks`, which would become --ntasks-per-gpu)."""
+        `tasks`, which would become --ntasks-per-gpu). `runtime: auto` asks for `sslam plan`'s estimate
+        of each job (a function of its wildcards) instead of one guess for the whole group."""
         resources = self.resources(group)
         extra = {"gpu": resources["gpu"]} if resources["gpu"] else {}
-        return dict(mem_mb=resources["mem_mb"], runtime=resources["runtime"], **extra)
+        runtime = resources["runtime"]
+        if runtime == "auto":
+            runtime = lambda wildcards: self.planned_runtime(group, dict(wildcards.items()))  # noqa: E731
+        return dict(mem_mb=resources["mem_mb"], runtime=runtime, **extra)
+
+    def planned_runtime(self, group: str, wildcards: dict[str, str]) -> int:
+        """Minutes for one job of `group` from the study's plan (sslam.plan), computed once per parse."""
+        from sslam.plan import DEFAULT_GPU, DEFAULT_MFU, plan_study
+
+        if self._plan is None:
+            settings = section(self.config, "study.plan")
+            self._plan = {job.name: job for job in plan_study(self, settings.get("gpu", DEFAULT_GPU),
+                                                              settings.get("mfu", DEFAULT_MFU)).jobs}
+        name = (f"pretrain:{wildcards['model']}" if group == "pretrain" else
+                f"evaluate:{wildcards['benchmark']}:{wildcards['regime']}")
+        job = self._plan.get(name)
+        if job is None:  # a benchmark whose clip count the plan does not know yet
+            return DEFAULT_RESOURCES["runtime"]
+        from sslam.plan import RUNTIME_SAFETY
+
+        return max(10, math.ceil(job.wall_hours_per_job * 60 * RUNTIME_SAFETY))
 
     def device_argument(self, group: str) -> str:
         """A GPU job says so: asked for CUDA, it fails at once where CUDA does not work instead of training

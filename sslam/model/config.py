@@ -52,6 +52,22 @@ class EncoderConfig:
     def mlp_hidden_dim(self) -> int:
         return int(round(self.embed_dim * self.mlp_ratio))
 
+    def flops_per_forward(self, num_tokens: int, num_patches: int | None = None) -> int:
+        """Forward FLOPs of one sequence (multiply-add = 2 FLOPs), for MFU accounting and `sslam plan`.
+
+        Per block, with L = num_tokens (CLS included), D = width, H = MLP width:
+          matmuls  2·L·(4·D² + 2·D·H)   (qkv 3D², proj D², fc1 D·H, fc2 H·D)
+          attention 4·L²·D              (Q·Kᵀ and attention·V, 2·L²·D each)
+        plus the patch embedding 2·P·D·patch² over P = num_patches (default num_tokens − 1; the
+        student embeds all patches before dropping the masked ones, so pass the full count).
+        Norms, GELU and softmax are ignored. A backward pass costs about twice the forward.
+        ViT-B at 513 tokens: ≈ 97 GFLOPs.
+        """
+        dim, hidden, length = self.embed_dim, self.mlp_hidden_dim, num_tokens
+        per_block = 2 * length * (4 * dim * dim + 2 * dim * hidden) + 4 * length * length * dim
+        patches = num_tokens - 1 if num_patches is None else num_patches
+        return self.depth * per_block + 2 * patches * dim * self.patch_size**2
+
 
 @dataclass
 class DecoderConfig:
@@ -60,6 +76,11 @@ class DecoderConfig:
     kernel: int = 3
     # Standard deviation of the noise tokens placed at masked positions (official mask_noise_std).
     mask_noise_std: float = 0.01
+
+    def flops_per_forward(self, embed_dim: int, num_positions: int) -> int:
+        """Grouped k×k convs over the full grid per layer, then the output Linear (2 FLOPs per multiply-add)."""
+        conv = 2 * num_positions * embed_dim * (embed_dim // self.groups) * self.kernel**2
+        return self.depth * conv + 2 * num_positions * embed_dim * embed_dim
 
     def __post_init__(self) -> None:
         if self.kernel % 2 == 0:

@@ -219,21 +219,8 @@ class AudioEncoder(nn.Module):
         return count + (self.pos_embed.numel() if include_pos_table else 0)
 
     def flops_per_forward(self, num_tokens: int, num_patches: int | None = None) -> int:
-        """Forward FLOPs of one sequence (multiply-add = 2 FLOPs), for MFU accounting.
-
-        Per block, with L = num_tokens (CLS included), D = width, H = MLP width:
-          matmuls  2·L·(4·D² + 2·D·H)   (qkv 3D², proj D², fc1 D·H, fc2 H·D)
-          attention 4·L²·D              (Q·Kᵀ and attention·V, 2·L²·D each)
-        plus the patch embedding 2·P·D·patch² over P = num_patches (default num_tokens − 1; the
-        student embeds all patches before dropping the masked ones, so pass the full count).
-        Norms, GELU and softmax are ignored. A backward pass costs about twice the forward.
-        ViT-B at 513 tokens: ≈ 97 GFLOPs.
-        """
-        cfg = self.config
-        dim, hidden, length = cfg.embed_dim, cfg.mlp_hidden_dim, num_tokens
-        per_block = 2 * length * (4 * dim * dim + 2 * dim * hidden) + 4 * length * length * dim
-        patches = num_tokens - 1 if num_patches is None else num_patches
-        return cfg.depth * per_block + 2 * patches * dim * cfg.patch_size**2
+        """Forward FLOPs of one sequence (see EncoderConfig.flops_per_forward)."""
+        return self.config.flops_per_forward(num_tokens, num_patches)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
