@@ -27,6 +27,7 @@ COMMANDS = Registry("COMMANDS", {
     "convert": ("sslam.model.checkpoints", "convert a checkpoint (fairseq, HF, own) to safetensors"),
     "tables": ("sslam.tables.aggregate", "aggregate metrics.json files into the paper's tables and plots"),
     "track": ("sslam.tracking", "MLflow helpers: initialise the study store, log a finished job"),
+    "doctor": ("sslam.doctor", "check torch, CUDA, the driver and the GPUs: matmul, bf16 autocast, NCCL"),
     "plan": ("sslam.plan", "what a study costs before it is submitted: jobs, GPU-hours, cache disk, GPU memory"),
     "why": ("sslam.study", "which finished jobs a code change re-runs, and which functions they ran changed"),
 })
