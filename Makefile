@@ -3,8 +3,13 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 CORES ?= 2
+# TORCH_CUDA=cu128 (for example) installs the CUDA-12 build of the pinned torch from the PyTorch index, for
+# nodes whose NVIDIA driver is older than the 580 that the default (CUDA 13) wheel needs; see the README.
+TORCH_CUDA ?=
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
+TORCHAUDIO_VERSION := $(shell sed -n 's/^torchaudio==//p' constraints.txt)
+STAMP := $(VENV)/.installed$(if $(TORCH_CUDA),-$(TORCH_CUDA))
 
 .PHONY: demo test env clean-demo
 
@@ -13,6 +18,8 @@ env: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_CUDA),$(BIN)/python -m pip install --quiet --index-url https://download.pytorch.org/whl/$(TORCH_CUDA) \
+		torch==$(TORCH_VERSION) torchaudio==$(TORCHAUDIO_VERSION))
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
