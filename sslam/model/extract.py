@@ -301,7 +301,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="bfloat16: autocast (GPU)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips decoded together = windows per forward")
-    parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1), help="decoding processes")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="decoding processes (default: 0 on the CPU, where the encoder needs every core; "
+                             "up to 4 with a GPU)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="interactive bar (default: when stderr is a terminal); log lines are always written")
     parser.add_argument("--num-heads", type=int, default=None, help="foreign files only (default: width/64)")
@@ -312,7 +314,10 @@ def run(args: argparse.Namespace) -> int:
     from sslam.device import resolve_device
 
     device = resolve_device(args.device)  # before anything slow: a missing GPU is one line
-    if args.batch_size < 1 or args.num_workers < 0:
+    workers = args.num_workers
+    if workers is None:  # benchmarks/extract_throughput.py: on a CPU, workers only take cores from the encoder
+        workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
+    if args.batch_size < 1 or workers < 0:
         raise SslamError("--batch-size must be >= 1 and --num-workers >= 0")
     inputs = collect_inputs(args.audio, args.files_from, args.extensions.split(","), args.root)
     if args.format == "npy":
@@ -329,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     todo = [item for item in inputs if not writer.done(item.key)]
     if len(todo) < len(inputs):
         print(f"{len(inputs) - len(todo)} of {len(inputs)} file(s) already extracted in {args.out}")
-    counts = extract_files(model, todo, writer, args.granularity, args.num_workers, args.batch_size, args.progress)
+    counts = extract_files(model, todo, writer, args.granularity, workers, args.batch_size, args.progress)
     print(f"wrote {counts['written']} feature set(s) to {args.out} ({counts['skipped']} skipped, "
           f"{len(inputs) - len(todo)} already there)")
     return 0 if counts["written"] or len(todo) < len(inputs) else 1
