@@ -259,6 +259,8 @@ class Embedder(nn.Module):
     def timestamp_embeddings(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, samples) at 16 kHz, all the same length -> embeddings (n, T, D) and times in ms (n, T)."""
         clips = self.embed(audio)
+        if len({clip.real_time_patches for clip in clips}) > 1:
+            raise SslamError("timestamp_embeddings stacks clips of one length; use encode() for clips of several")
         return torch.stack([c.timestamps for c in clips]), torch.stack([c.times_ms for c in clips])
 
     def save_pretrained(self, folder: str | Path) -> Path:

@@ -110,5 +110,7 @@ def test_bfloat16_autocast_and_settings_validation(model):
         Embedder(model.encoder, model.settings, long_audio="crop")
     with pytest.raises(SslamError, match="dtype"):
         Embedder(model.encoder, model.settings, dtype="float16")
+    with pytest.raises(SslamError, match="clips of one length"):
+        model.timestamp_embeddings([torch.randn(RATE), torch.randn(2 * RATE)])
     # silent or very short benchmark clips are embedded, not refused (files are checked by sslam.audio)
     assert model.scene_embeddings(torch.zeros(2, 100)).shape == (2, TINY["embed_dim"])

@@ -40,6 +40,7 @@ def hear_environment():
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["project", "eat-huggingface"])
 def test_official_hear_validator_passes(tmp_path, hear_environment, layout):
     encoder = tiny_encoder()

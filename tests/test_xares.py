@@ -58,6 +58,7 @@ print(json.dumps({"class": encoder_class.__name__,
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["project", "eat-huggingface"])
 def test_xares_check_audio_encoder_passes(tmp_path, xares_environment, layout):
     encoder = tiny_encoder()

@@ -1,7 +1,6 @@
 """Checkpoint routes: hf: ids through huggingface_hub's cache (offline: the hub is never reached in tests),
 model folders, hub cache folders, and the input settings a checkpoint records."""
 import pytest
-import torch
 
 from embed_helpers import (EAT_REPO, EAT_REVISION, TINY, TRAINED_INPUT, same_outputs, tiny_encoder,
                            write_hub_cache, write_project_checkpoint)
