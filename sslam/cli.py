@@ -25,6 +25,7 @@ COMMANDS = Registry("COMMANDS", {
     "probe": ("sslam.evaluation.run", "linear-probe a frozen pretrained encoder on a benchmark"),
     "extract": ("sslam.model.extract", "extract frozen features from audio files"),
     "convert": ("sslam.model.checkpoints", "convert a checkpoint (fairseq, HF, own) to safetensors"),
+    "export": ("sslam.model.export", "export an encoder as a Hugging Face-style folder or ONNX (or a random init)"),
     "tables": ("sslam.tables.aggregate", "aggregate metrics.json files into the paper's tables and plots"),
     "track": ("sslam.tracking", "MLflow helpers: initialise the study store, log a finished job"),
     "doctor": ("sslam.doctor", "check torch, CUDA, the driver and the GPUs: matmul, bf16 autocast, NCCL"),

@@ -12,6 +12,12 @@ _EXPORTS = {
     "AudioEncoder": "sslam.model.encoder",
     "gather_tokens": "sslam.model.encoder",
     "sincos_table": "sslam.model.encoder",
+    "InputSettings": "sslam.model.hub",
+    "input_settings": "sslam.model.hub",
+    "resolve_checkpoint": "sslam.model.hub",
+    "export_onnx": "sslam.model.export",
+    "random_encoder": "sslam.model.export",
+    "save_pretrained": "sslam.model.export",
     "EMATeacher": "sslam.model.teacher",
     "ema_decay": "sslam.model.teacher",
 }

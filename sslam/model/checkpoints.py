@@ -254,7 +254,7 @@ def _read_own(ckpt: dict[str, Any], source: str) -> LoadedCheckpoint:
     decoder_config = _as_config(DecoderConfig, model.get("decoder"), f"{source} model.decoder")
     if config is None or ckpt.get("student") is None:
         raise CheckpointError(f"{source}: a sslam checkpoint needs model.encoder and student entries")
-    meta = {k: ckpt.get(k) for k in ("stage", "variant", "step")}
+    meta = {k: ckpt.get(k) for k in ("stage", "variant", "step", "input")}  # input: norm stats, target length
     meta.update(format="sslam", version=ckpt.get("version"), decoder_config=decoder_config)
     return LoadedCheckpoint(config, dict(ckpt["student"]), ckpt.get("teacher"), ckpt.get("decoder"),
                             ckpt.get("head"), meta)
@@ -316,9 +316,12 @@ def _read_torch_file(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
 def read_checkpoint(
     path: str | Path, num_heads: int | None = None, num_mel_bins: int | None = None
 ) -> LoadedCheckpoint:
-    """Read any supported checkpoint. `num_heads`/`num_mel_bins` fill in what tensor shapes cannot
-    tell for foreign files without a config (defaults: width/64 heads, 128 mel bins)."""
-    path = Path(path)
+    """Read any supported checkpoint: a file, an hf: id or a model folder (sslam.model.hub). `num_heads`/
+    `num_mel_bins` fill in what tensor shapes cannot tell for foreign files without a config (defaults:
+    width/64 heads, 128 mel bins)."""
+    from sslam.model.hub import resolve_checkpoint  # hf: ids and model folders -> one weights file
+
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     known = {k: v for k, v in {"num_heads": num_heads, "num_mel_bins": num_mel_bins}.items() if v is not None}

@@ -51,6 +51,7 @@ class RunIdentity:
     encoder_config: dict
     decoder_config: dict
     config: dict = field(default_factory=dict)  # every config section that shaped the run, for the record
+    input: dict | None = None  # {norm_mean, norm_std, target_length} of the training input, for extraction
 
 
 class Pretrainer:
@@ -103,7 +104,7 @@ class Pretrainer:
             encoder_config=self.identity.encoder_config, decoder_config=self.identity.decoder_config,
             student=on_cpu(self.objective.student), decoder=on_cpu(self.objective.decoder),
             teacher=on_cpu(self.objective.teacher.encoder), stage=self.identity.stage,
-            variant=self.identity.variant, step=self.step)
+            variant=self.identity.variant, step=self.step, input=self.identity.input)
 
     def sampler_state(self) -> dict[str, Any]:
         return {"batches_consumed": self.batches_consumed, "num_items": len(self.dataset),

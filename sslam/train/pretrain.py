@@ -158,7 +158,10 @@ def run(args: argparse.Namespace) -> int:
         recorded = {"pretrain": to_dict(train), "objective": to_dict(objective_cfg),
                     "model": {"encoder": to_dict(encoder_cfg), "decoder": to_dict(decoder_cfg)},
                     "stage": args.stage, "variant": args.variant, "init": args.init}
-        identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded)
+        trained_input = {"norm_mean": dataset.norm_mean, "norm_std": dataset.norm_std,
+                         "target_length": int(dataset.target_length)}
+        identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded,
+                               trained_input)
         _train(args, train, objective, dataset, identity, snapshot, context)
         finished = True
     finally:

@@ -53,12 +53,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def project_checkpoint(*, encoder_config: dict, decoder_config: dict, student: dict, decoder: dict,
-                       teacher: dict, stage: int, variant: str | None, step: int) -> dict[str, Any]:
-    """The project's own checkpoint dict (docs/architecture.md), without training state."""
+                       teacher: dict, stage: int, variant: str | None, step: int,
+                       input: dict | None = None) -> dict[str, Any]:
+    """The project's own checkpoint dict (docs/architecture.md), without training state. `input` holds the
+    {norm_mean, norm_std, target_length} the encoder was trained with (feature extraction reuses them)."""
     return {"format": FORMAT, "version": VERSION,
             "model": {"encoder": encoder_config, "decoder": decoder_config},
             "student": student, "decoder": decoder, "teacher": teacher,
-            "stage": stage, "variant": variant, "step": step}
+            "stage": stage, "variant": variant, "step": step, "input": input}
 
 
 def state_paths(out_dir: str | Path) -> tuple[Path, Path]:

@@ -1,74 +1,187 @@
+"""`sslam extract`: granularities equal to the official extractor, folders and file lists with same-named
+files, resuming, HDF5 output, DataLoader workers, the checkpoint's own input settings, one-line errors."""
 import json
+import os
 
+import h5py
 import numpy as np
 import pytest
 import soundfile
 import torch
 
-from sslam.audio import FrontEndConfig, load_fbank
+from embed_helpers import TRAINED_INPUT, tiny_encoder, write_project_checkpoint
+from sslam.audio import fit_length, load_raw_fbank, normalise
 from sslam.cli import main as cli_main
-from sslam.configuration import to_dict
-from sslam.model import AudioEncoder
+from sslam.front_end import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
 from sslam.model.checkpoints import load_encoder
 
-TARGET = 192  # frames: 12 time patches
+WINDOW = TRAINED_INPUT["target_length"]  # 192 frames = 12 time patches: what the checkpoint records
 
 
 @pytest.fixture
-def checkpoint(tmp_path, tiny_config):
-    encoder = AudioEncoder(tiny_config)
-    path = tmp_path / "tiny.pt"
-    torch.save({"format": "sslam", "version": 1, "model": {"encoder": to_dict(tiny_config), "decoder": None},
-                "student": encoder.state_dict(), "teacher": None, "decoder": None, "stage": 1, "variant": None,
-                "step": 0}, path)
+def checkpoint(tmp_path):
+    return write_project_checkpoint(tmp_path / "tiny.pt", tiny_encoder())
+
+
+def write(path, seconds=0.5, rate=16000, channels=1, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (int(seconds * rate), channels) if channels > 1 else int(seconds * rate)
+    soundfile.write(path, 0.1 * np.random.default_rng(seed).standard_normal(shape).astype(np.float32), rate)
     return path
 
 
 @pytest.fixture
 def clips(tmp_path):
-    rng = np.random.default_rng(0)
     folder = tmp_path / "audio"
-    folder.mkdir()
-    soundfile.write(folder / "short.wav", 0.1 * rng.standard_normal(8000).astype(np.float32), 16000)  # 0.5 s
-    soundfile.write(folder / "long_stereo.wav", 0.1 * rng.standard_normal((66150, 2)).astype(np.float32), 22050)
+    write(folder / "short.wav")
+    write(folder / "long_stereo.wav", seconds=3.0, rate=22050, channels=2, seed=1)
     soundfile.write(folder / "silent.wav", np.zeros(16000, dtype=np.float32), 16000)
     return folder
 
 
+def official(checkpoint, path, num_mel_bins):
+    """EAT's feature_extract.py with the checkpoint's statistics: pad/cut to the target, normalise, encode."""
+    raw = load_raw_fbank(path, FrontEndConfig(num_mel_bins=num_mel_bins))
+    fbank = normalise(fit_length(raw, WINDOW), TRAINED_INPUT["norm_mean"], TRAINED_INPUT["norm_std"])
+    with torch.no_grad():
+        return load_encoder(checkpoint)(fbank[None])[0].numpy()
+
+
 @pytest.mark.parametrize("granularity", ["all", "frame", "utterance"])
-def test_extract_granularities(tmp_path, checkpoint, clips, tiny_config, granularity):
+def test_granularities_equal_the_official_extractor(tmp_path, checkpoint, clips, granularity):
     out = tmp_path / "features"
-    audio = [clips / "short.wav", clips / "long_stereo.wav", clips / "silent.wav"]
-    code = cli_main(["extract", str(checkpoint), *map(str, audio), "--out", str(out),
-                     "--granularity", granularity, "--target-length", str(TARGET)])
+    code = cli_main(["extract", str(checkpoint), str(clips), "--out", str(out), "--granularity", granularity,
+                     "--long-audio", "truncate", "--num-workers", "0"])
     assert code == 0
-    tokens = (TARGET // tiny_config.patch_size) * tiny_config.freq_patches
-    expected_shape = {"all": (1 + tokens, tiny_config.embed_dim), "frame": (tokens, tiny_config.embed_dim),
-                      "utterance": (tiny_config.embed_dim,)}[granularity]
-    encoder = load_encoder(checkpoint)
+    config = load_encoder(checkpoint).config
     for stem in ["short", "long_stereo"]:
-        features = np.load(out / f"{stem}.npy")
-        assert features.shape == expected_shape
-        fbank = load_fbank(clips / f"{stem}.wav", TARGET, config=FrontEndConfig(num_mel_bins=tiny_config.num_mel_bins))
-        with torch.no_grad():
-            reference = encoder(fbank.unsqueeze(0))[0].numpy()
+        reference = official(checkpoint, clips / f"{stem}.wav", config.num_mel_bins)
         reference = {"all": reference, "frame": reference[1:], "utterance": reference[0]}[granularity]
-        np.testing.assert_allclose(features, reference, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.load(out / f"{stem}.npy"), reference, rtol=1e-4, atol=1e-5)
     index = json.loads((out / "extract_index.json").read_text())["files"]
-    assert "silent audio" in index["silent"]["skipped"]
-    assert not (out / "silent.npy").exists()
-    # 0.5 s = 48 frames -> 3 real time patches; 3 s is truncated to the 12 patches of the target
-    assert index["short"]["real_time_patches"] == 3
-    assert index["long_stereo"]["real_time_patches"] == TARGET // tiny_config.patch_size
+    assert "silent audio" in index["silent.wav"]["skipped"] and not (out / "silent.npy").exists()
+    # 0.5 s = 48 frames -> 3 real time patches; 3 s is cut to the 12 patches of the window, and says so
+    assert index["short.wav"]["real_time_patches"] == 3 and not index["short.wav"]["truncated"]
+    assert index["long_stereo.wav"]["real_time_patches"] == WINDOW // config.patch_size
+    assert index["long_stereo.wav"]["truncated"]
 
 
-def test_extract_rejects_bad_target_length_and_duplicate_names(tmp_path, checkpoint, clips, capsys):
-    code = cli_main(["extract", str(checkpoint), str(clips / "short.wav"), "--out", str(tmp_path / "o"),
-                     "--target-length", "100"])
-    assert code == 1 and "multiple of the patch size" in capsys.readouterr().err
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "short.wav").write_bytes((clips / "short.wav").read_bytes())
-    code = cli_main(["extract", str(checkpoint), str(clips / "short.wav"), str(other / "short.wav"),
-                     "--out", str(tmp_path / "o"), "--target-length", str(TARGET)])
-    assert code == 1 and "share the output name" in capsys.readouterr().err
+def test_long_clips_are_embedded_whole_by_default(tmp_path, checkpoint, clips, capsys):
+    out = tmp_path / "features"
+    assert cli_main(["extract", str(checkpoint), str(clips / "long_stereo.wav"), "--out", str(out),
+                     "--granularity", "timestamp", "--num-workers", "0"]) == 0
+    entry = json.loads((out / "extract_index.json").read_text())["files"]["long_stereo.wav"]
+    assert entry["num_windows"] == 2 and not entry["truncated"]
+    assert np.load(out / "long_stereo.npy").shape == (entry["real_time_patches"], 48)
+    assert entry["real_time_patches"] == -(-entry["num_frames"] // 16)  # every frame of the 3 s
+    assert "truncat" not in capsys.readouterr().err
+    assert cli_main(["extract", str(checkpoint), str(clips / "long_stereo.wav"), "--out", str(tmp_path / "t"),
+                     "--long-audio", "truncate", "--num-workers", "0"]) == 0
+    assert "only its start is embedded" in capsys.readouterr().err
+
+
+def test_folders_lists_and_same_named_files(tmp_path, checkpoint, capsys):
+    root = tmp_path / "speech_commands"
+    for word in ("yes", "no"):
+        write(root / word / "0a2b.wav", seed=len(word))
+    write(root / "no" / "nested" / "deep.flac", seed=5)
+    (root / "notes.txt").write_text("not audio")
+    out = tmp_path / "features"
+    previous = os.getcwd()
+    os.chdir(root)
+    try:  # "." as the folder: never "missing audio file: ."
+        assert cli_main(["extract", str(checkpoint), ".", "--out", str(out), "--num-workers", "0"]) == 0
+    finally:
+        os.chdir(previous)
+    assert "missing audio file" not in capsys.readouterr().err
+    files = json.loads((out / "extract_index.json").read_text())["files"]
+    assert sorted(files) == ["no/0a2b.wav", "no/nested/deep.flac", "yes/0a2b.wav"]
+    assert not np.allclose(np.load(out / "yes" / "0a2b.npy"), np.load(out / "no" / "0a2b.npy"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("# clips\nspeech_commands/yes/0a2b.wav\nspeech_commands/missing.wav\n")
+    listed = tmp_path / "listed"
+    assert cli_main(["extract", str(checkpoint), "--files-from", str(listing), "--out", str(listed),
+                     "--num-workers", "0"]) == 0
+    files = json.loads((listed / "extract_index.json").read_text())["files"]
+    assert "features" in files["speech_commands/yes/0a2b.wav"]
+    assert "missing audio file" in files["speech_commands/missing.wav"]["skipped"]
+    write(root / "yes" / "0a2b.flac")
+    capsys.readouterr()
+    assert cli_main(["extract", str(checkpoint), str(root), "--out", str(tmp_path / "x")]) == 1
+    assert "yes/0a2b.flac and yes/0a2b.wav" in capsys.readouterr().err
+
+
+def test_rerun_skips_done_files_and_refuses_other_settings(tmp_path, checkpoint, clips, capsys):
+    out = tmp_path / "features"
+    arguments = ["extract", str(checkpoint), str(clips), "--out", str(out), "--num-workers", "0"]
+    assert cli_main(arguments) == 0
+    written = (out / "short.npy").stat().st_mtime_ns
+    write(clips / "new.wav", seed=9)
+    capsys.readouterr()
+    assert cli_main(arguments) == 0
+    assert "2 of 4 file(s) already extracted" in capsys.readouterr().out
+    assert (out / "short.npy").stat().st_mtime_ns == written and (out / "new.npy").is_file()
+    assert cli_main(arguments + ["--granularity", "frame"]) == 1
+    assert "other settings (granularity 'all' -> 'frame')" in capsys.readouterr().err
+    assert cli_main(arguments + ["--granularity", "frame", "--overwrite"]) == 0
+    assert np.load(out / "short.npy").ndim == 2
+
+
+def test_hdf5_output_keyed_by_path_and_resumed(tmp_path, checkpoint, clips, capsys):
+    write(clips / "sub" / "short.wav", seed=3)
+    target = tmp_path / "features.h5"
+    arguments = ["extract", str(checkpoint), str(clips), "--out", str(target), "--format", "hdf5",
+                 "--granularity", "utterance", "--num-workers", "0"]
+    assert cli_main(arguments) == 0
+    with h5py.File(target) as store:
+        assert store["short.wav"].shape == store["sub/short.wav"].shape == (48,)
+        assert store["sub/short.wav"].attrs["complete"] and store["short.wav"].attrs["num_frames"] == 48
+        assert "silent.wav" in json.loads(store.attrs["skipped"])
+        first = store["short.wav"][()]
+    capsys.readouterr()
+    assert cli_main(arguments) == 0
+    assert "3 of 4 file(s) already extracted" in capsys.readouterr().out
+    with h5py.File(target) as store:
+        np.testing.assert_array_equal(store["short.wav"][()], first)
+        np.testing.assert_allclose(first, official(checkpoint, clips / "short.wav", 64)[0], atol=1e-5)
+
+
+def test_decoding_workers_give_the_same_features(tmp_path, checkpoint, clips):
+    outputs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        assert cli_main(["extract", str(checkpoint), str(clips), "--out", str(out), "--num-workers", str(workers),
+                         "--batch-size", "2"]) == 0
+        outputs[workers] = {name: np.load(out / name) for name in ("short.npy", "long_stereo.npy")}
+    for name in outputs[0]:
+        np.testing.assert_allclose(outputs[0][name], outputs[2][name], atol=1e-6)
+
+
+def test_the_checkpoints_statistics_are_used_unless_overridden(tmp_path, checkpoint, clips):
+    short = clips / "short.wav"
+    stored, given = tmp_path / "stored", tmp_path / "given"
+    assert cli_main(["extract", str(checkpoint), str(short), "--out", str(stored), "--num-workers", "0"]) == 0
+    assert cli_main(["extract", str(checkpoint), str(short), "--out", str(given), "--num-workers", "0",
+                     "--norm-mean", str(AUDIOSET_MEAN), "--norm-std", str(AUDIOSET_STD)]) == 0
+    settings = json.loads((stored / "extract_index.json").read_text())["settings"]
+    assert (settings["norm_mean"], settings["norm_std"], settings["window"]) == (-3.5, 3.0, WINDOW)
+    np.testing.assert_allclose(np.load(stored / "short.npy"), official(checkpoint, short, 64), atol=1e-5)
+    assert not np.allclose(np.load(given / "short.npy"), np.load(stored / "short.npy"), atol=1e-3)
+
+
+def test_one_line_errors(tmp_path, checkpoint, clips, capsys):
+    short = str(clips / "short.wav")
+    cases = [
+        ([short, "--target-length", "100"], "multiple of the patch size"),
+        ([short, str(tmp_path / "nowhere")], "no such file or folder"),
+        ([str(tmp_path / "empty")], "no audio files"),
+        ([], "no inputs"),
+    ]
+    (tmp_path / "empty").mkdir()
+    if not torch.cuda.is_available():
+        cases.append(([short, "--device", "cuda"], "CUDA requested but unavailable"))
+    for arguments, message in cases:
+        capsys.readouterr()
+        code = cli_main(["extract", str(checkpoint), *arguments, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and len(err) == 1 and message in err[0], err

@@ -1,0 +1,84 @@
+"""Checkpoint routes: hf: ids through huggingface_hub's cache (offline: the hub is never reached in tests),
+model folders, hub cache folders, and the input settings a checkpoint records."""
+import pytest
+
+from embed_helpers import (EAT_REPO, EAT_REVISION, TINY, TRAINED_INPUT, same_outputs, tiny_encoder,
+                           write_hub_cache, write_project_checkpoint)
+from sslam.cli import main as cli_main
+from sslam.model import EncoderConfig
+from sslam.model.checkpoints import CheckpointError, load_encoder, read_checkpoint
+from sslam.model.export import save_pretrained
+from sslam.model.hub import InputSettings, default_input, input_settings, resolve_checkpoint
+
+hub_constants = pytest.importorskip("huggingface_hub.constants")
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty hub cache in offline mode (set in the environment and in the already-imported constants)."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_hf_id_resolves_from_the_hub_cache_offline(offline_cache):
+    encoder = tiny_encoder()
+    write_hub_cache(offline_cache, encoder)
+    for spec in (f"hf:{EAT_REPO}", f"hf:{EAT_REPO}@{EAT_REVISION}", f"hf:{EAT_REPO}:model.safetensors"):
+        path = resolve_checkpoint(spec)
+        assert path.name == "model.safetensors" and EAT_REVISION in str(path)
+        loaded = read_checkpoint(spec)
+        assert loaded.meta["format"] == "hf-safetensors"
+        assert loaded.encoder_config == EncoderConfig(**TINY)  # num_heads from EAT's config.json
+        assert same_outputs(load_encoder(spec), encoder)
+    # no norm statistics in EAT's config.json: the official ones, the window cut to this small encoder's table
+    settings = input_settings(read_checkpoint(f"hf:{EAT_REPO}"))
+    assert (settings.norm_mean, settings.norm_std) == (InputSettings.norm_mean, InputSettings.norm_std)
+    assert settings == default_input(EncoderConfig(**TINY))
+    assert settings.target_length == TINY["max_time_patches"] * 16 < InputSettings.target_length
+
+
+def test_hub_cache_folder_and_model_folder_routes(tmp_path, offline_cache):
+    encoder = tiny_encoder()
+    entry = write_hub_cache(tmp_path / "elsewhere", encoder)  # a cache entry outside HF_HUB_CACHE
+    assert same_outputs(load_encoder(entry), encoder)
+    assert same_outputs(load_encoder(entry / "snapshots" / EAT_REVISION), encoder)  # a snapshot = a model folder
+    (entry / "refs" / "main").unlink()  # no refs/main: the single snapshot is used
+    assert same_outputs(load_encoder(entry), encoder)
+    folder = save_pretrained(encoder, tmp_path / "exported", InputSettings(-1.0, 2.0, 128, source="test"))
+    assert same_outputs(load_encoder(folder), encoder)
+    settings = input_settings(read_checkpoint(folder))
+    assert (settings.norm_mean, settings.norm_std, settings.target_length) == (-1.0, 2.0, 128)
+
+
+def test_route_errors_are_one_line(tmp_path, offline_cache, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="not a model folder"):
+        resolve_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="not a Hugging Face id"):
+        resolve_checkpoint("hf:no-slash")
+    with pytest.raises(CheckpointError, match="not in the Hugging Face cache .* offline mode"):
+        resolve_checkpoint("hf:someone/absent")
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"")
+    assert cli_main(["extract", "hf:someone/absent", str(clip), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sslam extract: error: hf:someone/absent:")
+
+
+def test_project_checkpoint_records_its_input_settings(tmp_path):
+    path = write_project_checkpoint(tmp_path / "checkpoint.pt", tiny_encoder())
+    loaded = read_checkpoint(path)
+    assert loaded.meta["input"] == TRAINED_INPUT
+    settings = input_settings(loaded)
+    assert settings.as_dict() == TRAINED_INPUT and settings.source == "the checkpoint"
+    older = write_project_checkpoint(tmp_path / "older.pt", tiny_encoder(), trained_input=None)
+    assert input_settings(read_checkpoint(older)) == default_input(EncoderConfig(**TINY))
+    with pytest.raises(CheckpointError, match="norm_std must be > 0"):
+        InputSettings(norm_std=0.0)
+
