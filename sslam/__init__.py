@@ -7,3 +7,18 @@ __version__ = "0.1.0"
 from sslam.provenance import start_recording_if_asked as _start_recording_if_asked  # noqa: E402
 
 _start_recording_if_asked()
+
+_EXPORTS = {"load_encoder": "sslam.embeddings", "encode": "sslam.embeddings", "Embedder": "sslam.embeddings",
+            "ClipEmbedding": "sslam.embeddings"}
+
+
+def __getattr__(name: str):
+    # `sslam.load_encoder(...)` / `sslam.encode(...)`: the embeddings API (docs/embeddings.md), imported on first
+    # use so that `import sslam` stays light for the command line and the workflow.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sslam' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
