@@ -1,6 +1,7 @@
 """The loop in-process: NaN stops the run naming step and term with the last snapshot intact; checkpoint
 contents; the CLI's argument checks."""
 import json
+import time
 
 import pytest
 import torch
@@ -114,3 +115,30 @@ def test_bf16_autocast_path_runs_and_keeps_fp32_weights(tmp_path):
     metrics = trainer.run()
     assert torch.isfinite(torch.tensor(metrics["loss"]))
     assert all(p.dtype == torch.float32 for p in trainer.objective.parameters())
+
+
+def test_cli_device_cuda_without_a_gpu_is_one_line_at_once(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    config = tiny_study(tmp_path)
+    started = time.monotonic()
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--device", "cuda"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "CUDA requested but unavailable" in error[0] and "torch" in error[0]
+    assert time.monotonic() - started < 10 and not (tmp_path / "s1" / "state").exists()
+
+
+def test_progress_lines_without_a_terminal_and_banner_first(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("SSLAM_PROGRESS_SECONDS", "0")
+    caplog.set_level("INFO")
+    config = tiny_study(tmp_path, stage1={"steps": 3, "checkpoint_every": 3})
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[stage 1]")]
+    assert [line.split(" | ")[0] for line in lines] == [f"[stage 1] step {k}/3 ({100 * k / 3:.1f}%)"
+                                                       for k in (1, 2, 3, 3)]  # every step, then the final line
+    assert all("clips/s" in line and "elapsed" in line and "ETA" in line for line in lines)
+    assert "loss" in lines[-1]
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0].startswith("host ") and any(m.startswith("torch ") for m in messages[:5])
