@@ -1,14 +1,5 @@
-"""One round of an evaluation protocol: load its rows, build the classifier, train it, select
-the model, and predict the test rows.
-
-Model selection policies (`RegimeConfig.selection`):
-* `last` (default): the model after the last step; nothing else is evaluated on the test rows.
-* `best_on_eval`: the official behaviour (the eval set doubles as the validation set, spec §9);
-  scores the test rows at every evaluation point and keeps the best. It flatters the result and
-  is there only to reproduce the official numbers.
-* `best_on_valid`: scores a held-out `valid` split and reports the test score of the best
-  validation point; without valid rows it falls back to `last` and says so in the result.
-"""
+"""One round of an evaluation protocol: load its rows, build the classifier, train it, select the model
+(`sslam.evaluation.selection`), and predict the test rows."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,8 +14,8 @@ from sslam.errors import ConfigError, SslamError
 from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
 from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
-from sslam.evaluation.metrics import score
 from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
+from sslam.evaluation.selection import selection_policy
 from sslam.evaluation.training import TrainingData, fit, predict, steps_per_epoch
 
 BIN_COLUMNS = ("polyphony_bin", "polyphony")   # looked up in this order by bin_column: auto
@@ -102,61 +93,57 @@ def build_classifier(encoder: torch.nn.Module, num_classes: int, settings: Round
 def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
               log: Callable[[dict[str, Any]], None] | None = None) -> RoundOutcome:
     benchmark, regime = settings.benchmark, settings.regime
-    train = load_subset(round_.train, settings, round_.name)
-    test = load_subset(round_.test, settings, round_.name)
-    if train.classes != test.classes:
-        raise ConfigError(f"{round_.name}: training and test caches have different class lists")
-    same_dataset = round_.train.dataset == round_.test.dataset
-    if same_dataset:
-        check_no_leak(train.clip_ids, test.clip_ids, round_.name)
-    policy, note = regime.selection, None
-    valid = None
-    if policy == "best_on_valid":
-        if round_.valid is None:
-            policy, note = "last", "no validation rows: fell back to the last model"
-        else:
-            valid = load_subset(round_.valid, settings, round_.name)
-            check_no_leak(train.clip_ids, valid.clip_ids, round_.name + " (valid)")
+    train, test, policy = load_round(round_, settings)
     torch.manual_seed(settings.seed)
     classifier = build_classifier(encoder, train.num_classes, settings)
-
-    per_epoch = steps_per_epoch(len(train), regime)
-    total = regime.total_steps(per_epoch)
-    if settings.max_steps is not None:
-        total = min(total, settings.max_steps)
-    warmup = min(regime.warmup(per_epoch), total)
-    best: dict[str, Any] = {}
+    per_epoch, total, warmup = round_lengths(len(train), settings)
 
     def predictions(dataset) -> tuple[np.ndarray, np.ndarray]:
         return predict(classifier, dataset, regime.batch_size, settings.device, benchmark.task,
                        benchmark.num_workers, regime.precision)
 
     def on_evaluation_point(step: int, epoch: float) -> None:
-        targets, scores = predictions(valid if policy == "best_on_valid" else test)
-        value = score(benchmark.metric, targets, scores, train.classes)["value"]
-        if log is not None:
-            log({"round": round_.name, "step": step, "evaluation": value, "on": policy})
-        if value is not None and ("value" not in best or value > best["value"]):
-            if policy == "best_on_valid":
-                targets, scores = predictions(test)
-            best.update(value=value, step=step, epoch=epoch, targets=targets, scores=scores)
+        record = policy.evaluate(step, epoch, predictions)
+        if log is not None and record is not None:
+            log({"round": round_.name, **record})
 
     data = TrainingData(train, torch.as_tensor(train.column("num_frames"), dtype=torch.long),
                         sampling_weights(train) if regime.weighted_sampling else None)
     logged = (lambda record: log({"round": round_.name, **record})) if log is not None else None
     augmentation = TrainingAugmentation.from_regime(regime, settings.norm_std)
     fitted = fit(classifier, data, regime, benchmark.loss(regime), augmentation, total, warmup, settings.device,
-                 settings.seed, benchmark.num_workers, on_evaluation_point=None if policy == "last" else on_evaluation_point,
+                 settings.seed, benchmark.num_workers,
+                 on_evaluation_point=on_evaluation_point if policy.evaluates else None,
                  evaluation_interval=regime.eval_interval_steps or per_epoch, log=logged)
-    selection: dict[str, Any] = {"policy": policy, "requested": regime.selection}
-    if note:
-        selection["note"] = note
-    if policy == "last" or "value" not in best:
-        targets, scores = predictions(test)
-        selection.update(step=fitted.steps, epoch=fitted.epochs)
-    else:
-        targets, scores = best["targets"], best["scores"]
-        selection.update(step=best["step"], epoch=best["epoch"], selection_value=best["value"])
+    targets, scores, selection = policy.result(predictions, fitted.steps, fitted.epochs)
     result = RoundResult(round_, targets, scores, bin_values(test, benchmark.bin_column), selection,
                          fitted.steps, fitted.epochs, len(train))
     return RoundOutcome(train.classes, result)
+
+
+def load_round(round_: Round, settings: RoundSettings):
+    """(training rows, test rows, selection policy) of `round_`, checked for leaks between them."""
+    train = load_subset(round_.train, settings, round_.name)
+    test = load_subset(round_.test, settings, round_.name)
+    if train.classes != test.classes:
+        raise ConfigError(f"{round_.name}: training and test caches have different class lists")
+    if round_.train.dataset == round_.test.dataset:
+        check_no_leak(train.clip_ids, test.clip_ids, round_.name)
+
+    def load_valid():
+        valid = load_subset(round_.valid, settings, round_.name)
+        check_no_leak(train.clip_ids, valid.clip_ids, round_.name + " (valid)")
+        return valid
+
+    policy = selection_policy(settings.regime.selection, settings.benchmark.metric, train.classes, test,
+                              load_valid if round_.valid is not None else None)
+    return train, test, policy
+
+
+def round_lengths(num_train: int, settings: RoundSettings) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warm-up steps) of a round on `num_train` clips."""
+    per_epoch = steps_per_epoch(num_train, settings.regime)
+    total = settings.regime.total_steps(per_epoch)
+    if settings.max_steps is not None:
+        total = min(total, settings.max_steps)
+    return per_epoch, total, min(settings.regime.warmup(per_epoch), total)
