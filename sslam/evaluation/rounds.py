@@ -1,5 +1,10 @@
 """One round of an evaluation protocol: load its rows, build the classifier, train it, select the model
-(`sslam.evaluation.selection`), and predict the test rows."""
+(`sslam.evaluation.selection`), and predict the test rows.
+
+A round can stop on a stop signal (SIGUSR1/SIGTERM) at any step boundary or between the batches of an
+evaluation pass: it hands its state ({"fit", "selection"}) to `RoundResume.save` and raises `Preempted`;
+given that state back, it continues exactly where it stopped.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,7 +21,9 @@ from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
 from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
 from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
 from sslam.evaluation.selection import selection_policy
-from sslam.evaluation.training import TrainingData, fit, predict, steps_per_epoch
+from sslam.evaluation.training import Fitter, Interrupted, TrainingData, predict, steps_per_epoch
+from sslam.progress import Progress
+from sslam.snapshots import Preempted, StopSignals
 
 BIN_COLUMNS = ("polyphony_bin", "polyphony")   # looked up in this order by bin_column: auto
 
@@ -34,6 +41,16 @@ class RoundSettings:
     device: torch.device
     seed: int = 0
     max_steps: int | None = None
+    progress_bar: bool | None = False           # interactive bar (None: on a terminal); log lines regardless
+
+
+@dataclass
+class RoundResume:
+    """A round's part in its job's exact-resume state (sslam.evaluation.resume)."""
+
+    state: dict[str, Any] | None = None         # {"fit", "selection"} left by an interrupted attempt
+    save: Callable[[dict[str, Any]], None] | None = None  # writes the job's state with this round's part
+    stop: StopSignals | None = None
 
 
 @dataclass
@@ -91,34 +108,52 @@ def build_classifier(encoder: torch.nn.Module, num_classes: int, settings: Round
 
 
 def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
-              log: Callable[[dict[str, Any]], None] | None = None) -> RoundOutcome:
-    benchmark, regime = settings.benchmark, settings.regime
+              log: Callable[[dict[str, Any]], None] | None = None, resume: RoundResume | None = None
+              ) -> RoundOutcome:
+    benchmark, regime, resume = settings.benchmark, settings.regime, resume or RoundResume()
     train, test, policy = load_round(round_, settings)
     torch.manual_seed(settings.seed)
     classifier = build_classifier(encoder, train.num_classes, settings)
     per_epoch, total, warmup = round_lengths(len(train), settings)
+    fitter = Fitter(classifier, training_data(train, regime), regime, benchmark.loss(regime),
+                    TrainingAugmentation.from_regime(regime, settings.norm_std), total, warmup, settings.device,
+                    settings.seed, benchmark.num_workers)
+    if resume.state is not None:
+        fitter.load_state_dict(resume.state["fit"])
+        policy.load_state_dict(resume.state["selection"])
+    logged = (lambda record: log({"round": round_.name, **record})) if log is not None else None
 
     def predictions(dataset) -> tuple[np.ndarray, np.ndarray]:
         return predict(classifier, dataset, regime.batch_size, settings.device, benchmark.task,
-                       benchmark.num_workers, regime.precision)
+                       benchmark.num_workers, regime.precision, resume.stop, fitter.forward)
 
     def on_evaluation_point(step: int, epoch: float) -> None:
         record = policy.evaluate(step, epoch, predictions)
-        if log is not None and record is not None:
-            log({"round": round_.name, **record})
+        if logged is not None and record is not None:
+            logged(record)  # after the whole point: an interrupted point leaves no line behind
 
-    data = TrainingData(train, torch.as_tensor(train.column("num_frames"), dtype=torch.long),
-                        sampling_weights(train) if regime.weighted_sampling else None)
-    logged = (lambda record: log({"round": round_.name, **record})) if log is not None else None
-    augmentation = TrainingAugmentation.from_regime(regime, settings.norm_std)
-    fitted = fit(classifier, data, regime, benchmark.loss(regime), augmentation, total, warmup, settings.device,
-                 settings.seed, benchmark.num_workers,
-                 on_evaluation_point=on_evaluation_point if policy.evaluates else None,
-                 evaluation_interval=regime.eval_interval_steps or per_epoch, log=logged)
-    targets, scores, selection = policy.result(predictions, fitted.steps, fitted.epochs)
+    def save() -> None:
+        resume.save({"fit": fitter.state_dict(), "selection": policy.state_dict()})
+
+    progress = Progress(total, f"{settings.regime_name} {round_.name}", initial=fitter.step, rate_unit="clips",
+                        rate_per_unit=regime.batch_size, bar=settings.progress_bar)
+    try:
+        with progress:
+            fitted = fitter.run(on_evaluation_point if policy.evaluates else None,
+                                regime.eval_interval_steps or per_epoch, logged, resume.stop,
+                                save if resume.save is not None else None, regime.checkpoint_every, progress)
+            targets, scores, selection = policy.result(predictions, fitted.steps, fitted.epochs)
+    except Interrupted as stopped:
+        save()
+        raise Preempted(f"{round_.name}: {stopped}") from None
     result = RoundResult(round_, targets, scores, bin_values(test, benchmark.bin_column), selection,
-                         fitted.steps, fitted.epochs, len(train))
+                         fitted.steps, fitted.epochs, len(train), list(test.clip_ids))
     return RoundOutcome(train.classes, result)
+
+
+def training_data(train, regime: RegimeConfig) -> TrainingData:
+    return TrainingData(train, torch.as_tensor(train.column("num_frames"), dtype=torch.long),
+                        sampling_weights(train) if regime.weighted_sampling else None)
 
 
 def load_round(round_: Round, settings: RoundSettings):

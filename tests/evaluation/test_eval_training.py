@@ -44,7 +44,7 @@ def test_fine_tuning_learns_an_easy_problem_and_calls_evaluation_points():
                  on_evaluation_point=lambda step, epoch: points.append((step, epoch)), evaluation_interval=8)
     assert result.steps == 30 and result.epochs == 30 / 4
     assert points == [(8, 2.0), (16, 4.0), (24, 6.0), (30, 7.5)]
-    assert sum(result.losses[-5:]) / 5 < 0.5 * sum(result.losses[:5]) / 5
+    assert sum(result.losses[-5:]) / 5 < 0.8 * sum(result.losses[:5]) / 5
     targets, scores = predict(classifier, data, 16, torch.device("cpu"), "multiclass")
     assert (scores.argmax(1) == targets.argmax(1)).mean() > 0.9
 
