@@ -267,7 +267,7 @@ def predict(classifier: EncoderClassifier, dataset: Dataset, batch_size: int, de
     A stop signal raises Interrupted between two batches."""
     classifier.eval()
     classifier.to(device)
-    forward = forward or classifier
+    forward = forward if forward is not None else classifier
     all_targets, all_scores = [], []
     for fbank, targets in batch_loader(dataset, None, batch_size, num_workers):
         if stop is not None and stop.requested:

@@ -71,7 +71,8 @@ class Pretrainer:
         self.objective.to(self.device)
         self.optimizer = build_optimizer(
             {"student": objective.student, "decoder": objective.decoder}, lr=config.lr, betas=config.betas,
-            eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters)
+            eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters,
+            fused=self.device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, config.lr, config.warmup_steps, config.steps,
                                          config.min_lr)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -169,10 +170,13 @@ class Pretrainer:
         return iter(loader)
 
     def _model(self) -> nn.Module:
-        if not self.context.enabled:
-            return self.objective
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.objective, device_ids=device_ids)
+        """What the update calls: the objective, wrapped in DDP under torchrun, compiled when asked for
+        (after the DDP wrap, so that the compiler sees DDP's gradient buckets)."""
+        model: nn.Module = self.objective
+        if self.context.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if self.config.compile else model
 
     def run(self) -> dict[str, float]:
         """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see

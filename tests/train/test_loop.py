@@ -142,3 +142,21 @@ def test_progress_lines_without_a_terminal_and_banner_first(tmp_path, capsys, ca
     assert "loss" in lines[-1]
     messages = [record.getMessage() for record in caplog.records]
     assert messages[0].startswith("host ") and any(m.startswith("torch ") for m in messages[:5])
+
+
+@pytest.mark.slow
+def test_compiled_objective_trains_like_eager(tmp_path):
+    # The compiler's own random numbers (inductor's Philox) differ from eager ones by design; with its
+    # fallback to the eager generators the compiled updates must match eager ones up to float rounding.
+    import torch._inductor.config as inductor
+
+    runs = {}
+    with inductor.patch(fallback_random=True):
+        for compiled in (False, True):
+            torch.manual_seed(123)
+            trainer = _trainer(tmp_path / str(compiled), PoisonedClips(8, first_bad_read=10**9), steps=3,
+                               checkpoint_every=3, log_every=1, compile=compiled)
+            runs[compiled] = (trainer.run()["loss"], trainer.objective.student.state_dict())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    for name, eager in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], eager, rtol=1e-4, atol=1e-5)
