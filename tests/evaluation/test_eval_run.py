@@ -181,3 +181,22 @@ def test_progress_lines_and_banner_without_a_terminal(write_config, tmp_path, ca
                                                            for k in (1, 2, 3)]
     assert all("loss" in line and "clips/s" in line and "ETA" in line for line in lines)
     assert caplog.records[0].getMessage().startswith("host ")
+
+
+class RunsCode:
+    """A planted object: unpickling it would call `exec`."""
+
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('planted code ran')",))
+
+
+def test_a_planted_evaluation_state_is_refused_in_one_line(write_config, tmp_path, capsys):
+    config = write_config({"poly": POLY})
+    planted = tmp_path / "o" / "state" / "last.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"format": "sslam-evaluation-state", "payload": RunsCode()}, planted)
+    assert main(["probe", "--config", str(config), "--benchmark", "poly", "--random-init",
+                 "--out", str(tmp_path / "o")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -160,3 +160,21 @@ def test_compiled_objective_trains_like_eager(tmp_path):
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
     for name, eager in runs[False][1].items():
         torch.testing.assert_close(runs[True][1][name], eager, rtol=1e-4, atol=1e-5)
+
+
+class RunsCode:
+    """A planted object: unpickling it would call `exec`."""
+
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('planted code ran')",))
+
+
+def test_cli_refuses_a_planted_snapshot_in_one_line(tmp_path, capsys):
+    config = tiny_study(tmp_path)
+    planted = tmp_path / "s1" / "state" / "last.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"format": "sslam", "optimizer": {}, "step": 1, "payload": RunsCode()}, planted)
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--resume"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]
