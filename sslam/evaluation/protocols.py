@@ -151,5 +151,6 @@ def pooled_predictions(results: Sequence[RoundResult]) -> dict[str, np.ndarray]:
 
 def _ids(result: RoundResult) -> list[str]:
     if result.clip_ids is None or len(result.clip_ids) != result.targets.shape[0]:
-        raise SslamError(f"{result.round.name}: the test clip ids do not match its {result.targets.shape[0]} predictions")
+        raise SslamError(f"{result.round.name}: the test clip ids do not match its "
+                         f"{result.targets.shape[0]} predictions")
     return result.clip_ids

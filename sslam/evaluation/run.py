@@ -186,7 +186,8 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
                              norm_mean=norm_mean, norm_std=norm_std, device=torch.device(job.device),
                              seed=job.seed, max_steps=job.max_steps, progress_bar=job.progress_bar)
     state = EvaluationState.open(job.out, job_identity(job, rounds, norm_mean, norm_std, hash_value))
-    with StopSignals() as stop, JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
+    with StopSignals() as stop, \
+            JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
             ResumableLog(job.out / "metrics.jsonl", state.log_lines) as log_file:
         def log_record(record: dict[str, Any]) -> None:
             log_file.write(record)

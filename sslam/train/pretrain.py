@@ -158,49 +158,50 @@ def run(args: argparse.Namespace) -> int:
         for line in banner(fingerprint, context.world_size, context.device):
             log.info(line)
     finished = False
-    try:
-        snapshot = load_training_state(out_dir) if args.resume else None
-        shards = [Path(p) for p in args.shards] if args.shards else default_shards(config)
-        dataset = pretraining_dataset(config, shards)
-        # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a per-rank
-        # seed so that ranks draw different masks and mixing positions.
-        rank_seed = train.seed + 1000 * context.rank
-        seed_everything(train.seed)
-        objective, encoder_cfg, decoder_cfg, objective_cfg = build_objective(
-            config, args.stage, args.variant, train, rank_seed, (dataset.norm_mean, dataset.norm_std))
-        recorded = {"pretrain": to_dict(train), "objective": to_dict(objective_cfg),
-                    "model": {"encoder": to_dict(encoder_cfg), "decoder": to_dict(decoder_cfg)},
-                    "stage": args.stage, "variant": args.variant, "init": args.init}
-        identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded,
-                               fingerprint)
-        if snapshot is not None:
-            expected = Pretrainer.expected_job(identity, train, len(dataset), context.world_size)
-            problem = Pretrainer.snapshot_problem(snapshot, expected)
-            if problem is not None:
-                log.warning("discarding the training state in %s (%s); starting fresh", out_dir / "state", problem)
-                if context.is_main:
-                    discard_state(out_dir)
-                snapshot = None
-        if snapshot is None and args.stage == 2:
-            if not args.init:
-                raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
-            from sslam.model.checkpoints import read_checkpoint
+    # From here on SIGUSR1/SIGTERM only ask the loop to stop after its next update.
+    with StopSignals() as stop:
+        try:
+            snapshot = load_training_state(out_dir) if args.resume else None
+            shards = [Path(p) for p in args.shards] if args.shards else default_shards(config)
+            dataset = pretraining_dataset(config, shards)
+            # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a per-rank
+            # seed so that ranks draw different masks and mixing positions.
+            rank_seed = train.seed + 1000 * context.rank
+            seed_everything(train.seed)
+            objective, encoder_cfg, decoder_cfg, objective_cfg = build_objective(
+                config, args.stage, args.variant, train, rank_seed, (dataset.norm_mean, dataset.norm_std))
+            recorded = {"pretrain": to_dict(train), "objective": to_dict(objective_cfg),
+                        "model": {"encoder": to_dict(encoder_cfg), "decoder": to_dict(decoder_cfg)},
+                        "stage": args.stage, "variant": args.variant, "init": args.init}
+            identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded,
+                                   fingerprint)
+            if snapshot is not None:
+                expected = Pretrainer.expected_job(identity, train, len(dataset), context.world_size)
+                problem = Pretrainer.snapshot_problem(snapshot, expected)
+                if problem is not None:
+                    log.warning("discarding the training state in %s (%s); starting fresh", out_dir / "state", problem)
+                    if context.is_main:
+                        discard_state(out_dir)
+                    snapshot = None
+            if snapshot is None and args.stage == 2:
+                if not args.init:
+                    raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
+                from sslam.model.checkpoints import read_checkpoint
 
-            sources = objective.load_stage1(read_checkpoint(args.init))
-            log.info("stage 2 initialised from %s: %s", args.init, sources)
-        seed_everything(rank_seed)
-        with StopSignals() as stop:
+                sources = objective.load_stage1(read_checkpoint(args.init))
+                log.info("stage 2 initialised from %s: %s", args.init, sources)
+            seed_everything(rank_seed)
             _train(args, train, objective, dataset, identity, snapshot, context, stop)
-        finished = True
-    except Preempted as stopped:
-        finished = True
-        if context.is_main:
-            log.warning("%s on %s; exit %d: run the same command (with --resume) to continue", stopped,
-                        stop.received, PREEMPTED_EXIT_CODE)
-        return PREEMPTED_EXIT_CODE
-    finally:
-        # Wait for the other ranks only on success: after an error on one rank a barrier could hang.
-        shutdown_distributed(context, wait_for_others=finished)
+            finished = True
+        except Preempted as stopped:
+            finished = True
+            if context.is_main:
+                log.warning("%s (%s); exit %d: run the same command (with --resume) to continue", stopped,
+                            stop.received, PREEMPTED_EXIT_CODE)
+            return PREEMPTED_EXIT_CODE
+        finally:
+            # Wait for the other ranks only on success: after an error on one rank a barrier could hang.
+            shutdown_distributed(context, wait_for_others=finished)
     return 0
 
 
