@@ -158,8 +158,11 @@ def load_snapshot(path: str | Path) -> Any:
 def _refuse_code(path: Path) -> None:
     objects = code_objects(path)
     if objects:
+        # States of sslam <= 0.1 pickled numpy's random state: refused all the same, but said.
+        older = " (numpy objects: a state written by an older sslam? remove it to start fresh)" \
+            if all(name.startswith("numpy.") for name in objects) else ""
         raise HostileSnapshotError(f"refusing {path}: it holds a code-running object ({', '.join(objects)}); "
-                                   "a snapshot may hold only tensors and plain data")
+                                   f"a snapshot may hold only tensors and plain data{older}")
 
 
 def _first_line(error: BaseException) -> str:
