@@ -32,6 +32,9 @@ class RegimeConfig:
     weight_decay: float = 0.05                  # on every parameter: the official exemptions are dead (spec §8)
     betas: tuple[float, float] = (0.9, 0.95)
     layer_decay: float = 0.65                   # block i gets lr * layer_decay ** (depth - i)
+    # official: only each group's peak is scaled (warm-up start and floor stay min_lr, clamped to the peak);
+    # scaled: the whole schedule is multiplied by the group's factor. See sslam/evaluation/schedule.py.
+    layer_decay_schedule: Literal["official", "scaled"] = "official"
     drop_path: float = 0.1                      # linear 0 -> drop_path over the blocks
     grad_clip: float = 0.0                      # 0 = no clipping (official)
     mixup: float = 0.8                          # Beta(alpha, alpha); 0 disables mixup
@@ -55,6 +58,10 @@ class RegimeConfig:
     # bf16 autocast on CUDA (the official code trains in fp16 with loss scaling; bf16 needs none).
     # CPU runs are always fp32.
     precision: Literal["fp32", "bf16"] = "bf16"
+    # Write the exact-resume state (OUT/state/last.pt) every N steps; it is also written on SIGUSR1/SIGTERM
+    # and after every round. null = only then.
+    checkpoint_every: int | None = 5000
+    compile: bool = False                       # torch.compile the classifier's forward
 
     # Length and warm-up when none is given; subclasses set the official values.
     DEFAULT_STEPS: ClassVar[int | None] = None
@@ -70,7 +77,7 @@ class RegimeConfig:
         for name in ("mixup_prob", "specaug_freq", "specaug_time", "drop_path", "label_smoothing"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("weighted_sampling", "eval_interval_steps"):
+        for name in ("weighted_sampling", "eval_interval_steps", "checkpoint_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive count or null, got {getattr(self, name)}")
         if not 0.0 < self.layer_decay <= 1.0:

@@ -96,6 +96,7 @@ class RoundResult:
     steps: int
     epochs: float
     num_train: int
+    clip_ids: list[str] | None = None   # (N_test,) ids of the test clips, in the order of targets/scores
 
 
 def combine(metric: str, classes: Sequence[str], results: Sequence[RoundResult]) -> dict[str, Any]:
@@ -128,3 +129,28 @@ def combine(metric: str, classes: Sequence[str], results: Sequence[RoundResult])
         bins = np.concatenate([r.bins for r in results])
         summary["per_bin"] = metric_functions.per_bin(metric, targets, scores, bins, classes)
     return summary
+
+
+def pooled_predictions(results: Sequence[RoundResult]) -> dict[str, np.ndarray]:
+    """The per-clip predictions of every round, pooled (the content of predictions.npz): `clip_id` (N,) str,
+    `targets` and `scores` (N, C) float32, `round` (N,) str, and `bin` (N,) int when the benchmark has bins."""
+    arrays = {
+        "clip_id": np.array([str(c) for r in results for c in _ids(r)], dtype=str),
+        "targets": np.concatenate([r.targets for r in results]).astype(np.float32),
+        "scores": np.concatenate([r.scores for r in results]).astype(np.float32),
+        "round": np.array([r.round.name for r in results for _ in range(r.targets.shape[0])], dtype=str),
+    }
+    if results and all(r.bins is not None for r in results):
+        bins = np.concatenate([np.asarray(r.bins) for r in results])
+        try:
+            arrays["bin"] = bins.astype(np.int64)
+        except ValueError:  # non-numeric bin labels stay strings
+            arrays["bin"] = bins.astype(str)
+    return arrays
+
+
+def _ids(result: RoundResult) -> list[str]:
+    if result.clip_ids is None or len(result.clip_ids) != result.targets.shape[0]:
+        raise SslamError(f"{result.round.name}: the test clip ids do not match its "
+                         f"{result.targets.shape[0]} predictions")
+    return result.clip_ids

@@ -1,13 +1,9 @@
-"""One round of an evaluation protocol: load its rows, build the classifier, train it, select
-the model, and predict the test rows.
+"""One round of an evaluation protocol: load its rows, build the classifier, train it, select the model
+(`sslam.evaluation.selection`), and predict the test rows.
 
-Model selection policies (`RegimeConfig.selection`):
-* `last` (default): the model after the last step; nothing else is evaluated on the test rows.
-* `best_on_eval`: the official behaviour (the eval set doubles as the validation set, spec §9);
-  scores the test rows at every evaluation point and keeps the best. It flatters the result and
-  is there only to reproduce the official numbers.
-* `best_on_valid`: scores a held-out `valid` split and reports the test score of the best
-  validation point; without valid rows it falls back to `last` and says so in the result.
+A round can stop on a stop signal (SIGUSR1/SIGTERM) at any step boundary or between the batches of an
+evaluation pass: it hands its state ({"fit", "selection"}) to `RoundResume.save` and raises `Preempted`;
+given that state back, it continues exactly where it stopped.
 """
 from __future__ import annotations
 
@@ -23,9 +19,11 @@ from sslam.errors import ConfigError, SslamError
 from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
 from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
-from sslam.evaluation.metrics import score
 from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
-from sslam.evaluation.training import TrainingData, fit, predict, steps_per_epoch
+from sslam.evaluation.selection import selection_policy
+from sslam.evaluation.training import Fitter, Interrupted, TrainingData, predict, steps_per_epoch
+from sslam.progress import Progress
+from sslam.snapshots import Preempted, StopSignals
 
 BIN_COLUMNS = ("polyphony_bin", "polyphony")   # looked up in this order by bin_column: auto
 
@@ -43,6 +41,16 @@ class RoundSettings:
     device: torch.device
     seed: int = 0
     max_steps: int | None = None
+    progress_bar: bool | None = False           # interactive bar (None: on a terminal); log lines regardless
+
+
+@dataclass
+class RoundResume:
+    """A round's part in its job's exact-resume state (sslam.evaluation.resume)."""
+
+    state: dict[str, Any] | None = None         # {"fit", "selection"} left by an interrupted attempt
+    save: Callable[[dict[str, Any]], None] | None = None  # writes the job's state with this round's part
+    stop: StopSignals | None = None
 
 
 @dataclass
@@ -100,63 +108,77 @@ def build_classifier(encoder: torch.nn.Module, num_classes: int, settings: Round
 
 
 def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
-              log: Callable[[dict[str, Any]], None] | None = None) -> RoundOutcome:
-    benchmark, regime = settings.benchmark, settings.regime
+              log: Callable[[dict[str, Any]], None] | None = None, resume: RoundResume | None = None
+              ) -> RoundOutcome:
+    benchmark, regime, resume = settings.benchmark, settings.regime, resume or RoundResume()
+    train, test, policy = load_round(round_, settings)
+    torch.manual_seed(settings.seed)
+    classifier = build_classifier(encoder, train.num_classes, settings)
+    per_epoch, total, warmup = round_lengths(len(train), settings)
+    fitter = Fitter(classifier, training_data(train, regime), regime, benchmark.loss(regime),
+                    TrainingAugmentation.from_regime(regime, settings.norm_std), total, warmup, settings.device,
+                    settings.seed, benchmark.num_workers)
+    if resume.state is not None:
+        fitter.load_state_dict(resume.state["fit"])
+        policy.load_state_dict(resume.state["selection"])
+    logged = (lambda record: log({"round": round_.name, **record})) if log is not None else None
+
+    def predictions(dataset) -> tuple[np.ndarray, np.ndarray]:
+        return predict(classifier, dataset, regime.batch_size, settings.device, benchmark.task,
+                       benchmark.num_workers, regime.precision, resume.stop, fitter.forward)
+
+    def on_evaluation_point(step: int, epoch: float) -> None:
+        record = policy.evaluate(step, epoch, predictions)
+        if logged is not None and record is not None:
+            logged(record)  # after the whole point: an interrupted point leaves no line behind
+
+    def save() -> None:
+        resume.save({"fit": fitter.state_dict(), "selection": policy.state_dict()})
+
+    progress = Progress(total, f"{settings.regime_name} {round_.name}", initial=fitter.step, rate_unit="clips",
+                        rate_per_unit=regime.batch_size, bar=settings.progress_bar)
+    try:
+        with progress:
+            fitted = fitter.run(on_evaluation_point if policy.evaluates else None,
+                                regime.eval_interval_steps or per_epoch, logged, resume.stop,
+                                save if resume.save is not None else None, regime.checkpoint_every, progress)
+            targets, scores, selection = policy.result(predictions, fitted.steps, fitted.epochs)
+    except Interrupted as stopped:
+        save()
+        raise Preempted(f"{round_.name}: {stopped}") from None
+    result = RoundResult(round_, targets, scores, bin_values(test, benchmark.bin_column), selection,
+                         fitted.steps, fitted.epochs, len(train), list(test.clip_ids))
+    return RoundOutcome(train.classes, result)
+
+
+def training_data(train, regime: RegimeConfig) -> TrainingData:
+    return TrainingData(train, torch.as_tensor(train.column("num_frames"), dtype=torch.long),
+                        sampling_weights(train) if regime.weighted_sampling else None)
+
+
+def load_round(round_: Round, settings: RoundSettings):
+    """(training rows, test rows, selection policy) of `round_`, checked for leaks between them."""
     train = load_subset(round_.train, settings, round_.name)
     test = load_subset(round_.test, settings, round_.name)
     if train.classes != test.classes:
         raise ConfigError(f"{round_.name}: training and test caches have different class lists")
-    same_dataset = round_.train.dataset == round_.test.dataset
-    if same_dataset:
+    if round_.train.dataset == round_.test.dataset:
         check_no_leak(train.clip_ids, test.clip_ids, round_.name)
-    policy, note = regime.selection, None
-    valid = None
-    if policy == "best_on_valid":
-        if round_.valid is None:
-            policy, note = "last", "no validation rows: fell back to the last model"
-        else:
-            valid = load_subset(round_.valid, settings, round_.name)
-            check_no_leak(train.clip_ids, valid.clip_ids, round_.name + " (valid)")
-    torch.manual_seed(settings.seed)
-    classifier = build_classifier(encoder, train.num_classes, settings)
 
-    per_epoch = steps_per_epoch(len(train), regime)
-    total = regime.total_steps(per_epoch)
+    def load_valid():
+        valid = load_subset(round_.valid, settings, round_.name)
+        check_no_leak(train.clip_ids, valid.clip_ids, round_.name + " (valid)")
+        return valid
+
+    policy = selection_policy(settings.regime.selection, settings.benchmark.metric, train.classes, test,
+                              load_valid if round_.valid is not None else None)
+    return train, test, policy
+
+
+def round_lengths(num_train: int, settings: RoundSettings) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warm-up steps) of a round on `num_train` clips."""
+    per_epoch = steps_per_epoch(num_train, settings.regime)
+    total = settings.regime.total_steps(per_epoch)
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
-    warmup = min(regime.warmup(per_epoch), total)
-    best: dict[str, Any] = {}
-
-    def predictions(dataset) -> tuple[np.ndarray, np.ndarray]:
-        return predict(classifier, dataset, regime.batch_size, settings.device, benchmark.task,
-                       benchmark.num_workers, regime.precision)
-
-    def on_evaluation_point(step: int, epoch: float) -> None:
-        targets, scores = predictions(valid if policy == "best_on_valid" else test)
-        value = score(benchmark.metric, targets, scores, train.classes)["value"]
-        if log is not None:
-            log({"round": round_.name, "step": step, "evaluation": value, "on": policy})
-        if value is not None and ("value" not in best or value > best["value"]):
-            if policy == "best_on_valid":
-                targets, scores = predictions(test)
-            best.update(value=value, step=step, epoch=epoch, targets=targets, scores=scores)
-
-    data = TrainingData(train, torch.as_tensor(train.column("num_frames"), dtype=torch.long),
-                        sampling_weights(train) if regime.weighted_sampling else None)
-    logged = (lambda record: log({"round": round_.name, **record})) if log is not None else None
-    augmentation = TrainingAugmentation.from_regime(regime, settings.norm_std)
-    fitted = fit(classifier, data, regime, benchmark.loss(regime), augmentation, total, warmup, settings.device,
-                 settings.seed, benchmark.num_workers, on_evaluation_point=None if policy == "last" else on_evaluation_point,
-                 evaluation_interval=regime.eval_interval_steps or per_epoch, log=logged)
-    selection: dict[str, Any] = {"policy": policy, "requested": regime.selection}
-    if note:
-        selection["note"] = note
-    if policy == "last" or "value" not in best:
-        targets, scores = predictions(test)
-        selection.update(step=fitted.steps, epoch=fitted.epochs)
-    else:
-        targets, scores = best["targets"], best["scores"]
-        selection.update(step=best["step"], epoch=best["epoch"], selection_value=best["value"])
-    result = RoundResult(round_, targets, scores, bin_values(test, benchmark.bin_column), selection,
-                         fitted.steps, fitted.epochs, len(train))
-    return RoundOutcome(train.classes, result)
+    return per_epoch, total, min(settings.regime.warmup(per_epoch), total)

@@ -7,14 +7,19 @@
 
 metrics.json (the source of truth for every table): benchmark, regime, variant, seed, checkpoint,
 metric + value (the headline), per_class, classes_without_positives, per_bin / per_fold where the
-benchmark has them, selection, steps, epochs, wall_time_s, code_hash. The same numbers go to MLflow
-when tracking is on (tags stage=eval, variant, benchmark, regime, seed, code_hash).
+benchmark has them, selection, steps, epochs, wall_time_s, code_hash, predictions. predictions.npz: the
+per-clip test scores (docs/evaluation.md). The same numbers go to MLflow when tracking is on (tags
+stage=eval, variant, benchmark, regime, seed, code_hash).
+
+On SIGUSR1/SIGTERM the job writes OUT/state/last.pt at the next step boundary and exits with code 75
+(`sslam.snapshots.PREEMPTED_EXIT_CODE`); running the same command again resumes it exactly
+(`sslam.evaluation.resume`).
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +29,19 @@ import torch
 
 from sslam import __version__
 from sslam.configuration import from_dict, load_yaml, section, to_dict
+from sslam.device import DEVICE_CHOICES, banner, resolve_device
 from sslam.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig
-from sslam.evaluation.protocols import combine, plan_rounds
-from sslam.evaluation.rounds import RoundSettings, run_round
-from sslam.io import atomic_write_json
+from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
+from sslam.evaluation.resume import EvaluationState, ResumableLog, file_identity
+from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
+from sslam.io import atomic_path, atomic_write_json
 from sslam.provenance import job_fingerprint
+from sslam.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from sslam.tracking import JobTracker
+
+log = logging.getLogger(__name__)
+PREDICTIONS = "predictions.npz"
 
 REGIME_OF_COMMAND = {"finetune": "finetune", "probe": "linear"}
 RANDOM_INIT = "random"
@@ -56,9 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         "(default <study.results>/cache/<dataset>/shard-XXX-of-NNN.h5)")
     parser.add_argument("--train-shards", nargs="+", help="cache shards of the training dataset when it "
                         "differs from the benchmark's dataset (polyphony: poly)")
-    parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available")
+    parser.add_argument("--device", default="auto", help=f"{' | '.join(DEVICE_CHOICES)} | cuda:N (default auto: "
+                        "CUDA when it works); cuda without a usable GPU fails at once")
     parser.add_argument("--tracking", help="the study's tracking.json (MLflow); tracking is off without it")
     parser.add_argument("--max-steps", type=int, help="cap the optimiser steps of every round (smoke tests)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="interactive progress bar (default: only on a terminal); the progress log lines "
+                             "(every 30 s, SSLAM_PROGRESS_SECONDS) are written either way")
 
 
 def dataset_config(config: dict[str, Any], dataset: str):
@@ -118,6 +133,32 @@ class EvaluationJob:
     device: str = "cpu"
     tracking: str | None = None
     max_steps: int | None = None
+    progress_bar: bool | None = False
+
+
+def job_identity(job: EvaluationJob, rounds, norm_mean: float, norm_std: float, fingerprint: str) -> dict[str, Any]:
+    """What a saved state must have been written by to be resumed by `job` (sslam.evaluation.resume)."""
+    checkpoint = job.backbone.get("checkpoint")
+    settings = {
+        "benchmark": job.benchmark_name, "regime": job.regime_name, "seed": job.seed, "variant": job.variant,
+        "backbone": job.backbone,
+        "checkpoint_file": file_identity(checkpoint) if checkpoint and Path(checkpoint).is_file() else None,
+        "config": to_dict(job.benchmark), "max_steps": job.max_steps, "norm": [norm_mean, norm_std],
+        "shards": {"test": [file_identity(p) for p in job.test_shards],
+                   "train": [file_identity(p) for p in job.train_shards]},
+        "rounds": [round_.name for round_ in rounds], "device": torch.device(job.device).type,
+    }
+    return {"fingerprint": fingerprint, "settings": settings}
+
+
+def write_predictions(path: Path, results) -> int:
+    """OUT/predictions.npz (atomic; no pickled objects: np.load(allow_pickle=False) reads it); returns N."""
+    import numpy as np
+
+    arrays = pooled_predictions(results)
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        np.savez(stream, **arrays)
+    return int(arrays["targets"].shape[0])
 
 
 def evaluate(job: EvaluationJob) -> dict[str, Any]:
@@ -143,18 +184,27 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
                              shards={job.benchmark.dataset: job.test_shards,
                                      job.benchmark.training_dataset: job.train_shards},
                              norm_mean=norm_mean, norm_std=norm_std, device=torch.device(job.device),
-                             seed=job.seed, max_steps=job.max_steps)
-    with JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
-            open(job.out / "metrics.jsonl", "w") as log_file:
-        def log(record: dict[str, Any]) -> None:
-            log_file.write(json.dumps(record) + "\n")
+                             seed=job.seed, max_steps=job.max_steps, progress_bar=job.progress_bar)
+    state = EvaluationState.open(job.out, job_identity(job, rounds, norm_mean, norm_std, hash_value))
+    with StopSignals() as stop, \
+            JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
+            ResumableLog(job.out / "metrics.jsonl", state.log_lines) as log_file:
+        def log_record(record: dict[str, Any]) -> None:
+            log_file.write(record)
             if record.get("step", 0) % 10 == 0 or "evaluation" in record:
                 tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "round")},
                                     step=record.get("step"))
 
-        results = [run_round(copy.deepcopy(job.encoder), round_, settings, log) for round_ in rounds]
-        classes = results[0].classes
-        summary = combine(job.benchmark.metric, classes, [r.result for r in results])
+        outcomes = state.outcomes(rounds)
+        for round_ in rounds[len(outcomes):]:
+            resume = RoundResume(state.round_state, lambda part: state.save(part, log_file.lines), stop)
+            outcome = run_round(copy.deepcopy(job.encoder), round_, settings, log_record, resume)
+            state.finish_round(outcome.classes, outcome.result, log_file.lines)
+            outcomes.append((outcome.classes, outcome.result))
+        classes = outcomes[0][0]
+        results = [result for _, result in outcomes]
+        summary = combine(job.benchmark.metric, classes, results)
+        num_clips = write_predictions(job.out / PREDICTIONS, results)
         metrics = {
             "benchmark": job.benchmark_name, "regime": job.regime_name, "variant": variant, "seed": job.seed,
             **{key: value for key, value in job.backbone.items() if key != "variant"},
@@ -164,20 +214,24 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
             **summary,
             "classes": classes,
             # One round: its selection; folds: the policy (each fold's choice is under per_fold).
-            "selection": results[0].result.selection if len(results) == 1 else
-            {key: results[0].result.selection[key] for key in ("policy", "requested")},
-            "steps": sum(r.result.steps for r in results),
-            "epochs": results[0].result.epochs,
-            "num_train": results[0].result.num_train,
+            "selection": results[0].selection if len(results) == 1 else
+            {key: results[0].selection[key] for key in ("policy", "requested")},
+            "steps": sum(r.steps for r in results),
+            "epochs": results[0].epochs,
+            "num_train": results[0].num_train,
+            "num_test_clips": num_clips,
+            "predictions": PREDICTIONS,
             "max_steps": job.max_steps,
             "norm_mean": norm_mean, "norm_std": norm_std,
             "wall_time_s": time.perf_counter() - started,
+            "resumed": state.resumes,
             "code_hash": hash_value, "sslam_version": __version__, "device": job.device,
             "config": to_dict(job.benchmark),
         }
         atomic_write_json(job.out / "metrics.json", metrics)  # a reader (the tables rule) never sees half of it
         tracker.log_metrics({metrics["metric"]: metrics["value"], "wall_time_s": metrics["wall_time_s"]})
         tracker.log_artifact(job.out / "metrics.json")
+    state.clear()  # the result is final: nothing left to resume
     return metrics
 
 
@@ -191,6 +245,9 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
     benchmark = from_dict(BenchmarkConfig, benchmarks[args.benchmark], where=where)
     regime_name = REGIME_OF_COMMAND[args.command]
     regime = benchmark.regime(regime_name)
+    device = resolve_device(args.device)  # a GPU that cannot be had is one line, before any work
+    for line in banner(code_hash(), 1, device):
+        log.info(line)
     if args.random_init and args.checkpoint and not args.checkpoint.startswith(RANDOM_INIT):
         raise ConfigError("give either --checkpoint PATH or --random-init, not both")
     spec = RANDOM_INIT if args.random_init and not args.checkpoint else args.checkpoint
@@ -205,16 +262,20 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else default_shards(config, train_name)
     # Train and test clips are both normalised with the TRAINING dataset's constants.
     train_settings = dataset_config(config, train_name)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps must be positive")
     return EvaluationJob(args.benchmark, benchmark, regime_name, encoder, backbone, test_shards, train_shards,
                          train_settings.norm_mean, train_settings.norm_std, Path(args.out),
-                         args.seed, args.variant, device, args.tracking, args.max_steps)
+                         args.seed, args.variant, str(device), args.tracking, args.max_steps, args.progress)
 
 
 def run(args: argparse.Namespace) -> int:
-    metrics = evaluate(job_from_args(args))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        metrics = evaluate(job_from_args(args))
+    except Preempted as stopped:
+        log.warning("%s; exit %d: run the same command again to continue", stopped, PREEMPTED_EXIT_CODE)
+        return PREEMPTED_EXIT_CODE
     print(f"{metrics['benchmark']} {metrics['regime']} {metrics['variant']} seed {metrics['seed']}: "
           f"{metrics['metric']} = {metrics['value']:.4f} ({metrics['wall_time_s']:.1f} s) -> {args.out}/metrics.json")
     return 0

@@ -1,8 +1,14 @@
 """The downstream training and prediction loops (used by `sslam finetune` and `sslam probe`).
 
-Optimisation follows the official recipe (spec §9): AdamW (0.9, 0.95) with layer-wise lr decay,
-linear warm-up from min_lr to the peak lr, then cosine down to min_lr (fairseq's cosine
-schedule), no gradient clipping unless asked for. The loop takes objects and never reads YAML.
+Optimisation follows the official recipe (spec §9): AdamW (0.9, 0.95) with layer-wise lr decay, linear
+warm-up from min_lr to the peak lr, then cosine down to min_lr (fairseq's cosine schedule, applied per
+parameter group as `layer_decay_schedule` says: sslam/evaluation/schedule.py), no gradient clipping unless
+asked for. The loop takes objects and never reads YAML.
+
+`Fitter` can stop at any step boundary and continue bit-exactly from its `state_dict()` (weights, optimizer,
+data order and position, every random stream, a pending evaluation point): the data loaders draw nothing
+from the global random streams (they have their own generators), so only the augmentations and drop path
+do, and those streams are captured with the state.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,23 +27,16 @@ from sslam.errors import ConfigError
 from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import RegimeConfig
 from sslam.evaluation.heads import EncoderClassifier, layer_decay_groups
+from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
+from sslam.progress import Progress
+from sslam.snapshots import StopSignals, capture_rng_state, restore_rng_state
+
+__all__ = ["Fitter", "FitResult", "Interrupted", "LearningRateSchedule", "TrainingData", "classification_loss",
+           "epoch_loader", "fit", "predict", "steps_per_epoch"]
 
 
-@dataclass(frozen=True)
-class LearningRateSchedule:
-    """Linear warm-up from min_lr to peak over `warmup_steps`, then cosine from peak to min_lr."""
-
-    peak_lr: float
-    min_lr: float
-    warmup_steps: int
-    total_steps: int
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return self.min_lr + (self.peak_lr - self.min_lr) * step / self.warmup_steps
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1.0 + math.cos(math.pi * progress))
+class Interrupted(Exception):
+    """A stop signal arrived; the loop stopped at a safe point and its caller writes the state."""
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str, label_smoothing: float = 0.0
@@ -96,9 +96,8 @@ def steps_per_epoch(num_clips: int, regime: RegimeConfig) -> int:
     return max(1, math.ceil(draws / regime.batch_size))
 
 
-def epoch_loader(data: TrainingData, regime: RegimeConfig, generator: torch.Generator, num_workers: int
-                 ) -> DataLoader:
-    """One epoch: a permutation of the clips, or (weighted sampling) `weighted_sampling` draws."""
+def epoch_order(data: TrainingData, regime: RegimeConfig, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's clip indices: a permutation, or (weighted sampling) `weighted_sampling` draws."""
     if regime.weighted_sampling:
         if data.sample_weights is None:
             raise ConfigError("weighted_sampling needs a `weight` column in the cached training set")
@@ -106,12 +105,146 @@ def epoch_loader(data: TrainingData, regime: RegimeConfig, generator: torch.Gene
             raise ConfigError(f"weighted_sampling draws {regime.weighted_sampling} clips without replacement "
                               f"from only {len(data.dataset)}")
         # torch.multinomial without replacement, as the official sampler draws each epoch.
-        order = torch.multinomial(data.sample_weights.double(), regime.weighted_sampling, replacement=False,
-                                  generator=generator)
-    else:
-        order = torch.randperm(len(data.dataset), generator=generator)
-    return DataLoader(IndexedDataset(data.dataset), batch_size=regime.batch_size, sampler=order.tolist(),
-                      num_workers=num_workers, drop_last=False)
+        return torch.multinomial(data.sample_weights.double(), regime.weighted_sampling, replacement=False,
+                                 generator=generator)
+    return torch.randperm(len(data.dataset), generator=generator)
+
+
+def batch_loader(dataset: Dataset, order: torch.Tensor | None, batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of `dataset` in `order` (None: dataset order). Its own generator: creating the loader draws
+    nothing from the global torch RNG that the augmentations use."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=None if order is None else order.tolist(),
+                      num_workers=num_workers, drop_last=False, generator=torch.Generator())
+
+
+def epoch_loader(data: TrainingData, regime: RegimeConfig, generator: torch.Generator, num_workers: int
+                 ) -> DataLoader:
+    """One epoch of (fbank, target, index) batches (see `epoch_order`)."""
+    return batch_loader(IndexedDataset(data.dataset), epoch_order(data, regime, generator), regime.batch_size,
+                        num_workers)
+
+
+class Fitter:
+    """Trains `classifier` for `total_steps` optimiser steps; resumable at every step boundary."""
+
+    def __init__(self, classifier: EncoderClassifier, data: TrainingData, regime: RegimeConfig, loss_kind: str,
+                 augmentation: TrainingAugmentation, total_steps: int, warmup_steps: int, device: torch.device,
+                 seed: int, num_workers: int = 0) -> None:
+        self.classifier, self.data, self.regime, self.loss_kind = classifier, data, regime, loss_kind
+        self.augmentation, self.total_steps, self.device = augmentation, total_steps, device
+        self.num_workers = num_workers
+        classifier.to(device)
+        groups = layer_decay_groups(classifier, regime.weight_decay, regime.layer_decay)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(groups, lr=regime.lr, betas=tuple(regime.betas), eps=1e-8, **fused)
+        self.schedule = LearningRateSchedule(regime.lr, regime.min_lr, warmup_steps, total_steps)
+        self.scales = [group["lr_scale"] for group in self.optimizer.param_groups]
+        self.trainable = [p for group in groups for p in group["params"]]
+        self.forward = torch.compile(classifier) if regime.compile else classifier
+        self.generator = torch.Generator().manual_seed(seed)
+        self.per_epoch = steps_per_epoch(len(data.dataset), regime)
+        self.step, self.batch_in_epoch, self.order = 0, 0, None
+        self.losses: list[float] = []
+        self.pending_evaluation = False             # stopped inside an evaluation point: redo it on resume
+        self._rng_at_evaluation: dict[str, Any] | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
+
+    def learning_rates(self, step: int) -> list[float]:
+        """The lr of update `step` (0-based) of every parameter group, in optimizer order."""
+        return group_learning_rates(step, self.schedule, self.scales, self.regime.layer_decay_schedule)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next steps depend on, as tensors and plain data (torch.load weights_only)."""
+        def on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+            return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+
+        frozen = self.classifier.frozen_backbone  # a frozen backbone is rebuilt unchanged from the checkpoint
+        return {"step": self.step, "batch_in_epoch": self.batch_in_epoch, "order": self.order,
+                "generator": self.generator.get_state(), "losses": torch.tensor(self.losses, dtype=torch.float64),
+                "optimizer": self.optimizer.state_dict(), "head": on_cpu(self.classifier.head),
+                "encoder": None if frozen else on_cpu(self.classifier.encoder),
+                "pending_evaluation": self.pending_evaluation,
+                "rng": self._rng_at_evaluation if self.pending_evaluation else capture_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.classifier.head.load_state_dict(state["head"])
+        if state["encoder"] is not None:
+            self.classifier.encoder.load_state_dict(state["encoder"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step, self.batch_in_epoch, self.order = state["step"], state["batch_in_epoch"], state["order"]
+        self.losses = state["losses"].tolist()
+        self.pending_evaluation = state["pending_evaluation"]
+        self._rng_at_evaluation = state["rng"] if self.pending_evaluation else None
+        self._rng_to_restore = state["rng"]
+
+    # ------------------------------------------------------------------ loop
+    def run(self, on_evaluation_point: Callable[[int, float], None] | None = None,
+            evaluation_interval: int | None = None, log: Callable[[dict], None] | None = None,
+            stop: StopSignals | None = None, checkpoint: Callable[[], None] | None = None,
+            checkpoint_every: int | None = None, progress: Progress | None = None) -> FitResult:
+        """Train up to `total_steps`; call `on_evaluation_point(step, epoch)` every `evaluation_interval`
+        steps and after the last step, `checkpoint()` every `checkpoint_every` steps. On a stop signal,
+        raise Interrupted at the next step boundary (or between the batches of an evaluation point)."""
+        started = time.perf_counter()
+        if self._rng_to_restore is not None:
+            restore_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        self.classifier.train()
+        if self.pending_evaluation:
+            self._evaluate(on_evaluation_point)
+        batch_size = self.regime.batch_size
+        while self.step < self.total_steps:
+            if self.order is None or self.batch_in_epoch * batch_size >= len(self.order):
+                self.order, self.batch_in_epoch = epoch_order(self.data, self.regime, self.generator), 0
+            remaining = self.order[self.batch_in_epoch * batch_size:]
+            for fbank, targets, index in batch_loader(IndexedDataset(self.data.dataset), remaining, batch_size,
+                                                      self.num_workers):
+                loss = self._update(fbank, targets, index)
+                self.batch_in_epoch += 1
+                if log is not None:
+                    log({"step": self.step, "loss": loss, "lr": self.schedule(self.step - 1)})
+                if progress is not None:
+                    progress.update(1, loss=loss)
+                last = self.step >= self.total_steps
+                if on_evaluation_point is not None and (
+                        last or (evaluation_interval and self.step % evaluation_interval == 0)):
+                    self.pending_evaluation = True
+                    self._evaluate(on_evaluation_point)
+                if stop is not None and stop.requested:
+                    raise Interrupted(f"stopped after step {self.step} of {self.total_steps}")
+                if checkpoint is not None and checkpoint_every and self.step % checkpoint_every == 0 and not last:
+                    checkpoint()
+                if last:
+                    break
+        return FitResult(self.step, self.step / self.per_epoch, time.perf_counter() - started, self.losses)
+
+    def _update(self, fbank: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> float:
+        fbank, targets = self.augmentation(fbank.to(self.device), targets.to(self.device),
+                                           self.data.num_frames[index])
+        for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.step)):
+            group["lr"] = lr
+        with autocast(self.device, self.regime.precision):
+            logits = self.forward(fbank)
+        loss = classification_loss(logits.float(), targets, self.loss_kind, self.regime.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.regime.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.regime.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        self.losses.append(loss.item())
+        return self.losses[-1]
+
+    def _evaluate(self, on_evaluation_point: Callable[[int, float], None] | None) -> None:
+        self._rng_at_evaluation = capture_rng_state()
+        if on_evaluation_point is not None:
+            on_evaluation_point(self.step, self.step / self.per_epoch)
+        self.pending_evaluation, self._rng_at_evaluation = False, None
+        self.classifier.train()
 
 
 def fit(classifier: EncoderClassifier, data: TrainingData, regime: RegimeConfig, loss_kind: str,
@@ -119,56 +252,28 @@ def fit(classifier: EncoderClassifier, data: TrainingData, regime: RegimeConfig,
         seed: int, num_workers: int = 0,
         on_evaluation_point: Callable[[int, float], None] | None = None,
         evaluation_interval: int | None = None, log: Callable[[dict], None] | None = None) -> FitResult:
-    """Train `classifier` for `total_steps` optimiser steps; call `on_evaluation_point(step, epoch)`
-    every `evaluation_interval` steps and after the last step (for model selection)."""
-    classifier.to(device)
-    groups = layer_decay_groups(classifier, regime.weight_decay, regime.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=regime.lr, betas=tuple(regime.betas), eps=1e-8)
-    schedule = LearningRateSchedule(regime.lr, regime.min_lr, warmup_steps, total_steps)
-    trainable = [p for group in groups for p in group["params"]]
-    generator = torch.Generator().manual_seed(seed)
-    per_epoch = steps_per_epoch(len(data.dataset), regime)
-    step, losses, started = 0, [], time.perf_counter()
-    classifier.train()
-    while step < total_steps:
-        for fbank, targets, index in epoch_loader(data, regime, generator, num_workers):
-            fbank, targets = augmentation(fbank.to(device), targets.to(device), data.num_frames[index])
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(step) * group["lr_scale"]
-            with autocast(device, regime.precision):
-                logits = classifier(fbank)
-            loss = classification_loss(logits.float(), targets, loss_kind, regime.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if regime.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, regime.grad_clip)
-            optimizer.step()
-            step += 1
-            losses.append(loss.item())
-            if log is not None:
-                log({"step": step, "loss": losses[-1], "lr": schedule(step - 1)})
-            last = step >= total_steps
-            if on_evaluation_point is not None and (last or (evaluation_interval and step % evaluation_interval == 0)):
-                on_evaluation_point(step, step / per_epoch)
-                classifier.train()
-            if last:
-                break
-    return FitResult(step, step / per_epoch, time.perf_counter() - started, losses)
+    """Train `classifier` for `total_steps` optimiser steps in one go (see `Fitter` for a resumable run)."""
+    fitter = Fitter(classifier, data, regime, loss_kind, augmentation, total_steps, warmup_steps, device, seed,
+                    num_workers)
+    return fitter.run(on_evaluation_point, evaluation_interval, log)
 
 
 @torch.no_grad()
 def predict(classifier: EncoderClassifier, dataset: Dataset, batch_size: int, device: torch.device,
-            task: str, num_workers: int = 0, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
-    """(targets (N, C), scores (N, C)) over `dataset` in its order; scores are sigmoid
-    probabilities (multilabel) or softmax probabilities (multiclass)."""
+            task: str, num_workers: int = 0, precision: str = "fp32", stop: StopSignals | None = None,
+            forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(targets (N, C), scores (N, C)) over `dataset` in its order; scores are sigmoid probabilities
+    (multilabel) or softmax probabilities (multiclass). `forward`: the classifier's compiled forward, if any.
+    A stop signal raises Interrupted between two batches."""
     classifier.eval()
     classifier.to(device)
+    forward = forward if forward is not None else classifier
     all_targets, all_scores = [], []
-    for fbank, targets in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
+    for fbank, targets in batch_loader(dataset, None, batch_size, num_workers):
+        if stop is not None and stop.requested:
+            raise Interrupted("stopped during an evaluation pass")
         with autocast(device, precision):
-            logits = classifier(fbank.to(device)).float()
+            logits = forward(fbank.to(device)).float()
         scores = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
         all_targets.append(targets.numpy())
         all_scores.append(scores.cpu().numpy())

@@ -47,6 +47,7 @@ class TrainConfig:
     num_workers: int = 4                      # DataLoader worker processes per device
     seed: int = 1                             # fairseq common.seed of the official runs
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False                     # torch.compile the objective's forward (and its backward)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from sslam.errors import ConfigError, SslamError
+from sslam.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,16 @@ class DistributedContext:
 
 
 def init_distributed(device: str | None = None) -> DistributedContext:
-    """Join the torchrun process group if there is one; pick the device (`cpu`, `cuda`, None = best)."""
+    """Join the torchrun process group if there is one; pick the device with `sslam.device.resolve_device`
+    ("auto"/None = CUDA when it works; "cuda" without a usable GPU is one DeviceError line, within seconds)."""
+    from sslam.device import resolve_device
+
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise SslamError("--device cuda was requested but CUDA is not available")
-        torch.cuda.set_device(local_rank)
-        chosen = torch.device("cuda", local_rank)
-    else:
-        chosen = torch.device(device)
+    chosen = resolve_device(device or "auto", local_rank=local_rank)
+    if chosen.type == "cuda":
+        torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
     return DistributedContext(rank, world_size, local_rank, chosen)
@@ -68,6 +65,13 @@ def all_ranks_agree(context: DistributedContext, flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], device=context.device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def any_rank(context: DistributedContext, flag: bool) -> bool:
+    """True if `flag` is True on some rank (a stop signal seen by one rank stops all at the same update)."""
+    if not context.enabled:
+        return flag
+    return not all_ranks_agree(context, not flag)
 
 
 class EpochBatchSampler:

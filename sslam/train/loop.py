@@ -21,21 +21,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslam.errors import SslamError
 from sslam.model.teacher import ema_decay
+from sslam.progress import Progress
+from sslam.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
-from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree
-from sslam.train.metrics import MetricsLog, Throughput, progress_bar
+from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree, any_rank
+from sslam.train.metrics import MetricsLog, Throughput
 from sslam.train.optim import build_optimizer
 from sslam.train.schedule import build_scheduler
-from sslam.model.checkpoints import CheckpointError
-from sslam.train.state import (atomic_torch_save, capture_rng_state, project_checkpoint, restore_rng_state,
-                               save_training_state)
+from sslam.train.state import (atomic_torch_save, capture_rng_state, job_mismatch, project_checkpoint,
+                               restore_rng_state, run_settings, save_training_state)
 
 log = logging.getLogger(__name__)
 
 
-# TrainConfig fields that fix the update sequence: resuming under other values could not be exact.
-SCHEDULE_KEYS = ("steps", "lr", "min_lr", "warmup_steps", "betas", "eps", "weight_decay", "decay_all_parameters",
-                 "clip_grad_norm", "ema_start", "ema_end", "ema_anneal_steps")
+class CheckpointMismatch(SslamError):
+    """A snapshot was written by another code version or with other settings than this run's."""
 
 
 class NonFiniteLossError(SslamError):
@@ -52,6 +52,7 @@ class RunIdentity:
     decoder_config: dict
     config: dict = field(default_factory=dict)  # every config section that shaped the run, for the record
     input: dict | None = None  # {norm_mean, norm_std, target_length} of the training input, for extraction
+    fingerprint: str | None = None              # the job's code fingerprint (sslam.provenance.job_fingerprint)
 
 
 class Pretrainer:
@@ -59,41 +60,68 @@ class Pretrainer:
 
     def __init__(self, objective: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: str | Path,
                  identity: RunIdentity, context: DistributedContext | None = None,
-                 metrics: MetricsLog | None = None, show_progress: bool | None = None) -> None:
+                 metrics: MetricsLog | None = None, show_progress: bool | None = None,
+                 stop: StopSignals | None = None) -> None:
         self.objective = objective
         self.dataset, self.config, self.identity = dataset, config, identity
         self.out_dir = Path(out_dir)
         self.context = context or DistributedContext()
         self.metrics = metrics or MetricsLog(self.out_dir / "metrics.jsonl")
         self.show_progress = show_progress
+        self.stop = stop
         self.device = self.context.device
         self.objective.to(self.device)
         self.optimizer = build_optimizer(
             objective.trainable_modules(), lr=config.lr, betas=config.betas,
-            eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters)
+            eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters,
+            fused=self.device.type == "cuda")
         self.scheduler = build_scheduler(self.optimizer, config.lr, config.warmup_steps, config.steps,
                                          config.min_lr)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.step = 0
         self.batches_consumed = 0
         self._rng_to_restore: dict[str, Any] | None = None
+        self._window_to_restore: dict[str, Any] | None = None
+        self._window = _Window()
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:
         """Project checkpoint + optimizer, scheduler, data position and every rank's random state."""
         checkpoint = self._weights()
         rng = capture_rng_state({"objective": self.objective.generator_state()})
-        if self.context.enabled:
-            gathered: list[Any] = [None] * self.context.world_size
-            dist.all_gather_object(gathered, rng)
-            rng_per_rank = gathered
-        else:
-            rng_per_rank = [rng]
+        window = self._window.state()  # the loss sums since the last log line, so the next line is exact too
         checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                          rng=rng_per_rank, data=self.sampler_state(), config=self.identity.config,
+                          rng=self._gather(rng), window=self._gather(window), data=self.sampler_state(),
+                          config=self.identity.config, job=self.job(),
                           heads={name: {key: tensor.detach().cpu() for key, tensor in module.state_dict().items()}
                                  for name, module in self.objective.pretraining_heads().items()})
         return checkpoint
+
+    def _gather(self, value: Any) -> list[Any]:
+        """`value` of every rank, in rank order (collective under DDP)."""
+        if not self.context.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.context.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def job(self) -> dict[str, Any]:
+        return self.expected_job(self.identity, self.config, len(self.dataset), self.context.world_size)
+
+    @staticmethod
+    def expected_job(identity: RunIdentity, config: TrainConfig, num_items: int, world_size: int) -> dict[str, Any]:
+        """What a snapshot must record to be resumed by this run: the code fingerprint and every setting that
+        decides the sequence of updates (config sections, data order, world size)."""
+        data = {"num_items": num_items, "batch_size": config.batch_size, "world_size": world_size,
+                "seed": config.seed}
+        return {"fingerprint": identity.fingerprint,
+                "settings": {**run_settings(identity.config), "stage": identity.stage, "variant": identity.variant,
+                             "data": data}}
+
+    @staticmethod
+    def snapshot_problem(snapshot: dict[str, Any], expected: dict[str, Any]) -> str | None:
+        """Why `snapshot` cannot be continued exactly by the run of `expected_job(...)` (None: it can)."""
+        return job_mismatch(snapshot.get("job"), expected)
 
     def _weights(self) -> dict[str, Any]:
         """The project checkpoint of the current weights, on the CPU (readable on a machine without a GPU)."""
@@ -107,29 +135,14 @@ class Pretrainer:
             variant=self.identity.variant, step=self.step, input=self.identity.input)
 
     def sampler_state(self) -> dict[str, Any]:
-        return {"batches_consumed": self.batches_consumed, "num_items": len(self.dataset),
-                "batch_size": self.config.batch_size, "world_size": self.context.world_size,
-                "seed": self.config.seed}
+        return {"batches_consumed": self.batches_consumed, **self.job()["settings"]["data"]}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Continue exactly where `snapshot` (from `load_training_state`) left off."""
-        if snapshot["stage"] != self.identity.stage or snapshot.get("variant") != self.identity.variant:
-            raise CheckpointError(
-                f"the snapshot in {self.out_dir} is stage {snapshot['stage']} / variant {snapshot.get('variant')}, "
-                f"not stage {self.identity.stage} / variant {self.identity.variant}")
-        expected = self.sampler_state()
-        for key in ("num_items", "batch_size", "world_size", "seed"):
-            if snapshot["data"][key] != expected[key]:
-                raise CheckpointError(
-                    f"cannot resume exactly: the snapshot was taken with {key}={snapshot['data'][key]}, "
-                    f"this run has {key}={expected[key]}")
-        # The schedule is part of the state (LambdaLR stores its settings): a changed one cannot be exact.
-        before, now = snapshot.get("config", {}).get("pretrain", {}), self.identity.config.get("pretrain", {})
-        changed = [key for key in SCHEDULE_KEYS if key in before and key in now and before[key] != now[key]]
-        if changed:
-            raise CheckpointError(
-                f"cannot resume exactly: {', '.join(f'{k} {before[k]} -> {now[k]}' for k in changed)} changed "
-                f"since the snapshot in {self.out_dir}; start a new run folder instead")
+        """Continue exactly where `snapshot` (from `load_training_state`) left off; the caller has checked
+        `snapshot_problem(snapshot, ...)` first."""
+        problem = self.snapshot_problem(snapshot, self.job())
+        if problem is not None:
+            raise CheckpointMismatch(f"cannot resume {self.out_dir} exactly: {problem}")
         self.objective.student.load_state_dict(snapshot["student"])
         self.objective.decoder.load_state_dict(snapshot["decoder"])
         self.objective.teacher.encoder.load_state_dict(snapshot["teacher"])
@@ -145,6 +158,7 @@ class Pretrainer:
         self.batches_consumed = snapshot["data"]["batches_consumed"]
         # Random states go back in only once the data iterator exists (creating one may draw numbers).
         self._rng_to_restore = snapshot["rng"][self.context.rank]
+        self._window_to_restore = snapshot.get("window", [None] * self.context.world_size)[self.context.rank]
 
     def save_state(self) -> None:
         snapshot = self.snapshot()  # collective under DDP: every rank takes part
@@ -166,48 +180,69 @@ class Pretrainer:
         return iter(loader)
 
     def _model(self) -> nn.Module:
-        if not self.context.enabled:
-            return self.objective
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.objective, device_ids=device_ids)
+        """What the update calls: the objective, wrapped in DDP under torchrun, compiled when asked for
+        (after the DDP wrap, so that the compiler sees DDP's gradient buckets)."""
+        model: nn.Module = self.objective
+        if self.context.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if self.config.compile else model
 
     def run(self) -> dict[str, float]:
-        """Train up to `config.steps` updates; returns the last logged metrics."""
+        """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see
+        `sslam.snapshots.StopSignals`) the state is written after the current update and `Preempted` raised."""
         config, autocast_dtype = self.config, self.config.autocast_dtype(self.device.type)
         model = self._model()
         batches = self._batches()
+        window = _Window()
         if self._rng_to_restore is not None:
             restore_rng_state(self._rng_to_restore)
             self.objective.set_generator_state(self._rng_to_restore["objective"])
+            window = _Window.from_state(self._window_to_restore, self.device)
         self.objective.train()
         if self.context.is_main:
             self.metrics.truncate_after(self.step)  # the steps after the snapshot are re-done and re-logged
-        # None = decide from the terminal; other ranks never draw a bar.
-        bar = progress_bar(config.steps, self.step, self.show_progress if self.context.is_main else False,
-                           f"stage {self.identity.stage}")
-        throughput, window, last = Throughput(), _Window(), {}
-        while self.step < config.steps:
-            fbank = next(batches)
-            fbank = (fbank[0] if isinstance(fbank, (list, tuple)) else fbank).to(self.device, non_blocking=True)
-            lr = self.optimizer.param_groups[0]["lr"]
-            output, grad_norm = self.update(model, fbank, autocast_dtype)
-            self.batches_consumed += 1
-            throughput.add(fbank.shape[0] * self.context.world_size)
-            window.add(loss=output.loss.detach(), **output.terms)
-            bar.update(1)
-            if self.step % config.log_every == 0 or self.step == config.steps:
-                # Loss terms: means over the updates since the last line; lr and grad norm: this update's.
-                last = {**self._reduce(window.mean()), "lr": lr, "grad_norm": grad_norm,
-                        "ema_decay": self.teacher_decay(self.step), "clips_per_s": throughput.rate(),
-                        "epoch": self.batches_consumed / self.sampler.batches_per_epoch}
-                window = _Window()
-                if self.context.is_main:
-                    self.metrics.write(self.step, last)
-                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{lr:.2e}")
-            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
-                self.save_state()
-        bar.close()
+        progress = self._progress()
+        throughput, last = Throughput(), {}
+        try:
+            while self.step < config.steps:
+                fbank = next(batches)
+                fbank = (fbank[0] if isinstance(fbank, (list, tuple)) else fbank).to(self.device, non_blocking=True)
+                lr = self.optimizer.param_groups[0]["lr"]
+                output, grad_norm = self.update(model, fbank, autocast_dtype)
+                self.batches_consumed += 1
+                throughput.add(fbank.shape[0] * self.context.world_size)
+                window.add(loss=output.loss.detach(), **output.terms)
+                self._window = window
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    # Loss terms: means over the updates since the last line; lr and grad norm: this update's.
+                    last = {**self._reduce(window.mean()), "lr": lr, "grad_norm": grad_norm,
+                            "ema_decay": self.teacher_decay(self.step), "clips_per_s": throughput.rate(),
+                            "epoch": self.batches_consumed / self.sampler.batches_per_epoch}
+                    window = self._window = _Window()
+                    if self.context.is_main:
+                        self.metrics.write(self.step, last)
+                if progress is not None:
+                    progress.update(1, **({"loss": last["loss"], "lr": lr} if last else {}))
+                saved = self.step % config.checkpoint_every == 0 or self.step == config.steps
+                if saved:
+                    self.save_state()
+                if self.stop is not None and any_rank(self.context, self.stop.requested):
+                    if not saved:
+                        self.save_state()
+                    raise Preempted(f"stopped after update {self.step} of {config.steps}; the state in "
+                                    f"{self.out_dir / 'state'} resumes it")
+        finally:
+            if progress is not None:
+                progress.close()
         return last
+
+    def _progress(self) -> Progress | None:
+        """Log lines on the main rank (every 30 s); `show_progress` only decides the interactive bar."""
+        if not self.context.is_main:
+            return None
+        return Progress(self.config.steps, f"stage {self.identity.stage}", initial=self.step, rate_unit="clips",
+                        rate_per_unit=self.config.batch_size * self.context.world_size, bar=self.show_progress)
 
     def update(self, model: nn.Module, fbank: torch.Tensor, autocast_dtype: torch.dtype | None):
         """One optimizer update on `fbank` (already on the device) through `model` (the objective, or its
@@ -274,3 +309,14 @@ class _Window:
 
     def mean(self) -> dict[str, float]:
         return {name: float(total) / max(1, self.count) for name, total in self.sums.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {name: total.detach().cpu() for name, total in self.sums.items()}, "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> "_Window":
+        window = cls()
+        if state:
+            window.sums = {name: total.to(device) for name, total in state["sums"].items()}
+            window.count = state["count"]
+        return window

@@ -1,16 +1,14 @@
-"""Where training progress goes: DIR/metrics.jsonl (always, the source of truth), MLflow (optional, through
-`JobTracker`) and a tqdm bar on interactive terminals."""
+"""Where training progress goes: DIR/metrics.jsonl (always, the source of truth) and MLflow (optional, through
+`JobTracker`). The log lines and the interactive bar are `sslam.progress`'s."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from sslam.tracking import JobTracker
 
@@ -71,11 +69,3 @@ class Throughput:
         rate = self._clips / elapsed
         self._since, self._clips = now, 0
         return rate
-
-
-def progress_bar(total: int, initial: int, enabled: bool | None, description: str) -> tqdm:
-    """A tqdm bar over optimizer updates; off when stderr is not a terminal unless forced on."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=description, unit="step",
-                dynamic_ncols=True)

@@ -44,7 +44,8 @@ def parameter_groups(named_modules: dict[str, nn.Module], weight_decay: float,
 
 
 def build_optimizer(named_modules: dict[str, nn.Module], lr: float, betas: Iterable[float], eps: float,
-                    weight_decay: float, decay_all_parameters: bool = True) -> torch.optim.AdamW:
-    """AdamW (decoupled weight decay, as fairseq's `adam`) with every group at the peak lr."""
+                    weight_decay: float, decay_all_parameters: bool = True, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW (decoupled weight decay, as fairseq's `adam`) with every group at the peak lr; `fused` (CUDA
+    only) runs the update of all parameters in one kernel."""
     groups = parameter_groups(named_modules, weight_decay, decay_all_parameters)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **({"fused": True} if fused else {}))

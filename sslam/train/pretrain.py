@@ -5,9 +5,12 @@
         --init results/demo/pretrain/stage1/checkpoint.pt --out results/demo/pretrain/stage2/SSLAM
     torchrun --standalone --nproc-per-node=4 -m sslam.cli pretrain ...      # data parallel, same semantics
 
-Writes DIR/metrics.jsonl (every `log_every` updates), DIR/state/last.pt (every `checkpoint_every` updates and
-at the end; `--resume` continues from it bit-exactly) and DIR/checkpoint.pt (the final weights in the
-project's checkpoint format). This module turns the study config into objects; `sslam.train.loop` trains.
+Writes DIR/metrics.jsonl (every `log_every` updates), DIR/state/last.pt (every `checkpoint_every` updates, at
+the end, and on SIGUSR1/SIGTERM) and DIR/checkpoint.pt (the final weights in the project's checkpoint format).
+`--resume` continues bit-exactly from a state written by the same code fingerprint (SSLAM_FINGERPRINT) and
+settings; any other state is discarded with one log line and the run starts fresh. On SIGUSR1/SIGTERM the run
+finishes its update, writes the state and exits with code 75 (`sslam.snapshots.PREEMPTED_EXIT_CODE`).
+This module turns the study config into objects; `sslam.train.loop` trains.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ import numpy as np
 import torch
 
 from sslam.configuration import from_dict, load_yaml, section, to_dict
+from sslam.device import DEVICE_CHOICES, banner
 from sslam.errors import ConfigError, SslamError
 from sslam.provenance import job_fingerprint
+from sslam.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals, discard_state
 from sslam.tracking import JobTracker
 from sslam.train.config import TrainConfig, train_config_for_stage
 from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
@@ -44,14 +49,17 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                                        "teacher ← its teacher); required for a fresh Stage 2")
     parser.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.jsonl, state/)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/state/last.pt if present (else start fresh)")
+                        help="continue from OUT/state/last.pt when it was written by the same code fingerprint "
+                             "and settings; any other state is discarded (one log line) and the run starts fresh")
     parser.add_argument("--steps", type=int, help="override pretrain.stageK.steps (the schedule follows)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--device", default="auto", help=f"{' | '.join(DEVICE_CHOICES)} | cuda:N (default auto: "
+                        "CUDA when it works); cuda without a usable GPU fails at once")
     parser.add_argument("--shards", nargs="+", help="HDF5 cache shards (default: the study's cache of "
                                                     "study.pretrain_dataset)")
     parser.add_argument("--tracking", help="tracking.json of the study (or set MLFLOW_TRACKING_URI)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="tqdm progress bar (default: only on a terminal)")
+                        help="interactive progress bar (default: only on a terminal); the progress log lines "
+                             "(every 30 s, SSLAM_PROGRESS_SECONDS) are written either way")
 
 
 def objective_config(config: dict[str, Any], variant: str | None, stage: int = 2):
@@ -132,55 +140,78 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise ConfigError(f"--steps {args.steps}: {error}") from error
     out_dir = Path(args.out)
-    snapshot = load_training_state(out_dir) if args.resume else None
-    if snapshot is None and state_paths(out_dir)[0].exists() and not args.resume:
+    has_state = state_paths(out_dir)[0].exists() or state_paths(out_dir)[1].exists()
+    if has_state and not args.resume:
         raise SslamError(f"{out_dir} already holds a training state: pass --resume or choose another --out")
-    if args.stage == 2 and snapshot is None and not args.init:
+    if args.stage == 2 and not args.init and not has_state:
         raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
 
-    context = init_distributed(args.device)
+    context = init_distributed(args.device)  # a GPU that cannot be had is one line, before any work
+    fingerprint = job_fingerprint("sslam.train.pretrain")
+    if context.is_main:
+        for line in banner(fingerprint, context.world_size, context.device):
+            log.info(line)
     finished = False
-    try:
-        shards = [Path(p) for p in args.shards] if args.shards else default_shards(config)
-        dataset = pretraining_dataset(config, shards)
-        # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a per-rank
-        # seed so that ranks draw different masks and mixing positions.
-        rank_seed = train.seed + 1000 * context.rank
-        seed_everything(train.seed)
-        objective, encoder_cfg, decoder_cfg, objective_cfg = build_objective(
-            config, args.stage, args.variant, rank_seed, (dataset.norm_mean, dataset.norm_std))
-        if snapshot is None and args.stage == 2:
-            from sslam.model.checkpoints import read_checkpoint
+    # From here on SIGUSR1/SIGTERM only ask the loop to stop after its next update.
+    with StopSignals() as stop:
+        try:
+            snapshot = load_training_state(out_dir) if args.resume else None
+            shards = [Path(p) for p in args.shards] if args.shards else default_shards(config)
+            dataset = pretraining_dataset(config, shards)
+            # Same seed on every rank for the initial weights (DDP also broadcasts rank 0's), then a per-rank
+            # seed so that ranks draw different masks and mixing positions.
+            rank_seed = train.seed + 1000 * context.rank
+            seed_everything(train.seed)
+            objective, encoder_cfg, decoder_cfg, objective_cfg = build_objective(
+                config, args.stage, args.variant, rank_seed, (dataset.norm_mean, dataset.norm_std))
+            recorded = {"pretrain": to_dict(train), "objective": to_dict(objective_cfg),
+                        "model": {"encoder": to_dict(encoder_cfg), "decoder": to_dict(decoder_cfg)},
+                        "stage": args.stage, "variant": args.variant, "init": args.init}
+            trained_input = {"norm_mean": dataset.norm_mean, "norm_std": dataset.norm_std,
+                             "target_length": int(dataset.target_length)}
+            identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded,
+                                   input=trained_input, fingerprint=fingerprint)
+            if snapshot is not None:
+                expected = Pretrainer.expected_job(identity, train, len(dataset), context.world_size)
+                problem = Pretrainer.snapshot_problem(snapshot, expected)
+                if problem is not None:
+                    log.warning("discarding the training state in %s (%s); starting fresh", out_dir / "state", problem)
+                    if context.is_main:
+                        discard_state(out_dir)
+                    snapshot = None
+            if snapshot is None and args.stage == 2:
+                if not args.init:
+                    raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
+                from sslam.model.checkpoints import read_checkpoint
 
-            sources = objective.load_stage1(read_checkpoint(args.init))
-            log.info("stage 2 initialised from %s: %s", args.init, sources)
-        seed_everything(rank_seed)
-        recorded = {"pretrain": to_dict(train), "objective": to_dict(objective_cfg),
-                    "model": {"encoder": to_dict(encoder_cfg), "decoder": to_dict(decoder_cfg)},
-                    "stage": args.stage, "variant": args.variant, "init": args.init}
-        trained_input = {"norm_mean": dataset.norm_mean, "norm_std": dataset.norm_std,
-                         "target_length": int(dataset.target_length)}
-        identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded,
-                               trained_input)
-        _train(args, train, objective, dataset, identity, snapshot, context)
-        finished = True
-    finally:
-        # Wait for the other ranks only on success: after an error on one rank a barrier could hang.
-        shutdown_distributed(context, wait_for_others=finished)
+                sources = objective.load_stage1(read_checkpoint(args.init))
+                log.info("stage 2 initialised from %s: %s", args.init, sources)
+            seed_everything(rank_seed)
+            _train(args, train, objective, dataset, identity, snapshot, context, stop)
+            finished = True
+        except Preempted as stopped:
+            finished = True
+            if context.is_main:
+                log.warning("%s (%s); exit %d: run the same command (with --resume) to continue", stopped,
+                            stop.received, PREEMPTED_EXIT_CODE)
+            return PREEMPTED_EXIT_CODE
+        finally:
+            # Wait for the other ranks only on success: after an error on one rank a barrier could hang.
+            shutdown_distributed(context, wait_for_others=finished)
     return 0
 
 
 def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, identity: RunIdentity,
-           snapshot: dict[str, Any] | None, context: DistributedContext) -> None:
+           snapshot: dict[str, Any] | None, context: DistributedContext, stop: StopSignals) -> None:
     out_dir = Path(args.out)
     run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
-    tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain",
-            "code_hash": job_fingerprint("sslam.train.pretrain")}
+    tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain", "code_hash": identity.fingerprint}
     # Only the main rank reports; JobTracker would otherwise pick MLFLOW_TRACKING_URI up on every rank.
     tracker = JobTracker(args.tracking, run_name, tags, identity.config) if context.is_main else None
     with tracker or contextlib.nullcontext():
         trainer = Pretrainer(objective, dataset, train, out_dir, identity, context,
-                             metrics=MetricsLog(out_dir / "metrics.jsonl", tracker), show_progress=args.progress)
+                             metrics=MetricsLog(out_dir / "metrics.jsonl", tracker), show_progress=args.progress,
+                             stop=stop)
         if snapshot is not None:
             trainer.restore(snapshot)
             log.info("resuming %s at update %d of %d%s", out_dir, trainer.step, train.steps,

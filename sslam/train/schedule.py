@@ -1,27 +1,23 @@
-"""The per-update learning-rate schedule: linear warm-up from 0, then cosine down to `min_lr`.
+"""The pretraining learning-rate schedule: linear warm-up from 0, then cosine down to `min_lr`.
 
-A pure function of the number of optimizer updates, so a resumed run reproduces it exactly. Step convention
-(fairseq's): the update with 0-based index k runs at `learning_rate(k)`, so the very first update has lr 0.
+The formula is `sslam.schedules.warmup_cosine` (shared with fine-tuning); this module fixes pretraining's
+warm-up start (0, fairseq's `warmup_init_lr`) and wraps it as a `LambdaLR`. Step convention: the update with
+0-based index k runs at `learning_rate(k)`, so the very first update has lr 0.
 (The teacher's EMA decay schedule lives with the teacher: `sslam.model.teacher.ema_decay`.)
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+
+from sslam.schedules import warmup_cosine
 
 
 def learning_rate(step: int, peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """lr of update `step` (0-based): 0 → peak linearly over `warmup_steps`, then cosine down to `min_lr`
     at `total_steps` (and held there for any update beyond it)."""
-    if step < warmup_steps:
-        return peak * step / warmup_steps
-    decay_steps = total_steps - warmup_steps
-    if decay_steps <= 0:
-        return peak
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + 0.5 * (peak - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return warmup_cosine(step, peak, warmup_steps, total_steps, floor=min_lr, warmup_start=0.0)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 well-formed metrics.json for every protocol (split, folds, polyphony bins)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,82 @@ def test_best_on_valid_reports_the_test_score_at_the_best_validation_point(write
     metrics = read_metrics(out)
     assert metrics["selection"]["policy"] == "best_on_valid"
     assert metrics["value"] == pytest.approx(metrics["selection"]["selection_value"])
+
+
+def test_predictions_npz_holds_each_test_clip_once_and_reproduces_the_scores(write_config, tmp_path):
+    from sslam.evaluation.metrics import per_bin, score
+
+    config = write_config({"mono": {"dataset": "mono", "task": "multiclass", "metric": "accuracy",
+                                    "protocol": "folds", "num_workers": 0, "linear": {"steps": 2, "batch_size": 8}},
+                           "polyphony": dict(POLY, dataset="polyphony", train_dataset="poly")})
+    for benchmark in ("mono", "polyphony"):
+        out = tmp_path / benchmark
+        assert main(["probe", "--config", str(config), "--benchmark", benchmark, "--random-init",
+                     "--out", str(out)]) == 0
+        metrics = read_metrics(out)
+        assert metrics["predictions"] == "predictions.npz"
+        with np.load(out / "predictions.npz", allow_pickle=False) as stored:   # no pickled objects
+            arrays = {name: stored[name] for name in stored.files}
+        count, classes = metrics["num_test_clips"], len(metrics["classes"])
+        assert count == metrics["num_test"] and len(set(arrays["clip_id"].tolist())) == count
+        assert arrays["clip_id"].dtype.kind == "U" and arrays["round"].dtype.kind == "U"
+        assert arrays["targets"].shape == arrays["scores"].shape == (count, classes)
+        assert arrays["targets"].dtype == arrays["scores"].dtype == np.float32
+        if benchmark == "mono":
+            assert "bin" not in arrays
+            assert sorted(set(arrays["round"].tolist())) == ["fold1", "fold2", "fold3"]
+            for fold in metrics["per_fold"]:
+                rows = arrays["round"] == f"fold{fold['fold']}"
+                assert rows.sum() == fold["num_test"]
+                assert score("accuracy", arrays["targets"][rows], arrays["scores"][rows])["value"] == \
+                    pytest.approx(fold["value"], abs=1e-6)
+        else:
+            assert arrays["bin"].dtype == np.int64 and set(arrays["round"].tolist()) == {"split"}
+            recomputed = per_bin("map", arrays["targets"], arrays["scores"], arrays["bin"])
+            assert {b: v["clips"] for b, v in recomputed.items()} == \
+                {b: v["clips"] for b, v in metrics["per_bin"].items()}
+            for name, value in recomputed.items():
+                assert value["value"] == pytest.approx(metrics["per_bin"][name]["value"], abs=1e-5)
+
+
+def test_device_cuda_without_a_gpu_is_one_line(write_config, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    config = write_config({"poly": POLY})
+    assert main(["probe", "--config", str(config), "--benchmark", "poly", "--random-init", "--device", "cuda",
+                 "--out", str(tmp_path / "o")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "CUDA requested but unavailable" in error[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_progress_lines_and_banner_without_a_terminal(write_config, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("SSLAM_PROGRESS_SECONDS", "0")
+    caplog.set_level("INFO")
+    config = write_config({"poly": POLY})
+    assert main(["probe", "--config", str(config), "--benchmark", "poly", "--random-init", "--no-progress",
+                 "--out", str(tmp_path / "o")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[linear split]")]
+    assert [line.split(" | ")[0] for line in lines[:3]] == [f"[linear split] step {k}/3 ({100 * k / 3:.1f}%)"
+                                                           for k in (1, 2, 3)]
+    assert all("loss" in line and "clips/s" in line and "ETA" in line for line in lines)
+    assert caplog.records[0].getMessage().startswith("host ")
+
+
+class RunsCode:
+    """A planted object: unpickling it would call `exec`."""
+
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('planted code ran')",))
+
+
+def test_a_planted_evaluation_state_is_refused_in_one_line(write_config, tmp_path, capsys):
+    config = write_config({"poly": POLY})
+    planted = tmp_path / "o" / "state" / "last.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"format": "sslam-evaluation-state", "payload": RunsCode()}, planted)
+    assert main(["probe", "--config", str(config), "--benchmark", "poly", "--random-init",
+                 "--out", str(tmp_path / "o")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]
+    assert not (tmp_path / "o" / "metrics.json").exists()

@@ -57,7 +57,7 @@ def test_ddp_two_ranks_gloo(tmp_path):
          "--stage", "1", "--out", str(out), "--device", "cpu"],
         env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-4000:]
-    snapshot = torch.load(out / "state" / "last.pt", weights_only=False)
+    snapshot = torch.load(out / "state" / "last.pt", weights_only=True)
     assert snapshot["step"] == 3 and snapshot["data"]["world_size"] == 2
     assert len(snapshot["rng"]) == 2  # each rank's random state, for an exact resume
     for generator in ("masks_and_mixing", "decoder_noise"):

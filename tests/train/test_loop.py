@@ -1,6 +1,7 @@
 """The loop in-process: NaN stops the run naming step and term with the last snapshot intact; checkpoint
 contents; the CLI's argument checks."""
 import json
+import time
 
 import pytest
 import torch
@@ -164,3 +165,66 @@ def test_mixit_head_is_optimised_snapshotted_and_resumed_exactly(tmp_path):
     del snapshot["heads"]
     with pytest.raises(CheckpointError, match="no 'mixit' head"):
         _trainer(tmp_path, clean, run="other", **settings).restore(snapshot)
+
+
+def test_cli_device_cuda_without_a_gpu_is_one_line_at_once(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    config = tiny_study(tmp_path)
+    started = time.monotonic()
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--device", "cuda"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "CUDA requested but unavailable" in error[0] and "torch" in error[0]
+    assert time.monotonic() - started < 10 and not (tmp_path / "s1" / "state").exists()
+
+
+def test_progress_lines_without_a_terminal_and_banner_first(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setenv("SSLAM_PROGRESS_SECONDS", "0")
+    caplog.set_level("INFO")
+    config = tiny_study(tmp_path, stage1={"steps": 3, "checkpoint_every": 3})
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--no-progress"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[stage 1]")]
+    assert [line.split(" | ")[0] for line in lines] == [f"[stage 1] step {k}/3 ({100 * k / 3:.1f}%)"
+                                                       for k in (1, 2, 3, 3)]  # every step, then the final line
+    assert all("clips/s" in line and "elapsed" in line and "ETA" in line for line in lines)
+    assert "loss" in lines[-1]
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0].startswith("host ") and any(m.startswith("torch ") for m in messages[:5])
+
+
+@pytest.mark.slow
+def test_compiled_objective_trains_like_eager(tmp_path):
+    # The compiler's own random numbers (inductor's Philox) differ from eager ones by design; with its
+    # fallback to the eager generators the compiled updates must match eager ones up to float rounding.
+    import torch._inductor.config as inductor
+
+    runs = {}
+    with inductor.patch(fallback_random=True):
+        for compiled in (False, True):
+            torch.manual_seed(123)
+            trainer = _trainer(tmp_path / str(compiled), PoisonedClips(8, first_bad_read=10**9), steps=3,
+                               checkpoint_every=3, log_every=1, compile=compiled)
+            runs[compiled] = (trainer.run()["loss"], trainer.objective.student.state_dict())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    for name, eager in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], eager, rtol=1e-4, atol=1e-5)
+
+
+class RunsCode:
+    """A planted object: unpickling it would call `exec`."""
+
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('planted code ran')",))
+
+
+def test_cli_refuses_a_planted_snapshot_in_one_line(tmp_path, capsys):
+    config = tiny_study(tmp_path)
+    planted = tmp_path / "s1" / "state" / "last.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"format": "sslam", "optimizer": {}, "step": 1, "payload": RunsCode()}, planted)
+    assert main(["pretrain", "--config", str(config), "--stage", "1", "--out", str(tmp_path / "s1"),
+                 "--resume"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]

@@ -1,14 +1,16 @@
-"""Atomic snapshots with fallback to the previous one, random-state capture, the resumable data order."""
+"""Atomic snapshots with fallback to the previous one, weights_only reading (a planted object is refused),
+random-state capture, the resumable data order."""
 import itertools
 import json
+import pickle
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from sslam.snapshots import SnapshotError, job_mismatch
 from sslam.train.distributed import EpochBatchSampler
-from sslam.model.checkpoints import CheckpointError
 from sslam.train.state import (capture_rng_state, load_training_state, restore_rng_state, save_training_state,
                                state_paths)
 
@@ -37,7 +39,7 @@ def test_truncated_last_falls_back_to_previous(tmp_path, caplog):
     assert snapshot["step"] == 1 and torch.equal(snapshot["weights"], torch.full((3,), 1))
     assert "unreadable" in caplog.text and "previous snapshot" in caplog.text
     previous.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no usable training snapshot"):
+    with pytest.raises(SnapshotError, match="no usable snapshot"):
         load_training_state(tmp_path)
 
 
@@ -45,8 +47,59 @@ def test_foreign_file_is_rejected(tmp_path):
     last, _ = state_paths(tmp_path)
     last.parent.mkdir(parents=True)
     torch.save({"model": {}}, last)
-    with pytest.raises(CheckpointError, match="not an sslam training snapshot"):
+    with pytest.raises(SnapshotError, match="not an sslam training snapshot"):
         load_training_state(tmp_path)
+
+
+CALLS = []
+
+
+def record_call(*args):
+    CALLS.append(args)
+
+
+class RunsCode:
+    """What a planted snapshot would carry: unpickling it calls a function (here a harmless recorder)."""
+
+    def __reduce__(self):
+        return (record_call, ("planted",))
+
+
+def test_planted_code_running_snapshot_is_refused_naming_file_and_object(tmp_path):
+    save_training_state(tmp_path, _snapshot(1))
+    last, _ = state_paths(tmp_path)
+    torch.save({**_snapshot(2), "payload": RunsCode()}, last)
+    with pytest.raises(SnapshotError) as refused:
+        load_training_state(tmp_path)
+    message = str(refused.value)
+    assert str(last) in message and "record_call" in message and "code-running" in message
+    assert "\n" not in message and not CALLS  # one line; nothing ran, and no silent fallback to last.prev.pt
+    last.write_bytes(pickle.dumps({"format": "sslam", "payload": RunsCode()}))  # a bare pickle, not torch's zip
+    with pytest.raises(SnapshotError, match="code-running object .*record_call"):
+        load_training_state(tmp_path)
+    assert not CALLS
+
+
+def test_snapshots_hold_only_weights_only_data(tmp_path):
+    # Every random stream, numpy's and python's included, survives torch.load(weights_only=True).
+    state = capture_rng_state({"extra": torch.Generator().manual_seed(3).get_state()})
+    save_training_state(tmp_path, {**_snapshot(1), "rng": [state]})
+    loaded = torch.load(state_paths(tmp_path)[0], weights_only=True)["rng"][0]
+    expected = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    restore_rng_state(loaded)
+    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
+
+
+def test_job_mismatch_names_what_changed():
+    job = {"fingerprint": "abc", "settings": {"pretrain": {"steps": 10, "betas": (0.9, 0.95)}, "stage": 1}}
+    assert job_mismatch(job, {"fingerprint": "abc", "settings": {"pretrain": {"steps": 10, "betas": [0.9, 0.95]},
+                                                                 "stage": 1}}) is None
+    assert "fingerprint abc -> def" in job_mismatch(job, {**job, "fingerprint": "def"})
+    changed = job_mismatch(job, {"fingerprint": "abc", "settings": {"pretrain": {"steps": 12, "betas": (0.9, 0.95)},
+                                                                    "stage": 1}})
+    assert "pretrain.steps 10 -> 12" in changed
+    assert "older sslam" in job_mismatch(None, job)
 
 
 def test_rng_state_round_trip():
