@@ -150,7 +150,7 @@ class Pretrainer:
         saved_heads = snapshot.get("heads", {})
         for name, module in self.objective.pretraining_heads().items():
             if name not in saved_heads:
-                raise CheckpointError(f"cannot resume exactly: the snapshot in {self.out_dir} has no {name!r} head")
+                raise CheckpointMismatch(f"cannot resume exactly: the snapshot in {self.out_dir} has no {name!r} head")
             module.load_state_dict(saved_heads[name])
         self.optimizer.load_state_dict(snapshot["optimizer"])
         self.scheduler.load_state_dict(snapshot["scheduler"])

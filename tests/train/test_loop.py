@@ -10,9 +10,8 @@ from torch.utils.data import Dataset
 from sslam.cli import main
 from sslam.configuration import load_yaml
 from sslam.errors import ConfigError
-from sslam.model.checkpoints import CheckpointError
 from sslam.train.config import train_config_for_stage
-from sslam.train.loop import NonFiniteLossError, Pretrainer, RunIdentity
+from sslam.train.loop import CheckpointMismatch, NonFiniteLossError, Pretrainer, RunIdentity
 from sslam.train.pretrain import build_objective, objective_config
 from sslam.train.state import load_training_state
 
@@ -163,7 +162,7 @@ def test_mixit_head_is_optimised_snapshotted_and_resumed_exactly(tmp_path):
     assert "heads" not in final and not any("mixit" in key for part in ("student", "decoder", "teacher")
                                             for key in final[part])
     del snapshot["heads"]
-    with pytest.raises(CheckpointError, match="no 'mixit' head"):
+    with pytest.raises(CheckpointMismatch, match="no .mixit. head"):
         _trainer(tmp_path, clean, run="other", **settings).restore(snapshot)
 
 
