@@ -48,6 +48,7 @@ class CodeRecorder:
         self.locations: set[tuple[str, int]] = set()     # (file, first line) of package code that ran
         self.sources: dict[str, str] = {}                # file -> source when its module body ran
         self.registry_access: dict[str, set[str]] = {}   # registry unit -> keys looked up (see Registry)
+        self.compiled_modules: set[str] = set()           # modules whose classes went through torch.compile
         self._part: Any = None
 
     # ------------------------------------------------------------------ recording
@@ -144,6 +145,9 @@ class CodeRecorder:
         from sslam.io import atomic_write_json
 
         index = PackageIndex({module_name(Path(f)): text for f, text in self.sources.items() if module_name(Path(f))})
+        for module in self.compiled_modules:
+            for name in index.modules_imported_by(module):
+                units.update(f"{name}:{unit}" for unit in index.module(name).digests)
         closed = index.dependencies(units, lookups)
         record = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "fingerprint": fingerprint,
                   "command": sys.argv[1:3], "units": {unit: index.digest_of(unit) for unit in sorted(closed)}}
@@ -222,6 +226,17 @@ def start_recording_if_asked() -> None:
     if path and _RECORDER is None:
         _RECORDER = CodeRecorder(Path(path).resolve())
         _RECORDER.install()
+
+
+def compiled(module: Any) -> Any:
+    """`torch.compile(module)`, told to the recorder: the compiler traces the module's Python code without
+    running it, so the job's record then covers every unit of every module that the module's own module
+    imports (a static over-approximation, as for a job that never ran)."""
+    import torch
+
+    if _RECORDER is not None:
+        _RECORDER.compiled_modules.add(type(module).__module__)
+    return torch.compile(module)
 
 
 def finish_recording() -> None:

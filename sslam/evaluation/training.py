@@ -29,6 +29,7 @@ from sslam.evaluation.config import RegimeConfig
 from sslam.evaluation.heads import EncoderClassifier, layer_decay_groups
 from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
 from sslam.progress import Progress
+from sslam.provenance import compiled
 from sslam.snapshots import StopSignals, capture_rng_state, restore_rng_state
 
 __all__ = ["Fitter", "FitResult", "Interrupted", "LearningRateSchedule", "TrainingData", "classification_loss",
@@ -140,7 +141,7 @@ class Fitter:
         self.schedule = LearningRateSchedule(regime.lr, regime.min_lr, warmup_steps, total_steps)
         self.scales = [group["lr_scale"] for group in self.optimizer.param_groups]
         self.trainable = [p for group in groups for p in group["params"]]
-        self.forward = torch.compile(classifier) if regime.compile else classifier
+        self.forward = compiled(classifier) if regime.compile else classifier
         self.generator = torch.Generator().manual_seed(seed)
         self.per_epoch = steps_per_epoch(len(data.dataset), regime)
         self.step, self.batch_in_epoch, self.order = 0, 0, None

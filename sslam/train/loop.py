@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from sslam.errors import SslamError
 from sslam.model.teacher import ema_decay
 from sslam.progress import Progress
+from sslam.provenance import compiled
 from sslam.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree, any_rank
@@ -186,7 +187,7 @@ class Pretrainer:
         if self.context.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
-        return torch.compile(model) if self.config.compile else model
+        return compiled(model) if self.config.compile else model
 
     def run(self) -> dict[str, float]:
         """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see
