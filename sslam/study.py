@@ -34,7 +34,9 @@ RANDOM_BASELINE = "random"         # a randomly initialised encoder of the study
 REGIME_COMMAND = {"finetune": "finetune", "linear": "probe"}
 SYNTHETIC_ADAPTER = "synthetic"    # a dataset written by `sslam synth` rather than read by an adapter
 POLYPHONY_ADAPTER = "polyphony_bins"
-DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "nodes": 1, "signal_lead_s": 300}
+PREEMPTIBLE_GROUPS = ("pretrain", "evaluate")   # jobs that stop on SIGUSR1/SIGTERM and resume (exit 75)
+RENDEZVOUS_PORT = 29500            # torchrun's c10d rendezvous on the first node of a multi-node job
 # The module a job's command runs: what a never-run job's static fingerprint covers.
 JOB_MODULES = {"synth": "sslam.data.synthetic", "manifest": "sslam.data.commands", "cache": "sslam.data.cache",
                "pretrain": "sslam.train.pretrain", "evaluate": "sslam.evaluation.run",
@@ -414,7 +416,19 @@ class Study:
         `tasks`, which would become --ntasks-per-gpu). `runtime: auto` asks for `sslam plan`'s estimate
         of each job (a function of its wildcards) instead of one guess for the whole group."""
         resources = self.resources(group)
-        extra = {"gpu": resources["gpu"]} if resources["gpu"] else {}
+        extra: dict[str, Any] = {"gpu": resources["gpu"]} if resources["gpu"] else {}
+        sbatch = []
+        if group in PREEMPTIBLE_GROUPS:
+            # SIGUSR1 to the job steps (not `B:`, the batch shell, which is a Snakemake process that the
+            # signal would kill) `signal_lead_s` before the time limit: the job writes its state and exits 75.
+            sbatch.append(f"--signal=USR1@{resources['signal_lead_s']}")
+        if resources["nodes"] > 1:
+            # One task per node launches torchrun there; GPUs are asked per node (gpu= with tasks would
+            # become --ntasks-per-gpu).
+            extra = {"nodes": resources["nodes"], "tasks": resources["nodes"]}
+            sbatch += [f"--gpus-per-node={resources['gpu']}", "--ntasks-per-node=1"]
+        if sbatch:
+            extra["slurm_extra"] = "'" + " ".join(sbatch) + "'"
         runtime = resources["runtime"]
         if runtime == "auto":
             runtime = lambda wildcards: self.planned_runtime(group, dict(wildcards.items()))  # noqa: E731
@@ -450,10 +464,20 @@ class Study:
         return f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
 
     def launcher(self, group: str, python: str) -> str:
-        """`python -m sslam.cli`, or torchrun for a multi-GPU job on one node (all GPUs visible to the task)."""
-        gpus = self.resources(group)["gpu"]
+        """`python -m sslam.cli`; torchrun for a multi-GPU job on one node (all GPUs visible to the task); and
+        with `nodes: N > 1`, one torchrun per node started by srun, meeting at a c10d rendezvous on the first
+        host of the allocation. torchrun is told to pass SIGUSR1 on (SLURM's warning before the time limit)."""
+        resources = self.resources(group)
+        gpus, nodes = resources["gpu"], resources.get("nodes", 1)
+        signals = "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+        if nodes > 1:
+            head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+            return (f"{signals} srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 {python} "
+                    f"-m torch.distributed.run --nnodes={nodes} --nproc-per-node={max(1, gpus)} "
+                    f"--rdzv-backend=c10d --rdzv-endpoint={head}:{RENDEZVOUS_PORT} --rdzv-id=$SLURM_JOB_ID "
+                    f"-m sslam.cli")
         if gpus > 1:
-            return f"{python} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m sslam.cli"
+            return f"{signals} {python} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m sslam.cli"
         return f"{python} -m sslam.cli"
 
     # ------------------------------------------------------------------ code fingerprints

@@ -133,3 +133,19 @@ def test_stage1_variants_have_their_own_stage2_descendants(demo):
     demo["study"]["stage1_variants"] = ["nope"]
     with pytest.raises(ConfigError, match=r"study.stage1_variants\[0\]: 'nope'"):
         Study(demo)
+
+
+def test_multi_node_pretraining_runs_one_torchrun_per_node(demo):
+    demo["study"]["resources"]["pretrain"].update(gpu=4, nodes=2, threads=32)
+    study = Study(demo)
+    command = study.launcher("pretrain", '"$SSLAM_PYTHON"')
+    assert command.startswith("TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 srun --nodes=2 ")
+    assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d" in command
+    assert '--rdzv-endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500' in command
+    assert command.endswith("-m sslam.cli")
+    resources = study.job_resources("pretrain")
+    assert resources["nodes"] == resources["tasks"] == 2 and "gpu" not in resources
+    assert resources["slurm_extra"] == "'--signal=USR1@300 --gpus-per-node=4 --ntasks-per-node=1'"
+    with pytest.raises(ConfigError, match="nodes"):
+        demo["study"]["resources"]["pretrain"]["nodes"] = 0
+        Study(demo)

@@ -1,6 +1,8 @@
 # Downstream evaluation: every model (the Stage-1 baseline, each Stage-2 variant, the random-init baseline)
 # × benchmark × regime × seed; `finetune` fine-tunes the whole encoder, `linear` probes the frozen one.
-# metrics.json is the source of truth of every table.
+# metrics.json is the source of truth of every table; predictions.npz feeds the significance tests.
+# A job stopped by SIGUSR1/SIGTERM (time limit, preemption) writes its state and exits 75; the retried job
+# resumes it and ends identical to an uninterrupted run (docs/evaluation.md, "Preemption").
 
 
 rule evaluate:
@@ -9,6 +11,7 @@ rule evaluate:
         unpack(lambda wildcards: STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark)),
     output:
         metrics=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.json",
+        predictions=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/predictions.npz",
         code=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.code.json",
     wildcard_constraints:
         model=one_of(STUDY.models),
@@ -34,4 +37,4 @@ rule evaluate:
     shell:
         f"{RECORD} {{params.env}} {SSLAM} {{params.command}} --config {STUDY_CONFIG} --benchmark {{wildcards.benchmark}} "
         "{params.arguments} --seed {wildcards.seed} --variant {wildcards.model} {params.device} "
-        "--out $(dirname {output.metrics}) --tracking {input.tracking} > {log} 2>&1"
+        "--out $(dirname {output.metrics}) --tracking {input.tracking} --no-progress > {log} 2>&1"
