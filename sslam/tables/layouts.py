@@ -177,6 +177,15 @@ def _wanted(layout: str, study: Study) -> bool:
     return set(preset["models"]) <= set(study.variants)
 
 
+def _merge(preset: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's keys win; its `labels` and `paper_rows` extend the preset's instead of replacing them."""
+    merged = {**preset, **spec}
+    for key in ("labels", "paper_rows"):
+        if isinstance(spec.get(key), dict):
+            merged[key] = {**preset.get(key, {}), **spec[key]}
+    return merged
+
+
 def table_specs(config: dict[str, Any]) -> list[TableSpec]:
     """Every table the study prints: `study.tables.specs` (layouts merged) plus the paper layouts that apply.
 
@@ -188,7 +197,7 @@ def table_specs(config: dict[str, Any]) -> list[TableSpec]:
     for i, entry in enumerate(raw.get("specs") or []):
         if not isinstance(entry, dict):
             raise ConfigError(f"study.tables.specs[{i}]: expected a mapping, got {entry!r}")
-        specs.append({**_preset(entry["layout"], study), **entry} if entry.get("layout") else entry)
+        specs.append(_merge(_preset(entry["layout"], study), entry) if entry.get("layout") else entry)
     if raw.get("paper_layouts", True):
         taken = {spec.get("name") for spec in specs} | {spec.get("layout") for spec in specs}
         for layout in PAPER_LAYOUTS:
@@ -226,6 +235,8 @@ def table_models(spec: TableSpec, present: list[str], study: Study) -> list[str]
     models = list(spec.models) if spec.models is not None else study.order(present)
     if spec.baselines:
         models = [b for b in study.baselines if b not in models] + models
+    elif spec.models is None:
+        models = [m for m in models if m not in study.baselines]
     return [m for m in models if m in set(present)]
 
 

@@ -254,6 +254,8 @@ def audioset_polyphony_figure(path: str | Path) -> plt.Figure:
         raise SslamError(f"polyphony analysis not found: {path}") from error
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise SslamError(f"{path}: not a `sslam polyphony` result ({error})") from error
+    if not points:
+        raise SslamError(f"{path}: not a `sslam polyphony` result (no levels)")
     points.sort()
     figure, axis = plt.subplots(figsize=(5, 3.6))
     levels_seen = [p[0] for p in points]

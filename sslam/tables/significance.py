@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from scipy import sparse
 
 from sslam.errors import ConfigError, SslamError
 from sslam.tables.models import STAGE1
@@ -171,13 +170,15 @@ class _Ranking:
     """For every class with a positive: one group per distinct positive score (descending); group g
     holds the clips whose score lies in [u_g, u_{g-1}). Weighted AP needs only the group sums."""
 
-    clips: sparse.csr_matrix      # (groups, N): every clip of each group
-    positives: sparse.csr_matrix  # (groups, N): the positive clips of each group
+    clips: Any        # scipy.sparse.csr_matrix (groups, N): every clip of each group
+    positives: Any    # scipy.sparse.csr_matrix (groups, N): the positive clips of each group
     starts: np.ndarray            # (classes,) first group of each class
     sizes: np.ndarray             # (classes,) groups per class
 
 
 def _ranking(positives: np.ndarray, scores: np.ndarray) -> _Ranking | None:
+    from scipy import sparse  # here: the workflow imports this package's config at parse time
+
     keep = positives.any(axis=0)
     if not keep.any():
         return None
@@ -208,7 +209,7 @@ def _ranking(positives: np.ndarray, scores: np.ndarray) -> _Ranking | None:
     total = int(sizes.sum())
     shape = (total, clips)
 
-    def csr(selected: np.ndarray) -> sparse.csr_matrix:
+    def csr(selected: np.ndarray):
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[selected], minlength=total))])
         return sparse.csr_matrix((np.ones(int(selected.sum()), np.float32), columns[selected], indptr), shape=shape)
 
