@@ -101,7 +101,8 @@ class Layout:
         self.columns = table_columns(spec, cells) if not cells.empty else []
         ours = cells[cells.source == "ours"]
         self.seeds = _typical(ours.n)
-        self.column_metrics = _metrics(ours, metrics)
+        found = _metrics(ours, metrics)
+        self.column_metrics = {column: found[column] for column in self.columns if column in found}
         used = sorted(set(self.column_metrics.values()))
         self.metric = used[0] if len(used) == 1 else None
         self.clips = {column: _clips_text(ours[ours.column == column].clips) for column in self.columns}

@@ -34,6 +34,12 @@ def test_weighted_map_is_the_map_of_the_resampled_clips():
         lost += not positives[repeated, 5].any()
         assert ours[r] == pytest.approx(sklearn_map(positives[repeated], scores[repeated]), abs=1e-12)
     assert lost > 0  # the case "a class loses all its positives in a resample" was exercised
+    # Fractional weights take the float32 path (the counts above the exact int16 one): same AP.
+    assert np.allclose(weighted_map(positives, scores, weights * 0.5), ours, atol=1e-6)
+    fractional = rng.random(120) + 0.1
+    expected = np.mean([average_precision_score(positives[:, c], scores[:, c], sample_weight=fractional)
+                        for c in range(9) if positives[:, c].any()])
+    assert weighted_map(positives, scores, fractional[:, None])[0] == pytest.approx(expected, abs=1e-6)
 
 
 def test_weighted_accuracy_and_no_positive_at_all():
