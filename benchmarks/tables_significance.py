@@ -85,7 +85,8 @@ def generate(root: Path, scale: float, seeds: list[int]) -> list[Path]:
         for model, signal in MODELS.items():
             for seed in seeds:
                 for regime in ("linear", "finetune"):
-                    scores = (signal * targets + rng.standard_normal(targets.shape, dtype=np.float32)).astype(np.float32)
+                    noise = rng.standard_normal(targets.shape, dtype=np.float32)
+                    scores = (signal * targets + noise).astype(np.float32)
                     files.append(write_job(root / model / benchmark / regime / f"seed{seed}", benchmark, regime,
                                            model, seed, targets, scores, metric, rounds, bins))
     return files

@@ -157,9 +157,9 @@ class Layout:
                          f"in {unit}{fewer}.")
         if self.metric is None and self.column_metrics:
             used = sorted(set(self.column_metrics.values()))
-            notes.append("Metrics: " + "; ".join(
-                f"{metric_label(m, config.percent)} for {', '.join(c for c, v in self.column_metrics.items() if v == m)}"
-                for m in used) + ".")
+            columns_of = {m: ", ".join(c for c, v in self.column_metrics.items() if v == m) for m in used}
+            notes.append("Metrics: " + "; ".join(f"{metric_label(m, config.percent)} for {columns_of[m]}"
+                                                 for m in used) + ".")
         if self.spec.kind != "polyphony_bins":
             clips = [f"{column} {self.clips[column]}" for column in self.columns if self.clips.get(column)]
             if clips:
@@ -186,7 +186,8 @@ class Layout:
         shown = (self.cells.source == "paper").any()
         citations = [PAPER_TABLES[paper].citation for paper in self.spec.paper_tables] if shown else []
         if citations:
-            notes.append(f"Rows marked '{PAPER_SUFFIX.strip()}' are published numbers, not ours: {'; '.join(citations)}.")
+            notes.append(f"Rows marked '{PAPER_SUFFIX.strip()}' are published numbers, not ours: "
+                         f"{'; '.join(citations)}.")
         return notes
 
 

@@ -201,19 +201,19 @@ def _ranking(positives: np.ndarray, scores: np.ndarray) -> _Ranking | None:
     # A clip's group: the number of positive blocks (distinct positive scores) above its own block.
     group = before[block] - before[block[:, :1]]
     sizes = has_positive.reshape(-1)[block[:, -1:]].ravel() + group[:, -1]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(index)
     inside = group < sizes[:, None]                     # clips below the lowest positive never count
-    rows = (group + starts[:, None])[inside]            # class-major, ascending: CSR order as is
-    columns = order[inside]
+    # Class-major and ascending within a class: already in CSR order.
+    rows = group[inside] + np.repeat(starts, inside.sum(axis=1))
+    columns = order[inside].astype(index)
     is_positive = ranked_positive[inside]
     total = int(sizes.sum())
-    shape = (total, clips)
 
-    def csr(selected: np.ndarray):
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[selected], minlength=total))])
-        return sparse.csr_matrix((np.ones(int(selected.sum()), np.int16), columns[selected], indptr), shape=shape)
+    def csr(rows: np.ndarray, columns: np.ndarray):
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=total))]).astype(index)
+        return sparse.csr_matrix((np.ones(rows.shape[0], np.int16), columns, indptr), shape=(total, clips))
 
-    return _Ranking(csr(np.ones_like(is_positive)), csr(is_positive), starts, sizes)
+    return _Ranking(csr(rows, columns), csr(rows[is_positive], columns[is_positive]), starts, sizes)
 
 
 def _segment_cumsum(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -289,7 +289,8 @@ def resampling_counts(strata: np.ndarray, replicates: int, rng: np.random.Genera
         for first in range(0, replicates, BLOCK):
             block = min(BLOCK, replicates - first)
             draws = rng.integers(0, size, size=(block, size)) + (np.arange(block) * size)[:, None]
-            counts[rows, first:first + block] = np.bincount(draws.ravel(), minlength=block * size).reshape(block, size).T
+            drawn = np.bincount(draws.ravel(), minlength=block * size).reshape(block, size)
+            counts[rows, first:first + block] = drawn.T
     return counts
 
 
@@ -414,7 +415,8 @@ class Bootstrap:
         difference = np.stack([ours[s][column] - theirs[s][column] for s in seeds])   # (seeds, 1 + R)
         observed, replicates = difference[:, 0], difference[:, 1:]
         count = replicates.shape[1]
-        picks = _rng(self.config.seed, "seeds", benchmark, regime, seeds).integers(0, len(seeds), size=(count, len(seeds)))
+        seed_draws = _rng(self.config.seed, "seeds", benchmark, regime, seeds)
+        picks = seed_draws.integers(0, len(seeds), size=(count, len(seeds)))
         resampled = replicates[picks, np.arange(count)[:, None]].mean(axis=1)
         resampled = resampled[np.isfinite(resampled)]
         if not np.isfinite(observed).all() or resampled.shape[0] == 0:

@@ -1,4 +1,5 @@
-"""Figures: Stage 2 continues Stage 1's x axis, per-term panels, readable log ticks, integer levels, dodged error bars."""
+"""Figures: Stage 2 continues Stage 1's x axis, per-term panels, readable log ticks, integer levels in
+Figure 3, dodged error bars."""
 from __future__ import annotations
 
 import json
