@@ -197,7 +197,16 @@ def table_specs(config: dict[str, Any]) -> list[TableSpec]:
     for i, entry in enumerate(raw.get("specs") or []):
         if not isinstance(entry, dict):
             raise ConfigError(f"study.tables.specs[{i}]: expected a mapping, got {entry!r}")
-        specs.append(_merge(_preset(entry["layout"], study), entry) if entry.get("layout") else entry)
+        if entry.get("layout"):
+            merged = _merge(_preset(entry["layout"], study), entry)
+            if "benchmarks" not in entry and study.benchmarks:   # the layout's columns this study has
+                merged["benchmarks"] = [b for b in merged["benchmarks"] if b in study.benchmarks]
+                if not merged["benchmarks"]:
+                    raise ConfigError(f"study.tables.specs[{i}] ({entry.get('name')}): none of layout "
+                                      f"{entry['layout']}'s benchmarks {PAPER_LAYOUTS[entry['layout']]['benchmarks']} "
+                                      f"is in study.benchmarks; list the columns under `benchmarks:`")
+            entry = merged
+        specs.append(entry)
     if raw.get("paper_layouts", True):
         taken = {spec.get("name") for spec in specs} | {spec.get("layout") for spec in specs}
         for layout in PAPER_LAYOUTS:

@@ -284,12 +284,17 @@ def test_paper_layouts_join_when_their_models_are_in_the_study():
     specs = {spec.name: spec for spec in table_specs({"study": study})}
     assert set(specs) == {"table12", "table4", "table9", "mixit"}
     assert specs["table12"].decimals == 3 and specs["table12"].models == ["MB-UA", "SSLAM"]   # spec beats preset
-    assert specs["table12"].benchmarks == list(PAPER_TABLES["table12"].cells["linear"]["SSLAM"])
+    assert specs["table12"].benchmarks == ["spass_park"]   # the layout's columns that the study has
     assert specs["table9"].benchmarks == ["esc50", "ks2", "as20k"] and specs["table9"].paper == "table9"
     table4 = specs["table4"]
     assert table4.models[:3] == ["stage1", "stage1@mixed", "MB-UA"]
     assert table4.labels["stage1"] == "Stage 1 with unmixed audio"
     assert table4.labels["SSLAM@mixed"] == "Stage 2: SSLAM, from Stage 1 with mixed"
+    with pytest.raises(ConfigError, match="none of layout table12's benchmarks"):
+        table_specs({"study": dict(study, benchmarks=["esc50"])})
+    demo = table_specs({"study": dict(study, benchmarks=["synth_poly"], tables={"specs": [
+        {"name": "table12", "layout": "table12", "benchmarks": ["synth_poly"]}]})})
+    assert [spec.benchmarks for spec in demo] == [["synth_poly"]]   # a layout on a study's own benchmarks
     off = table_specs({"study": dict(study, tables={"paper_layouts": False})})
     assert off == []
     fewer = table_specs({"study": dict(study, variants=["MB-UA"], stage1_variants=[], benchmarks=["esc50"], tables={})})
