@@ -1,25 +1,32 @@
 """`sslam tables`: every evaluation job's metrics.json → the paper's tables (Markdown, CSV, LaTeX) + plots.
 
-The metrics.json files are the source of truth; this step only reads them, so the tables can be
-rebuilt at any time without a tracking server. Cells are mean ± sample std over seeds (the paper's
-Table 12 style), in percent by default because the paper prints percent.
+The metrics.json files (and the predictions.npz beside them, for the significance tests) are the
+source of truth; this step only reads them, so the tables can be rebuilt at any time without a
+tracking server. Cells are mean ± sample std over seeds (the paper's Table 12 style), in percent by
+default because the paper prints percent. docs/tables.md describes every output.
 
-    sslam tables --config config/demo.yaml --metrics results/demo/eval/*/*/*/seed*/metrics.json \
+    sslam tables --config config/demo.yaml --metrics results/demo/eval/*/*/*/seed*/metrics.json \\
         --pretrain-metrics results/demo/pretrain/stage1/metrics.jsonl --out results/demo/tables
 """
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sslam.configuration import from_dict, load_yaml, section
-from sslam.errors import ConfigError, SslamError
-from sslam.tables.layouts import OVERALL, PAPER_SUFFIX, TablesConfig, TableSpec, build_table, wide_table
+from sslam.configuration import load_yaml
+from sslam.errors import SslamError
+from sslam.io import atomic_write_text
+from sslam.tables.layouts import Study, build_table, table_specs, tables_config
+from sslam.tables.models import is_valid_model_id
+from sslam.tables.render import Decorator, significance_tables, write_table
+from sslam.tables.significance import OVERALL, Bootstrap
+
+PREDICTIONS = "predictions.npz"   # the per-clip predictions beside a metrics.json when it names none
 
 
 @dataclass(frozen=True)
@@ -28,17 +35,22 @@ class RunResult:
 
     benchmark: str
     regime: str
-    model: str          # the Stage-2 variant, or "stage1" for the Stage-1 baseline
+    model: str          # the model id (sslam.tables.models): a Stage-2 variant, "stage1", "random", ...
     seed: int
     metric: str
     value: float
     per_bin: dict[str, float] = field(default_factory=dict)
+    clips: int | None = None                                   # test clips behind the headline value
+    per_bin_clips: dict[str, int] = field(default_factory=dict)
+    predictions: str | None = None                             # predictions.npz, when there is one
     path: str = ""
 
 
-def _bin_value(entry: Any) -> float | None:
-    value = entry.get("value") if isinstance(entry, dict) else entry
-    return None if value is None else float(value)
+def _bin_entry(entry: Any) -> tuple[float | None, int | None]:
+    if isinstance(entry, dict):
+        value, clips = entry.get("value"), entry.get("clips")
+        return (None if value is None else float(value)), (None if clips is None else int(clips))
+    return (None if entry is None else float(entry)), None
 
 
 def read_result(path: str | Path) -> RunResult:
@@ -48,18 +60,33 @@ def read_result(path: str | Path) -> RunResult:
         data = json.loads(path.read_text())
     except FileNotFoundError as error:
         raise SslamError(f"metrics file not found: {path}") from error
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SslamError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise SslamError(f"{path}: expected a JSON object")
     missing = [key for key in ("benchmark", "regime", "variant", "seed", "metric", "value") if key not in data]
     if missing:
         raise SslamError(f"{path}: missing field(s) {', '.join(missing)}")
     if data["value"] is None:
         raise SslamError(f"{path}: the headline value is null (no class had a positive clip?)")
-    bins = {str(label): _bin_value(entry) for label, entry in (data.get("per_bin") or {}).items()}
+    model = str(data["variant"] or "stage1")
+    if not is_valid_model_id(model):
+        raise SslamError(f"{path}: variant {model!r} is not a model id (NAME or NAME@STAGE1_VARIANT)")
+    try:
+        bins = {str(label): _bin_entry(entry) for label, entry in (data.get("per_bin") or {}).items()}
+        seed, value = int(data["seed"]), float(data["value"])
+        clips = data.get("num_test_clips", data.get("num_test"))
+        clips = None if clips is None else int(clips)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise SslamError(f"{path}: malformed field ({error})") from error
+    named = data.get("predictions")
+    predictions = path.parent / (str(named) if named else PREDICTIONS)
     return RunResult(
-        benchmark=str(data["benchmark"]), regime=str(data["regime"]), model=str(data["variant"] or "stage1"),
-        seed=int(data["seed"]), metric=str(data["metric"]), value=float(data["value"]),
-        per_bin={label: value for label, value in bins.items() if value is not None}, path=str(path),
+        benchmark=str(data["benchmark"]), regime=str(data["regime"]), model=model, seed=seed,
+        metric=str(data["metric"]), value=value,
+        per_bin={label: v for label, (v, _) in bins.items() if v is not None},
+        clips=clips, per_bin_clips={label: c for label, (v, c) in bins.items() if v is not None and c is not None},
+        predictions=str(predictions) if predictions.is_file() else None, path=str(path),
     )
 
 
@@ -70,80 +97,76 @@ def runs_frame(results: list[RunResult], percent: bool) -> pd.DataFrame:
     for result in results:
         common = dict(benchmark=result.benchmark, regime=result.regime, model=result.model,
                       seed=result.seed, metric=result.metric, path=result.path)
-        rows.append(dict(common, column=OVERALL, value=result.value * scale))
-        rows.extend(dict(common, column=label, value=value * scale) for label, value in result.per_bin.items())
-    frame = pd.DataFrame(rows, columns=["benchmark", "regime", "model", "seed", "metric", "column", "value", "path"])
+        rows.append(dict(common, column=OVERALL, value=result.value * scale, clips=result.clips))
+        rows.extend(dict(common, column=label, value=value * scale, clips=result.per_bin_clips.get(label))
+                    for label, value in result.per_bin.items())
+    frame = pd.DataFrame(rows, columns=["benchmark", "regime", "model", "seed", "metric", "column", "value",
+                                        "clips", "path"])
     duplicated = frame.duplicated(["benchmark", "regime", "model", "seed", "column"], keep=False)
     if duplicated.any():
         clash = frame[duplicated].path.unique().tolist()
         raise SslamError(f"several metrics files describe the same run: {', '.join(clash)}")
+    metrics = frame.groupby("benchmark").metric.nunique()
+    if (metrics > 1).any():
+        benchmark = metrics[metrics > 1].index[0]
+        raise SslamError(f"benchmark {benchmark}: the runs report different metrics "
+                         f"({', '.join(sorted(frame[frame.benchmark == benchmark].metric.unique()))})")
     return frame
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """mean, sample std (ddof=1; NaN for a single seed) and number of seeds per cell."""
-    grouped = runs.groupby(["benchmark", "regime", "model", "column"], sort=False).value
-    return grouped.agg(mean="mean", std="std", n="count").reset_index()
-
-
-def load_tables_config(config: dict[str, Any]) -> tuple[TablesConfig, list[str]]:
-    tables_config = from_dict(TablesConfig, section(config, "study.tables"), where="study.tables")
-    names = [spec.name for spec in tables_config.specs]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"study.tables.specs: table names must be unique, got {names}")
-    return tables_config, list(section(config, "study.variants", []))
-
-
-def _latex(wide: pd.DataFrame) -> str:
-    # Escape the text first, then put the math back: an escaped "$\pm$" would print literally.
-    placeholder = "PLUSMINUS"
-    text = wide.map(lambda value: str(value).replace(" ± ", f" {placeholder} "))
-    latex = text.to_latex(escape=True, multirow=True)
-    return latex.replace(placeholder, r"$\pm$").replace("–", "--")
-
-
-def _markdown(wide: pd.DataFrame) -> str:
-    flat = wide.reset_index().rename(columns={"block": "regime"})
-    flat.loc[flat.regime.duplicated(), "regime"] = ""  # print each block's name once, as the paper does
-    return flat.to_markdown(index=False, disable_numparse=True)  # keep "39.0", not 39
-
-
-def write_table(spec: TableSpec, cells: pd.DataFrame, wide: pd.DataFrame, out_dir: Path, percent: bool) -> list[Path]:
-    unit = "percent" if percent else "fraction"
-    seeds = sorted(cells[cells.source == "ours"].n.unique().tolist())
-    note = f"Cells: mean ± sample std over seeds ({unit}; seeds per cell: {', '.join(map(str, seeds)) or 'none'})."
-    if (cells.source == "paper").any():
-        note += f" Rows marked '{PAPER_SUFFIX.strip()}' are the published numbers (SSLAM paper {spec.paper}), not ours."
-    title = spec.title or spec.name
-    markdown = f"# {title}\n\n"
-    markdown += (_markdown(wide) if not wide.empty else "_no results for this table yet_") + f"\n\n{note}\n"
-    paths = [out_dir / f"{spec.name}.md", out_dir / f"{spec.name}.csv", out_dir / f"{spec.name}.tex"]
-    paths[0].write_text(markdown)
-    cells.to_csv(paths[1], index=False)
-    latex = _latex(wide) if not wide.empty else "% no results for this table yet\n"
-    paths[2].write_text(f"% {title}\n% {note}\n{latex}")
-    return paths
+    """mean, sample std (ddof=1; NaN for a single seed), number of seeds, the seeds and the test clips per cell."""
+    grouped = runs.groupby(["benchmark", "regime", "model", "column"], sort=False)
+    summary = grouped.agg(metric=("metric", "first"), mean=("value", "mean"), std=("value", "std"),
+                          n=("value", "count"), clips_min=("clips", "min"), clips_max=("clips", "max"))
+    summary["seeds"] = grouped.seed.agg(lambda seeds: " ".join(map(str, sorted(seeds))))
+    summary = summary.reset_index()
+    summary["clips"] = summary.clips_min  # the clip count the headers print (min and max are both kept)
+    return summary
 
 
 def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str | Path,
-                pretrain_metrics: list[str | Path] = (), audioset_polyphony: str | Path | None = None) -> list[Path]:
-    """Write every configured table, the per-run and per-cell CSVs and the plots; return the paths."""
+                pretrain_metrics: list[str | Path] = (), audioset_polyphony: str | Path | None = None,
+                replicates: int | None = None) -> list[Path]:
+    """Write every table, the significance tables, the per-run and per-cell CSVs and the plots; return the paths.
+
+    `replicates` overrides study.tables.significance.replicates (0 = no significance)."""
     from sslam.tables import plots  # matplotlib is slow to import: only when tables are really made
 
-    tables_config, variants = load_tables_config(config)
+    settings = tables_config(config)
+    specs = table_specs(config)
+    study = Study.from_config(config)
+    if replicates is not None:  # the command line's override (0 = no tests)
+        significance = replace(settings.significance, enabled=False) if replicates == 0 else \
+            replace(settings.significance, replicates=replicates)
+        settings = replace(settings, significance=significance)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = [read_result(path) for path in metrics]
-    runs = runs_frame(results, tables_config.percent)
+    results = sorted((read_result(path) for path in metrics), key=lambda r: (r.benchmark, r.regime, r.model, r.seed))
+    runs = runs_frame(results, settings.percent)
     summary = summarise(runs)
-    runs.to_csv(out_dir / "runs.csv", index=False)
-    summary.to_csv(out_dir / "summary.csv", index=False)
+    bootstrap = Bootstrap(settings.significance, 100.0 if settings.percent else 1.0)
+    if settings.significance.enabled:
+        wanted = sorted({(b, r) for spec in specs for b in spec.benchmarks for r in spec.regimes})
+        for benchmark, regime in wanted:
+            group = [r for r in results if r.benchmark == benchmark and r.regime == regime]
+            if group:
+                bootstrap.add(benchmark, regime, group)
     written = [out_dir / "runs.csv", out_dir / "summary.csv"]
-    for spec in tables_config.specs:
-        cells = build_table(spec, summary, variants, tables_config)
-        written += write_table(spec, cells, wide_table(spec, cells, tables_config), out_dir, tables_config.percent)
+    atomic_write_text(written[0], runs.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(written[1], summary.to_csv(index=False, lineterminator="\n"))
+    metrics_of = dict(zip(summary.benchmark, summary.metric))
+    decorated = []
+    for spec in specs:
+        decorator = Decorator(spec, settings, bootstrap)
+        cells = decorator.decorate(build_table(spec, summary, study, settings))
+        decorated.append((spec, cells))
+        written += write_table(spec, cells, settings, bootstrap, out_dir, metrics_of, decorator)
         if spec.kind == "polyphony_bins":
-            written.append(plots.plot_polyphony(cells[cells.source == "ours"], spec, out_dir / f"{spec.name}_polyphony.png"))
+            ours = cells[cells.source == "ours"]
+            written.append(plots.plot_polyphony(ours, spec, out_dir / f"{spec.name}_polyphony.png",
+                                                metric_label=_metric_label(summary, spec, settings.percent)))
+    written += significance_tables(decorated, settings, bootstrap, out_dir)
     if pretrain_metrics:
         written.append(plots.plot_pretrain_losses(pretrain_metrics, out_dir / "pretrain_loss.png"))
     if audioset_polyphony:
@@ -151,17 +174,31 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
     return written
 
 
+def _metric_label(summary: pd.DataFrame, spec, percent: bool) -> str:
+    from sslam.tables.render import metric_label
+
+    metrics = summary[summary.benchmark.isin(spec.benchmarks)].metric.unique().tolist()
+    return metric_label(metrics[0], percent) if len(metrics) == 1 else "score"
+
+
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--config", required=True, help="study YAML (reads study.variants and study.tables)")
-    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json files of the evaluation jobs")
+    parser.add_argument("--config", required=True, help="study YAML (reads the study section and study.tables)")
+    parser.add_argument("--metrics", nargs="+", required=True,
+                        help="metrics.json files of the evaluation jobs (predictions.npz beside each, when present, "
+                             "feeds the significance tests)")
     parser.add_argument("--out", required=True, help="output folder for tables and plots")
     parser.add_argument("--pretrain-metrics", nargs="*", default=[],
-                        help="metrics.jsonl files of pretraining runs (loss curves)")
+                        help="metrics.jsonl files of pretraining runs (loss curves); MODEL_ID=PATH names a run "
+                             "whose folder does not")
     parser.add_argument("--audioset-polyphony", default=None,
                         help="JSON written by `sslam polyphony` (Figure 3 plot)")
+    parser.add_argument("--replicates", type=int, default=None,
+                        help="bootstrap replicates (overrides study.tables.significance.replicates; 0 = no "
+                             "significance tests)")
 
 
 def run(args: argparse.Namespace) -> int:
-    written = make_tables(load_yaml(args.config), args.metrics, args.out, args.pretrain_metrics, args.audioset_polyphony)
+    written = make_tables(load_yaml(args.config), args.metrics, args.out, args.pretrain_metrics,
+                          args.audioset_polyphony, args.replicates)
     print(f"sslam tables: wrote {len(written)} files to {args.out}")
     return 0

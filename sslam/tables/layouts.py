@@ -1,29 +1,36 @@
-"""Which tables the study prints and how each one is laid out (YAML `study.tables`).
+"""Which tables the study prints and what goes in their cells (YAML `study.tables`).
 
 A table is a grid of cells "mean ± std over seeds": one block per regime (the paper's "Linear
-Evaluation" / "Fine-tuning" halves), one row per model (a Stage-2 variant, or `stage1` for the
-Stage-1 baseline), and one column per benchmark (Tables 1, 2 and the ablations) or per degree-of-
-polyphony bin of a single benchmark (Table 3). The paper's published numbers for the same cells
-are added as rows labelled "(paper)" when `paper_numbers` is on and the table names a paper table.
+Evaluation" / "Fine-tuning" halves), one row per model (see sslam.tables.models for the ids), and one
+column per benchmark (Tables 1, 2, 4, 9, 12 and the ablations) or per degree-of-polyphony bin of a
+single benchmark (Table 3). The study's baselines (`study.baselines`, default `[random]`) get a row in
+every table. The paper's published numbers for the same cells are added as rows labelled "(paper)"
+when `paper_numbers` is on and the table names a paper table.
+
+A spec may start from a paper layout (`layout: table4|table9|table12|mixit`, PAPER_LAYOUTS): its keys
+fill whatever the spec leaves out. With `paper_layouts: true` (the default) those layouts are also
+added on their own whenever the study has their models and one of their benchmarks.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from sslam.configuration import from_dict, section
 from sslam.errors import ConfigError
-from sslam.tables.paper_numbers import PAPER_TABLES, paper_cells
+from sslam.tables.models import RANDOM, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
+from sslam.tables.paper_numbers import PAPER_TABLES, SPASS, paper_cells
+from sslam.tables.significance import OVERALL, SignificanceConfig
 
-STAGE1_MODEL = "stage1"
-MODEL_LABELS = {STAGE1_MODEL: "Stage 1 (EAT-style baseline)"}
 REGIME_LABELS = {"linear": "Linear evaluation", "finetune": "Fine-tuning"}
+METRIC_LABELS = {"map": "mAP", "accuracy": "accuracy"}
 PAPER_SUFFIX = " (paper)"
 PAPER_RUNS = 3       # paper Appendix F: its ± values are over three independent runs
-OVERALL = "overall"  # the `column` of a run's headline number; per-bin numbers use the bin label
+DEFAULT_BASELINES = [RANDOM]
 
 
 @dataclass
@@ -33,34 +40,192 @@ class TableSpec:
     name: str
     title: str = ""
     kind: Literal["benchmarks", "polyphony_bins"] = "benchmarks"
+    layout: str | None = None                              # a PAPER_LAYOUTS preset the spec started from
     benchmarks: list[str] = field(default_factory=list)   # columns; polyphony_bins: exactly one benchmark
     regimes: list[str] = field(default_factory=lambda: ["linear", "finetune"])
     models: list[str] | None = None                        # rows in order; None = every model with results
-    paper: str | None = None                               # key of sslam.tables.paper_numbers.PAPER_TABLES
-    paper_rows: dict[str, str] = field(default_factory=dict)  # our model -> the paper's row label
+    labels: dict[str, str] = field(default_factory=dict)  # model id -> row label
+    baselines: bool = True                                 # add the study's baseline rows (random init)
+    markers: bool = True                                   # mark cells that differ significantly from Stage 1
+    paper: str | list[str] | None = None                   # key(s) of paper_numbers.PAPER_TABLES, first wins
+    paper_rows: dict[str, str] = field(default_factory=dict)  # our model id -> the paper's row label
     decimals: int | None = None                            # None = TablesConfig.decimals
 
     def __post_init__(self) -> None:
+        where = f"study.tables.{self.name}"
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ConfigError(f"study.tables: table name {self.name!r} must be usable as a file name")
         if not self.benchmarks:
-            raise ConfigError(f"study.tables.{self.name}: benchmarks must list at least one benchmark")
+            raise ConfigError(f"{where}: benchmarks must list at least one benchmark")
         if self.kind == "polyphony_bins" and len(self.benchmarks) != 1:
-            raise ConfigError(f"study.tables.{self.name}: a polyphony_bins table reads exactly one benchmark")
+            raise ConfigError(f"{where}: a polyphony_bins table reads exactly one benchmark")
         unknown = [r for r in self.regimes if r not in REGIME_LABELS]
-        if unknown:
-            raise ConfigError(f"study.tables.{self.name}: unknown regime(s) {unknown}; known: {list(REGIME_LABELS)}")
-        if self.paper is not None and self.paper not in PAPER_TABLES:
-            raise ConfigError(f"study.tables.{self.name}: paper table {self.paper!r} unknown; "
-                              f"known: {sorted(PAPER_TABLES)}")
+        if unknown or not self.regimes:
+            raise ConfigError(f"{where}: unknown regime(s) {unknown or '[]'}; known: {list(REGIME_LABELS)}")
+        for paper in self.paper_tables:
+            if paper not in PAPER_TABLES:
+                raise ConfigError(f"{where}.paper: paper table {paper!r} unknown; known: {sorted(PAPER_TABLES)}")
+        bad = [m for m in [*(self.models or []), *self.labels, *self.paper_rows] if not is_valid_model_id(m)]
+        if bad:
+            raise ConfigError(f"{where}: {bad[0]!r} is not a model id (NAME or NAME@STAGE1_VARIANT)")
+        if self.decimals is not None and not 0 <= self.decimals <= 6:
+            raise ConfigError(f"{where}.decimals must be in [0, 6], got {self.decimals}")
+
+    @property
+    def paper_tables(self) -> list[str]:
+        if self.paper is None:
+            return []
+        return [self.paper] if isinstance(self.paper, str) else list(self.paper)
 
 
 @dataclass
 class TablesConfig:
+    """YAML `study.tables`."""
+
     paper_numbers: bool = False      # print the paper's numbers beside ours (only meaningful on the real data)
     percent: bool = True             # metrics.json holds fractions; the paper prints percent
     decimals: int = 1
+    paper_layouts: bool = True       # add the paper's Table 4/9/12 and MixIT layouts when the study has their models
+    labels: dict[str, str] = field(default_factory=dict)  # model id -> row label, for every table
+    significance: SignificanceConfig = field(default_factory=SignificanceConfig)
     specs: list[TableSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.decimals <= 6:
+            raise ConfigError(f"study.tables.decimals must be in [0, 6], got {self.decimals}")
+        names = [spec.name for spec in self.specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"study.tables.specs: table names must be unique, got {names}")
+
+
+@dataclass(frozen=True)
+class Study:
+    """The parts of the `study` section that decide rows and their order."""
+
+    variants: list[str]
+    benchmarks: list[str]
+    stage1_variants: list[str]
+    baselines: list[str]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Study:
+        stage1_variants = section(config, "study.stage1_variants", [])
+        if isinstance(stage1_variants, dict):
+            stage1_variants = list(stage1_variants)
+        names = [entry["name"] if isinstance(entry, dict) else str(entry) for entry in stage1_variants or []]
+        baselines = section(config, "study.baselines", None)
+        return cls(list(section(config, "study.variants", [])), list(section(config, "study.benchmarks", [])),
+                   names, list(DEFAULT_BASELINES if baselines in (None, {}) else baselines))
+
+    def order(self, models: list[str]) -> list[str]:
+        return model_order(models, self.variants, self.stage1_variants, self.baselines)
+
+
+# --- the paper's layouts ------------------------------------------------------------------------------
+
+PAPER_LAYOUTS: dict[str, dict[str, Any]] = {
+    "table4": dict(
+        title="Partial vs full mixing in Stage 1 and Stage 2, fine-tuning (paper Table 4 layout)",
+        benchmarks=["as20k"], regimes=["finetune"], paper="table4",
+        paper_rows={STAGE1: "Stage 1 with unmixed audio", "MB-UA": "Stage 2 with unmixed audio",
+                    "MB-PMA": "Stage 2 with partial mixed audio"}),
+    "table9": dict(
+        title="MB-PMA vs MB-UA-PMA on monophonic sets and AS-20K, fine-tuning (paper Table 9 layout)",
+        benchmarks=["esc50", "ks2", "as20k"], regimes=["finetune"], models=["MB-PMA", "MB-UA-PMA"], paper="table9"),
+    "table12": dict(
+        title="SPASS, mean ± std over seeds (paper Table 12 layout)",
+        benchmarks=SPASS, regimes=["linear", "finetune"], models=["MB-UA", "SSLAM"], paper="table12", decimals=2,
+        labels={"MB-UA": "MB-UA (Baseline)"}),
+    "mixit": dict(
+        title="Concept separation with MixIT vs SSLAM, fine-tuning (paper Appendix C)",
+        benchmarks=["as20k"], regimes=["finetune"], models=["SSLAM", "MixIT"], paper="appendix_c"),
+}
+
+
+def _table4_rows(study: Study) -> tuple[list[str], dict[str, str]]:
+    """Stage 1 unmixed, each Stage-1 variant, then the Stage-2 variants from each Stage 1, with Table 4's wording."""
+    models, labels = [STAGE1], {STAGE1: "Stage 1 with unmixed audio"}
+    for name in study.stage1_variants:
+        models.append(stage1_id(name))
+        labels[stage1_id(name)] = f"Stage 1 with {name}"
+    for variant in study.variants:
+        models.append(variant)
+        labels[variant] = f"Stage 2: {variant}"
+    for name in study.stage1_variants:
+        for variant in study.variants:
+            models.append(f"{variant}@{name}")
+            labels[f"{variant}@{name}"] = f"Stage 2: {variant}, from Stage 1 with {name}"
+    return models, labels
+
+
+def _preset(layout: str, study: Study) -> dict[str, Any]:
+    if layout not in PAPER_LAYOUTS:
+        raise ConfigError(f"study.tables.specs: layout {layout!r} unknown; known: {sorted(PAPER_LAYOUTS)}")
+    preset = dict(PAPER_LAYOUTS[layout], layout=layout)
+    if layout == "table4":
+        preset["models"], preset["labels"] = _table4_rows(study)
+    return preset
+
+
+def _wanted(layout: str, study: Study) -> bool:
+    """Whether a paper layout applies to the study on its own (its models and one of its benchmarks)."""
+    preset = PAPER_LAYOUTS[layout]
+    if not set(preset["benchmarks"]) & set(study.benchmarks):
+        return False
+    if layout == "table4":
+        return bool(study.stage1_variants)
+    return set(preset["models"]) <= set(study.variants)
+
+
+def _merge(preset: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's keys win; its `labels` and `paper_rows` extend the preset's instead of replacing them."""
+    merged = {**preset, **spec}
+    for key in ("labels", "paper_rows"):
+        if isinstance(spec.get(key), dict):
+            merged[key] = {**preset.get(key, {}), **spec[key]}
+    return merged
+
+
+def table_specs(config: dict[str, Any]) -> list[TableSpec]:
+    """Every table the study prints: `study.tables.specs` (layouts merged) plus the paper layouts that apply.
+
+    The workflow calls this at parse time to declare the output files, so it reads only the config."""
+    raw = section(config, "study.tables", {})
+    raw = dict(raw) if isinstance(raw, dict) else {}
+    study = Study.from_config(config)
+    specs = []
+    for i, entry in enumerate(raw.get("specs") or []):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"study.tables.specs[{i}]: expected a mapping, got {entry!r}")
+        if entry.get("layout"):
+            merged = _merge(_preset(entry["layout"], study), entry)
+            if "benchmarks" not in entry and study.benchmarks:   # the layout's columns this study has
+                merged["benchmarks"] = [b for b in merged["benchmarks"] if b in study.benchmarks]
+                if not merged["benchmarks"]:
+                    raise ConfigError(f"study.tables.specs[{i}] ({entry.get('name')}): none of layout "
+                                      f"{entry['layout']}'s benchmarks {PAPER_LAYOUTS[entry['layout']]['benchmarks']} "
+                                      f"is in study.benchmarks; list the columns under `benchmarks:`")
+            entry = merged
+        specs.append(entry)
+    if raw.get("paper_layouts", True):
+        taken = {spec.get("name") for spec in specs} | {spec.get("layout") for spec in specs}
+        for layout in PAPER_LAYOUTS:
+            if layout not in taken and _wanted(layout, study):
+                preset = _preset(layout, study)
+                preset["benchmarks"] = [b for b in preset["benchmarks"] if b in study.benchmarks]
+                specs.append(dict(preset, name=layout))
+    return from_dict(TablesConfig, {**raw, "specs": specs}, where="study.tables").specs
+
+
+def tables_config(config: dict[str, Any]) -> TablesConfig:
+    raw = section(config, "study.tables", {})
+    raw = dict(raw) if isinstance(raw, dict) else {}
+    return from_dict(TablesConfig, {**raw, "specs": []}, where="study.tables")
+
+
+# --- cells --------------------------------------------------------------------------------------------
+
+CELL_COLUMNS = ["block", "model", "label", "source", "column", "benchmark", "key", "mean", "std", "n", "seeds", "clips"]
 
 
 def natural_key(label: str) -> tuple:
@@ -69,10 +234,77 @@ def natural_key(label: str) -> tuple:
     return (0, int(match.group()), str(label)) if match else (1, 0, str(label))
 
 
-def model_order(models: list[str], variants: list[str]) -> list[str]:
-    """Stage 1 first, then the study's variants in config order, then anything else."""
-    ordered = [m for m in [STAGE1_MODEL, *variants] if m in models]
-    return ordered + sorted(set(models) - set(ordered))
+def row_label(model: str, spec: TableSpec, config: TablesConfig) -> str:
+    return spec.labels.get(model) or config.labels.get(model) or default_label(model)
+
+
+def table_models(spec: TableSpec, present: list[str], study: Study) -> list[str]:
+    """The rows of one block: the spec's models (or every model with results, in study order), with the
+    study's baselines first unless the spec lists them itself or turns them off."""
+    models = list(spec.models) if spec.models is not None else study.order(present)
+    if spec.baselines:
+        models = [b for b in study.baselines if b not in models] + models
+    elif spec.models is None:
+        models = [m for m in models if m not in study.baselines]
+    return [m for m in models if m in set(present)]
+
+
+def build_table(spec: TableSpec, summary: pd.DataFrame, study: Study, config: TablesConfig) -> pd.DataFrame:
+    """Long table of the cells of one TableSpec (columns CELL_COLUMNS), each model's paper row after its own.
+
+    `summary` has one row per (benchmark, regime, model, column) with mean/std/n over seeds (see
+    aggregate.summarise). `column` is what the table prints as its column (a benchmark, or a bin label);
+    (benchmark, key) is what the bootstrap compares (key 'overall' or the bin label).
+    """
+    rows = []
+    for regime in spec.regimes:
+        if spec.kind == "polyphony_bins":
+            ours = summary[(summary.benchmark == spec.benchmarks[0]) & (summary.regime == regime)
+                           & (summary.column != OVERALL)]
+            ours = ours.assign(key=ours.column)
+        else:
+            ours = summary[summary.benchmark.isin(spec.benchmarks) & (summary.regime == regime)
+                           & (summary.column == OVERALL)]
+            ours = ours.assign(key=OVERALL, column=ours.benchmark)
+        present = sorted(ours.model.unique())
+        models = table_models(spec, present, study)
+        if config.paper_numbers and spec.models is not None:  # the paper's row even before ours exist
+            models = table_models(spec, sorted(set(present) | set(spec.models)), study)
+        for model in models:
+            label = row_label(model, spec, config)
+            for record in ours[ours.model == model].itertuples():
+                rows.append(dict(block=regime, model=model, label=label, source="ours", column=record.column,
+                                 benchmark=record.benchmark, key=record.key, mean=record.mean, std=record.std,
+                                 n=record.n, seeds=record.seeds, clips=record.clips))
+            if config.paper_numbers:
+                rows += _paper_rows(spec, regime, model)
+    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def _paper_rows(spec: TableSpec, regime: str, model: str) -> list[dict[str, Any]]:
+    """The published cells of one model from the first of the spec's paper tables that has its row."""
+    label = spec.paper_rows.get(model, model)
+    for paper in spec.paper_tables:
+        published, published_std = paper_cells(paper, regime)
+        if label not in published:
+            continue
+        rows = []
+        for column, value in published[label].items():
+            std = published_std.get(label, {}).get(column, np.nan)
+            bins = spec.kind == "polyphony_bins"
+            rows.append(dict(block=regime, model=model, label=label + PAPER_SUFFIX, source="paper", column=column,
+                             benchmark=spec.benchmarks[0] if bins else column, key=column if bins else OVERALL,
+                             mean=value, std=std, n=1 if np.isnan(std) else PAPER_RUNS, seeds="", clips=np.nan))
+        return rows
+    return []
+
+
+def table_columns(spec: TableSpec, cells: pd.DataFrame) -> list[str]:
+    ours = cells[cells.source == "ours"]
+    present = set(ours.column) or set(cells.column)
+    if spec.kind == "polyphony_bins":
+        return sorted(present, key=natural_key)
+    return [b for b in spec.benchmarks if b in present]
 
 
 def format_cell(mean: float, std: float, count: int, decimals: int) -> str:
@@ -81,55 +313,3 @@ def format_cell(mean: float, std: float, count: int, decimals: int) -> str:
     if count > 1 and not np.isnan(std):
         return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
     return f"{mean:.{decimals}f}"
-
-
-def build_table(spec: TableSpec, summary: pd.DataFrame, variants: list[str], config: TablesConfig) -> pd.DataFrame:
-    """Long table of the cells of one TableSpec.
-
-    `summary` has one row per (benchmark, regime, model, column) with mean/std/n over seeds (see
-    aggregate.summarise). Returns columns: block, model, source ('ours'|'paper'), column, mean, std, n.
-    """
-    rows = []
-    for regime in spec.regimes:
-        if spec.kind == "polyphony_bins":
-            ours = summary[(summary.benchmark == spec.benchmarks[0]) & (summary.regime == regime)
-                           & (summary.column != OVERALL)]
-        else:
-            ours = summary[summary.benchmark.isin(spec.benchmarks) & (summary.regime == regime)
-                           & (summary.column == OVERALL)]
-            ours = ours.assign(column=ours.benchmark)
-        models = spec.models if spec.models is not None else model_order(sorted(ours.model.unique()), variants)
-        for model in models:
-            for record in ours[ours.model == model].itertuples():
-                rows.append(dict(block=regime, model=model, source="ours", column=record.column,
-                                 mean=record.mean, std=record.std, n=record.n))
-            if config.paper_numbers and spec.paper:
-                published, published_std = paper_cells(spec.paper, regime)
-                label = spec.paper_rows.get(model, model)
-                for column, value in published.get(label, {}).items():
-                    std = published_std.get(label, {}).get(column, np.nan)
-                    rows.append(dict(block=regime, model=model, source="paper", column=column,
-                                     mean=value, std=std, n=1 if np.isnan(std) else PAPER_RUNS))
-    return pd.DataFrame(rows, columns=["block", "model", "source", "column", "mean", "std", "n"])
-
-
-def wide_table(spec: TableSpec, cells: pd.DataFrame, config: TablesConfig) -> pd.DataFrame:
-    """The printable grid: index (block label, row label), columns in spec/bin order, 'mean ± std' strings."""
-    if cells.empty:
-        return pd.DataFrame()
-    if spec.kind == "polyphony_bins":
-        columns = sorted(cells.column.unique(), key=natural_key)
-    else:
-        columns = [b for b in spec.benchmarks if b in set(cells.column)]
-    decimals = config.decimals if spec.decimals is None else spec.decimals
-    printable = []
-    for (block, model, source), group in cells.groupby(["block", "model", "source"], sort=False):
-        label = MODEL_LABELS.get(model, model)
-        if source == "paper":
-            label = spec.paper_rows.get(model, label) + PAPER_SUFFIX
-        row = {"block": REGIME_LABELS[block], "model": label}
-        for record in group.itertuples():
-            row[record.column] = format_cell(record.mean, record.std, record.n, decimals)
-        printable.append(row)
-    table = pd.DataFrame(printable).set_index(["block", "model"])
-    return table.reindex(columns=columns).fillna("–")
