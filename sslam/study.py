@@ -24,13 +24,13 @@ import yaml
 
 from sslam.configuration import from_dict, load_yaml, section
 from sslam.errors import ConfigError
+from sslam.tables.models import DEFAULT_BASELINES, RANDOM, SEPARATOR, STAGE1, parse_model_id
 
 SCHEMA = Path(__file__).with_name("study.schema.yaml")
-STAGE1 = "stage1"                  # the model id of the Stage-1 (EAT-style) baseline
-# Model ids: stage1, a Stage-2 variant (SSLAM), a Stage-1 variant `stage1@S` (Table 4) and its Stage-2
-# descendants `SSLAM@S`, and the baselines.
-DESCENDS = "@"
-RANDOM_BASELINE = "random"         # a randomly initialised encoder of the study's shape
+# Model ids (their grammar: sslam.tables.models): stage1 (the EAT-style baseline), a Stage-2 variant (SSLAM),
+# a Stage-1 variant `stage1@S` (Table 4) and its Stage-2 descendants `SSLAM@S`, and the baselines (`random`:
+# a randomly initialised encoder of the study's shape).
+RANDOM_BASELINE, DESCENDS = RANDOM, SEPARATOR
 REGIME_COMMAND = {"finetune": "finetune", "linear": "probe"}
 SYNTHETIC_ADAPTER = "synthetic"    # a dataset written by `sslam synth` rather than read by an adapter
 POLYPHONY_ADAPTER = "polyphony_bins"
@@ -75,7 +75,7 @@ class Study:
         self.variants: list[str] = study["variants"]
         self.benchmarks: list[str] = study["benchmarks"]
         self.regimes: list[str] = study["regimes"]
-        self.baselines: list[str] = study.get("baselines", [RANDOM_BASELINE])
+        self.baselines: list[str] = list(study.get("baselines", DEFAULT_BASELINES))
         self.stage1_checkpoint: str | None = study.get("stage1_checkpoint")
         self.pretrain_dataset: str = study["pretrain_dataset"]
         self.audioset: dict[str, Any] = study.get("audioset") or {}
@@ -123,7 +123,7 @@ class Study:
                     raise ConfigError(f"evaluation.benchmarks.{name}.{key}: {benchmarks[name][key]!r} "
                                       f"is not under `datasets:`")
         for i, spec in enumerate(section(config, "study.tables.specs", [])):
-            for benchmark in spec.get("benchmarks", []):
+            for benchmark in spec.get("benchmarks", []) if isinstance(spec, dict) else []:
                 if benchmark not in self.benchmarks:
                     raise ConfigError(f"study.tables.specs[{i}] ({spec.get('name')}): benchmark {benchmark!r} "
                                       f"is not in study.benchmarks, so it would never have results")
@@ -142,14 +142,15 @@ class Study:
         from sslam.front_end import FrontEndConfig
         from sslam.model.config import DecoderConfig, EncoderConfig
         from sslam.objective.config import stage1_variant_config, variant_config
-        from sslam.tables.layouts import TablesConfig
+        from sslam.tables.layouts import table_specs, tables_config
         from sslam.train.config import train_config_for_stage
 
         config = self.config
         for where, dataclass in [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
                                  ("model.encoder", EncoderConfig), ("model.decoder", DecoderConfig)]:
             from_dict(dataclass, section(config, where), where=where)
-        from_dict(TablesConfig, section(config, "study.tables"), where="study.tables")
+        tables_config(config)
+        self._table_specs = table_specs(config)  # the study's tables plus the paper layouts that apply
         datasets = {name: from_dict(DatasetConfig, entry, where=f"datasets.{name}")
                     for name, entry in config["datasets"].items()}
         for name, entry in section(config, "evaluation.benchmarks").items():
@@ -268,8 +269,8 @@ class Study:
     @staticmethod
     def lineage(model: str) -> tuple[str, str | None]:
         """`SSLAM@mixed` -> ("SSLAM", "mixed"): the model's own variant and the Stage-1 variant it descends from."""
-        own, _, stage1_variant = model.partition(DESCENDS)
-        return own, stage1_variant or None
+        parsed = parse_model_id(model)
+        return parsed.name, parsed.stage1_variant
 
     def pretrain_dir(self, model: str) -> str:
         return f"{self.results}/pretrain/{model}"
@@ -307,16 +308,18 @@ class Study:
     def tables_dir(self) -> str:
         return f"{self.results}/tables"
 
-    def table_specs(self) -> list[dict[str, Any]]:
-        return section(self.config, "study.tables.specs", [])
-
     def table_files(self) -> dict[str, str]:
-        return {f"{spec['name']}_{suffix}": f"{self.tables_dir}/{spec['name']}.{suffix}"
-                for spec in self.table_specs() for suffix in ("md", "csv", "tex")}
+        """Every table file the `tables` rule writes (the study's tables, the paper layouts, significance)."""
+        from sslam.tables.render import SIGNIFICANCE_FILES
+
+        files = {f"{spec.name}_{suffix}": f"{self.tables_dir}/{spec.name}.{suffix}"
+                 for spec in self._table_specs for suffix in ("md", "csv", "tex")}
+        files.update({Path(name).name.replace(".", "_"): f"{self.tables_dir}/{name}" for name in SIGNIFICANCE_FILES})
+        return files
 
     def figure_files(self) -> dict[str, str]:
-        figures = {f"{spec['name']}_figure": f"{self.tables_dir}/{spec['name']}_polyphony.png"
-                   for spec in self.table_specs() if spec.get("kind") == "polyphony_bins"}
+        figures = {f"{spec.name}_figure": f"{self.tables_dir}/{spec.name}_polyphony.png"
+                   for spec in self._table_specs if spec.kind == "polyphony_bins"}
         figures["pretrain_loss"] = f"{self.tables_dir}/pretrain_loss.png"
         if self.polyphony_segments():
             figures["audioset_polyphony"] = f"{self.tables_dir}/audioset_polyphony.png"

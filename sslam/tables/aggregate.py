@@ -21,7 +21,7 @@ import pandas as pd
 from sslam.configuration import load_yaml
 from sslam.errors import SslamError
 from sslam.io import atomic_write_text
-from sslam.tables.layouts import Study, build_table, table_specs, tables_config
+from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
 from sslam.tables.render import Decorator, significance_tables, write_table
 from sslam.tables.significance import OVERALL, Bootstrap
@@ -135,7 +135,7 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
 
     settings = tables_config(config)
     specs = table_specs(config)
-    study = Study.from_config(config)
+    study = StudyRows.from_config(config)
     if replicates is not None:  # the command line's override (0 = no tests)
         significance = replace(settings.significance, enabled=False) if replicates == 0 else \
             replace(settings.significance, replicates=replicates)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from sslam.configuration import from_dict, section
 from sslam.errors import ConfigError
-from sslam.tables.models import RANDOM, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
+from sslam.tables.models import DEFAULT_BASELINES, RANDOM, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
 from sslam.tables.paper_numbers import PAPER_TABLES, SPASS, paper_cells
 from sslam.tables.significance import OVERALL, SignificanceConfig
 
@@ -30,7 +30,6 @@ REGIME_LABELS = {"linear": "Linear evaluation", "finetune": "Fine-tuning"}
 METRIC_LABELS = {"map": "mAP", "accuracy": "accuracy"}
 PAPER_SUFFIX = " (paper)"
 PAPER_RUNS = 3       # paper Appendix F: its ± values are over three independent runs
-DEFAULT_BASELINES = [RANDOM]
 
 
 @dataclass
@@ -99,8 +98,8 @@ class TablesConfig:
 
 
 @dataclass(frozen=True)
-class Study:
-    """The parts of the `study` section that decide rows and their order."""
+class StudyRows:
+    """The parts of the study (sslam.study.StudyRows) that decide a table's rows and their order."""
 
     variants: list[str]
     benchmarks: list[str]
@@ -108,14 +107,10 @@ class Study:
     baselines: list[str]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Study:
-        stage1_variants = section(config, "study.stage1_variants", [])
-        if isinstance(stage1_variants, dict):
-            stage1_variants = list(stage1_variants)
-        names = [entry["name"] if isinstance(entry, dict) else str(entry) for entry in stage1_variants or []]
-        baselines = section(config, "study.baselines", None)
-        return cls(list(section(config, "study.variants", [])), list(section(config, "study.benchmarks", [])),
-                   names, list(DEFAULT_BASELINES if baselines in (None, {}) else baselines))
+    def from_config(cls, config: dict[str, Any]) -> StudyRows:
+        study = section(config, "study")
+        return cls(list(study.get("variants", [])), list(study.get("benchmarks", [])),
+                   list(study.get("stage1_variants", [])), list(study.get("baselines", DEFAULT_BASELINES)))
 
     def order(self, models: list[str]) -> list[str]:
         return model_order(models, self.variants, self.stage1_variants, self.baselines)
@@ -142,7 +137,7 @@ PAPER_LAYOUTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _table4_rows(study: Study) -> tuple[list[str], dict[str, str]]:
+def _table4_rows(study: StudyRows) -> tuple[list[str], dict[str, str]]:
     """Stage 1 unmixed, each Stage-1 variant, then the Stage-2 variants from each Stage 1, with Table 4's wording."""
     models, labels = [STAGE1], {STAGE1: "Stage 1 with unmixed audio"}
     for name in study.stage1_variants:
@@ -158,7 +153,7 @@ def _table4_rows(study: Study) -> tuple[list[str], dict[str, str]]:
     return models, labels
 
 
-def _preset(layout: str, study: Study) -> dict[str, Any]:
+def _preset(layout: str, study: StudyRows) -> dict[str, Any]:
     if layout not in PAPER_LAYOUTS:
         raise ConfigError(f"study.tables.specs: layout {layout!r} unknown; known: {sorted(PAPER_LAYOUTS)}")
     preset = dict(PAPER_LAYOUTS[layout], layout=layout)
@@ -167,7 +162,7 @@ def _preset(layout: str, study: Study) -> dict[str, Any]:
     return preset
 
 
-def _wanted(layout: str, study: Study) -> bool:
+def _wanted(layout: str, study: StudyRows) -> bool:
     """Whether a paper layout applies to the study on its own (its models and one of its benchmarks)."""
     preset = PAPER_LAYOUTS[layout]
     if not set(preset["benchmarks"]) & set(study.benchmarks):
@@ -192,7 +187,7 @@ def table_specs(config: dict[str, Any]) -> list[TableSpec]:
     The workflow calls this at parse time to declare the output files, so it reads only the config."""
     raw = section(config, "study.tables", {})
     raw = dict(raw) if isinstance(raw, dict) else {}
-    study = Study.from_config(config)
+    study = StudyRows.from_config(config)
     specs = []
     for i, entry in enumerate(raw.get("specs") or []):
         if not isinstance(entry, dict):
@@ -238,7 +233,7 @@ def row_label(model: str, spec: TableSpec, config: TablesConfig) -> str:
     return spec.labels.get(model) or config.labels.get(model) or default_label(model)
 
 
-def table_models(spec: TableSpec, present: list[str], study: Study) -> list[str]:
+def table_models(spec: TableSpec, present: list[str], study: StudyRows) -> list[str]:
     """The rows of one block: the spec's models (or every model with results, in study order), with the
     study's baselines first unless the spec lists them itself or turns them off."""
     models = list(spec.models) if spec.models is not None else study.order(present)
@@ -249,7 +244,7 @@ def table_models(spec: TableSpec, present: list[str], study: Study) -> list[str]
     return [m for m in models if m in set(present)]
 
 
-def build_table(spec: TableSpec, summary: pd.DataFrame, study: Study, config: TablesConfig) -> pd.DataFrame:
+def build_table(spec: TableSpec, summary: pd.DataFrame, study: StudyRows, config: TablesConfig) -> pd.DataFrame:
     """Long table of the cells of one TableSpec (columns CELL_COLUMNS), each model's paper row after its own.
 
     `summary` has one row per (benchmark, regime, model, column) with mean/std/n over seeds (see

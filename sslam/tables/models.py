@@ -19,6 +19,7 @@ from dataclasses import dataclass
 STAGE1 = "stage1"
 RANDOM = "random"
 SEPARATOR = "@"
+DEFAULT_BASELINES = (RANDOM,)   # study.baselines when the config does not say
 _ID = re.compile(r"[A-Za-z0-9_.+-]+")
 
 
