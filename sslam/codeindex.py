@@ -23,6 +23,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +279,41 @@ def _is_plain_binding(statement: ast.stmt) -> bool:
     return True
 
 
+CACHE_VERSION = 1  # bump when units or digests are computed differently: old cache entries are then ignored
+
+
+def cache_dir() -> Path:
+    """Where parsed module indexes are kept between parses (a parse of the paper's DAG reads ~50 modules)."""
+    root = os.environ.get("SSLAM_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                         os.path.expanduser("~/.cache"), "sslam")
+    return Path(root) / "codeindex"
+
+
+def cached_parse(name: str, source: str) -> ModuleIndex:
+    """ModuleIndex.parse, memoised on disk by the source's content (an unwritable cache only costs time)."""
+    key = hashlib.sha256(f"{CACHE_VERSION}\0{name}\0{source}".encode()).hexdigest()
+    path = cache_dir() / f"{key}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ModuleIndex(name, data["digests"], {unit: set(names) for unit, names in data["reads"].items()},
+                           [tuple(span) for span in data["spans"]],
+                           {alias: tuple(target) for alias, target in data["imports"].items()},
+                           data["classes"], set(data["registries"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    index = ModuleIndex.parse(name, source)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps({"digests": index.digests, "reads": {u: sorted(n) for u, n in index.reads.items()},
+                                         "spans": index.spans, "imports": index.imports, "classes": index.classes,
+                                         "registries": sorted(index.registries)}), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        pass
+    return index
+
+
 class PackageIndex:
     """Indexes of the package's modules, parsed on first use from the files (or from given sources)."""
 
@@ -291,7 +328,7 @@ class PackageIndex:
             if source is None:
                 path = module_path(name)
                 source = path.read_text(encoding="utf-8") if path is not None else None
-            self._modules[name] = ModuleIndex.parse(name, source) if source is not None else None
+            self._modules[name] = cached_parse(name, source) if source is not None else None
         return self._modules[name]
 
     def digest_of(self, unit: str) -> str | None:

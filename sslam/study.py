@@ -68,6 +68,9 @@ class Study:
     def __init__(self, config: dict[str, Any], check_data_roots: bool = True) -> None:
         validate_against_schema(config)
         self.config = config
+        self._index = None                             # sslam.codeindex.PackageIndex, built on first use
+        self._plan = None                              # sslam.plan's jobs, for runtime: auto
+        self._shards: dict[str, list[str]] = {}
         study = config["study"]
         self.name: str = study["name"]
         self.results: str = study["results"]
@@ -84,8 +87,6 @@ class Study:
         self.datasets = self._build_sections()
         if check_data_roots:
             self._check_data_roots()
-        self._index = None
-        self._plan = None
         self.changed_code: dict[str, list[str]] = {}   # record path -> changed units, filled by fingerprint()
 
     @classmethod
@@ -219,7 +220,10 @@ class Study:
     def shard_paths(self, dataset: str) -> list[str]:
         from sslam.data.config import study_shard_paths
 
-        return [str(path) for path in study_shard_paths(self.results, dataset, self.datasets[dataset].shards)]
+        if dataset not in self._shards:  # asked for by every evaluation job of a parse
+            self._shards[dataset] = [str(path) for path in
+                                     study_shard_paths(self.results, dataset, self.datasets[dataset].shards)]
+        return self._shards[dataset]
 
     def polyphony_root(self) -> str:
         """The folder the workflow fills with the source manifests a polyphony_bins dataset merges."""
