@@ -31,5 +31,9 @@ class FrontEndConfig:
         """One 25 ms analysis window: anything shorter yields no fbank frame at all."""
         return int(round(0.025 * self.sample_rate))
 
+    def frame_shift_samples(self) -> int:
+        """Samples between frame starts (Kaldi rounds the shift down to whole samples)."""
+        return int(self.sample_rate * self.frame_shift_ms * 0.001)  # the same float expression as torchaudio's
+
 
 DEFAULT_FRONT_END = FrontEndConfig()

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from sslam import __version__
-from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank
+from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, fit_length, load_raw_fbank
 from sslam.configuration import from_dict, load_yaml, section
 from sslam.data.config import CacheConfig
 from sslam.data.manifest import COLUMNS, Manifest, read_manifest
@@ -133,7 +133,9 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                 clip_id = manifest.table.at[row, "clip_id"]
                 path = manifest.audio_path(row)
                 try:
-                    raw = load_raw_fbank(path, front_end)
+                    # Only what the target length needs is decoded: memory follows target_length, not the file.
+                    raw = load_raw_fbank(path, front_end, max_frames=target_length)
+                    clip_frames = clip_num_frames(path, front_end) if len(raw) == target_length else len(raw)
                 except AudioError as error:
                     skips.append((clip_id, str(path), str(error)))
                     continue
@@ -144,7 +146,7 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                     stat_sum += real.sum()
                     stat_sumsq += np.square(real).sum()
                     stat_count += real.size
-                num_frames.append(raw.shape[0])
+                num_frames.append(clip_frames)
                 kept.append(row)
             fbank.resize(len(kept), axis=0)
 

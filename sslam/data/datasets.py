@@ -185,7 +185,7 @@ class OnTheFlyDataset(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, item: int):
-        raw = load_raw_fbank(self.manifest.audio_path(item), self.front_end)
+        raw = load_raw_fbank(self.manifest.audio_path(item), self.front_end, max_frames=self.target_length)
         fbank = normalise(fit_length(raw, self.target_length), self.mean, self.std).float()
         if not self.labelled:
             return fbank

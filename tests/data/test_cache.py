@@ -122,11 +122,11 @@ def test_a_killed_build_leaves_nothing_that_looks_complete(tiny_corpus, tmp_path
     calls = {"n": 0}
     real_loader = cache_module.load_raw_fbank
 
-    def dies_midway(path, config):
+    def dies_midway(path, config, **options):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt     # stands in for SIGKILL / node failure
-        return real_loader(path, config)
+        return real_loader(path, config, **options)
 
     monkeypatch.setattr(cache_module, "load_raw_fbank", dies_midway)
     with pytest.raises(KeyboardInterrupt):
