@@ -81,6 +81,16 @@ def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
     return study_shard_paths(results, dataset, dataset_config(config, dataset).shards)
 
 
+def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> None:
+    """Refuse shards built with another front end, target length or shard count than the config (one line)."""
+    from sslam.data.shards import check_shard_settings
+    from sslam.front_end import FrontEndConfig
+
+    settings = dataset_config(config, dataset)
+    front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
+    check_shard_settings(shards, front_end, settings.target_length, settings.shards)
+
+
 def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Encoder from a checkpoint file, or a randomly initialised one ('random[:section]')."""
     from sslam.model.encoder import AudioEncoder, EncoderConfig
@@ -205,6 +215,9 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else default_shards(config, train_name)
     # Train and test clips are both normalised with the TRAINING dataset's constants.
     train_settings = dataset_config(config, train_name)
+    check_cache(config, benchmark.dataset, test_shards)
+    if train_name != benchmark.dataset:
+        check_cache(config, train_name, train_shards)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps must be positive")

@@ -101,9 +101,13 @@ def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):
     missing = [str(p) for p in shard_paths if not Path(p).is_file()]
     if missing:
         raise SslamError(f"cache shard(s) not found: {', '.join(missing)} (run `sslam cache build` first)")
+    from sslam.front_end import FrontEndConfig
+
     _, dataset = pretrain_dataset_config(config)
+    # Shards built with another front end, target length or shard count are refused here, before any step.
+    front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
     return FbankDataset(shard_paths, dataset.norm_mean, dataset.norm_std, labelled=False,
-                        splits=("train", "unlabeled"))
+                        splits=("train", "unlabeled"), front_end=front_end, target_length=dataset.target_length)
 
 
 def seed_everything(seed: int) -> None:

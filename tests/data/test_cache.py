@@ -162,7 +162,7 @@ def test_verify_finds_damage_and_stale_attributes(tiny_corpus, tmp_path):
     assert any("row counts differ" in p for p in verify_shard(uneven))
 
     problems = verify_shard(good, manifest, FrontEndConfig(num_mel_bins=64), TARGET + 1)
-    assert any("front-end" in p for p in problems) and any("target_length" in p for p in problems)
+    assert any("front_end.num_mel_bins" in p for p in problems) and any("target_length" in p for p in problems)
     assert any("mel bins" in p for p in problems)
 
     grown = Manifest(pd.concat([manifest.table, manifest.table.iloc[:2].assign(clip_id=["x1", "x2"])]),
