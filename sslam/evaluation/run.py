@@ -30,7 +30,7 @@ from sslam.evaluation.protocols import combine, plan_rounds
 from sslam.evaluation.rounds import RoundSettings, run_round
 from sslam.io import atomic_write_json
 from sslam.provenance import job_fingerprint
-from sslam.tracking import JobTracker
+from sslam.tracking import PRETRAIN_CHECKPOINT_TAG, JobTracker, results_relative
 
 REGIME_OF_COMMAND = {"finetune": "finetune", "probe": "linear"}
 RANDOM_INIT = "random"
@@ -128,6 +128,19 @@ class EvaluationJob:
     device: str = "cpu"
     tracking: str | None = None
     max_steps: int | None = None
+    pretrain_checkpoint: str | None = None  # the checkpoint relative to study.results: links the pretraining run
+
+
+def tracked_result(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics.json numbers MLflow gets: the headline, per polyphony bin and per fold, the wall time."""
+    name = metrics["metric"]
+    values = {name: metrics["value"], "wall_time_s": metrics["wall_time_s"], "num_test": metrics.get("num_test")}
+    for key, entry in (metrics.get("per_bin") or {}).items():
+        values[f"{name}/bin_{key}"] = entry.get("value")
+        values[f"{name}/bin_{key}/clips"] = entry.get("clips")
+    for entry in metrics.get("per_fold") or []:
+        values[f"{name}/fold_{entry.get('fold')}"] = entry.get("value")
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def evaluate(job: EvaluationJob) -> dict[str, Any]:
@@ -154,7 +167,11 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
                                      job.benchmark.training_dataset: job.train_shards},
                              norm_mean=norm_mean, norm_std=norm_std, device=torch.device(job.device),
                              seed=job.seed, max_steps=job.max_steps)
-    with JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
+    if job.pretrain_checkpoint:
+        tags[PRETRAIN_CHECKPOINT_TAG] = job.pretrain_checkpoint
+    # live=False: nothing reaches MLflow before metrics.json is written, and a dead store cannot cost it.
+    with JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark), job_dir=job.out, live=False,
+                    link_checkpoint=job.pretrain_checkpoint) as tracker, \
             open(job.out / "metrics.jsonl", "w") as log_file:
         def log(record: dict[str, Any]) -> None:
             log_file.write(json.dumps(record) + "\n")
@@ -186,7 +203,7 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
             "config": to_dict(job.benchmark),
         }
         atomic_write_json(job.out / "metrics.json", metrics)  # a reader (the tables rule) never sees half of it
-        tracker.log_metrics({metrics["metric"]: metrics["value"], "wall_time_s": metrics["wall_time_s"]})
+        tracker.log_metrics(tracked_result(metrics))
         tracker.log_artifact(job.out / "metrics.json")
     return metrics
 
@@ -221,9 +238,10 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps must be positive")
+    linked = None if spec.startswith(RANDOM_INIT) else results_relative(spec, section(config, "study.results", default=""))
     return EvaluationJob(args.benchmark, benchmark, regime_name, encoder, backbone, test_shards, train_shards,
                          train_settings.norm_mean, train_settings.norm_std, Path(args.out),
-                         args.seed, args.variant, device, args.tracking, args.max_steps)
+                         args.seed, args.variant, device, args.tracking, args.max_steps, linked)
 
 
 def run(args: argparse.Namespace) -> int:

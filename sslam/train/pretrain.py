@@ -25,7 +25,7 @@ import torch
 from sslam.configuration import from_dict, load_yaml, section, to_dict
 from sslam.errors import ConfigError, SslamError
 from sslam.provenance import job_fingerprint
-from sslam.tracking import JobTracker
+from sslam.tracking import CHECKPOINT_TAG, JobTracker, results_relative
 from sslam.train.config import TrainConfig, train_config_for_stage
 from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from sslam.train.loop import Pretrainer, RunIdentity
@@ -135,6 +135,7 @@ def build_objective(config: dict[str, Any], stage: int, variant: str | None, tra
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = load_yaml(args.config)
+    args.results = section(config, "study.results", default="")
     train = train_config_for_stage(config, args.stage)
     if args.steps is not None:
         try:
@@ -182,9 +183,11 @@ def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, ide
     out_dir = Path(args.out)
     run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
     tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain",
-            "code_hash": job_fingerprint("sslam.train.pretrain")}
+            "code_hash": job_fingerprint("sslam.train.pretrain"),
+            # evaluation runs find this run by its checkpoint (relative to study.results: moves with the folder)
+            CHECKPOINT_TAG: results_relative(out_dir / "checkpoint.pt", args.results)}
     # Only the main rank reports; JobTracker would otherwise pick MLFLOW_TRACKING_URI up on every rank.
-    tracker = JobTracker(args.tracking, run_name, tags, identity.config) if context.is_main else None
+    tracker = JobTracker(args.tracking, run_name, tags, identity.config, job_dir=out_dir) if context.is_main else None
     with tracker or contextlib.nullcontext():
         trainer = Pretrainer(objective, dataset, train, out_dir, identity, context,
                              metrics=MetricsLog(out_dir / "metrics.jsonl", tracker), show_progress=args.progress)
