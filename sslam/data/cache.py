@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +34,30 @@ import torch
 
 from sslam import __version__
 from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, fit_length, load_raw_fbank
-from sslam.configuration import from_dict, load_yaml, section
+from sslam.configuration import cli_number, from_dict, load_yaml, section
 from sslam.data.config import CacheConfig
 from sslam.data.manifest import COLUMNS, Manifest, read_manifest
 from sslam.data.shards import (  # noqa: F401  (verify_shard, verify_shard_set, BASE_DATASETS: re-exported)
     BASE_DATASETS, create_checked_dataset, front_end_json, shard_rows, verify_shard, verify_shard_set,
 )
-from sslam.errors import AudioError, CacheError, ConfigError
+from sslam.errors import AudioError, CacheError, DiskFullError
 from sslam.io import atomic_path
 
 # Splits whose frames feed the normalisation statistics: never evaluation data.
 STATISTICS_SPLITS = ("train", "unlabeled")
+# HDF5 does not survive a write that fails for lack of space (its close then crashes the process), so
+# the build checks the free space before it starts and every so many clips while it runs.
+SPACE_CHECK_EVERY = 64
+SPACE_MARGIN_BYTES = 4 * 2**20
+
+
+def ensure_free_space(out_path: Path, needed: int) -> None:
+    """DiskFullError (one line, nothing written) when the shard's remaining clips cannot fit beside `out_path`."""
+    free = shutil.disk_usage(out_path.parent).free
+    if needed + SPACE_MARGIN_BYTES > free:
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device for {out_path}: its clips need about "
+                            f"{(needed + SPACE_MARGIN_BYTES) / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; "
+                            f"{'the previous version was kept' if out_path.exists() else 'nothing was written'}")
 
 
 @dataclass
@@ -121,7 +136,10 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                                          chunks=(1, target_length, num_bins), compression=config.compression,
                                          fletcher32=True)  # a checksum per clip, verified on every read
             num_frames = []
-            for row in rows:
+            clip_bytes = target_length * num_bins * np.dtype(np.float16).itemsize
+            for position, row in enumerate(rows):
+                if position % SPACE_CHECK_EVERY == 0 and config.compression is None:
+                    ensure_free_space(out_path, (len(rows) - position) * clip_bytes)
                 clip_id = manifest.table.at[row, "clip_id"]
                 path = manifest.audio_path(row)
                 try:
@@ -191,17 +209,19 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     build = actions.add_parser("build", help="cache one shard of a manifest")
     build.add_argument("--manifest", required=True, help="canonical manifest.tsv")
     build.add_argument("--out", required=True, help="shard file to write, e.g. shard-000-of-004.h5")
-    build.add_argument("--shard", type=int, default=0, help="shard index i (takes rows i, i+N, ...)")
-    build.add_argument("--num-shards", type=int, default=1, help="number of shards N")
-    build.add_argument("--target-length", type=int, required=True, help="frames per clip after pad/truncate")
+    build.add_argument("--shard", type=cli_number(">= 0"), default=0, help="shard index i (takes rows i, i+N, ...)")
+    build.add_argument("--num-shards", type=cli_number(">= 1"), default=1, help="number of shards N")
+    build.add_argument("--target-length", type=cli_number(">= 1"), required=True,
+                       help="frames per clip after pad/truncate")
     build.add_argument("--config", help="study YAML (its front_end and cache sections)")
-    build.add_argument("--max-failure-fraction", type=float, help="overrides cache.max_failure_fraction")
+    build.add_argument("--max-failure-fraction", type=cli_number("[0, 1]", float),
+                       help="overrides cache.max_failure_fraction")
     verify = actions.add_parser("verify", help="check shards (every chunk's checksum, NaN/inf, manifest rows); "
                                 "exit 1 when anything is wrong")
     verify.add_argument("shards", nargs="+", help="shard files")
     verify.add_argument("--manifest", help="the manifest the shards were built from")
     verify.add_argument("--config", help="study YAML: check the front-end parameters against it")
-    verify.add_argument("--target-length", type=int, help="expected target length")
+    verify.add_argument("--target-length", type=cli_number(">= 1"), help="expected target length")
     verify.add_argument("--quick", action="store_true",
                         help="read only the first and last chunk of each shard (catches truncation, not flipped bytes)")
 

@@ -36,7 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sslam.configuration import from_dict, to_dict
+from sslam.configuration import cli_number, from_dict, to_dict
 from sslam.errors import SslamError
 from sslam.io import atomic_path
 from sslam.model.config import DecoderConfig, EncoderConfig
@@ -397,8 +397,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("input", help="checkpoint: sslam .pt, fairseq .pt (pre-training or fine-tuned), safetensors")
     parser.add_argument("output", help="output .safetensors file (EAT/HF layout C)")
     parser.add_argument("--which", choices=["student", "teacher"], default="student")
-    parser.add_argument("--num-heads", type=int, default=None, help="override (default: from metadata or width/64)")
-    parser.add_argument("--num-mel-bins", type=int, default=None, help="override (default: from metadata or 128)")
+    parser.add_argument("--num-heads", type=cli_number(">= 1"), default=None,
+                        help="override (default: from metadata or width/64)")
+    parser.add_argument("--num-mel-bins", type=cli_number(">= 1"), default=None,
+                        help="override (default: from metadata or 128)")
 
 
 def run(args: argparse.Namespace) -> int:
