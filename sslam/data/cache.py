@@ -4,17 +4,18 @@ Decoding, resampling and the Kaldi fbank cost tens of milliseconds per 10-s clip
 (T, F) float16 block costs well under one. So the front end runs once per clip here, and training
 reads shards through `sslam.data.datasets.FbankDataset`.
 
-Shard layout (docs/architecture.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, holding
-the RAW log-mel padded/truncated to `target_length` (normalisation happens at read time, so one
-cache serves any mean/std); `num_frames` int32; `clip_id`, `split` str; `fold` int16; `labels` uint8
+Shard layout (docs/architecture.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, each with a
+Fletcher-32 checksum (`sslam.data.shards` says why), holding the RAW log-mel padded/truncated to
+`target_length` (normalisation happens at read time, so one cache serves any mean/std); `num_frames` int32; `clip_id`, `split` str; `fold` int16; `labels` uint8
 multi-hot (N, C); manifest extra columns under the group `extra/`. Attributes record everything the
 content depends on (front-end parameters, target length, manifest hash, classes, shard index) plus
 the normalisation sums, and `complete = True` is written last.
 
 A shard is written to `SHARD.h5.tmp` and renamed only when complete, so a killed job never leaves
 a file that looks finished and a rebuild never destroys a good shard before its successor exists.
-Clips the front end rejects (missing, undecodable, empty, silent, too short, NaN/inf) are listed in
-`SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`.
+Clips the front end rejects (missing, undecodable, oversize, empty, silent, too short, NaN/inf) are listed
+in `SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`. Only the
+audio the target length needs is decoded, so memory follows the target length, not the file.
 """
 from __future__ import annotations
 
