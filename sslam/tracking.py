@@ -585,7 +585,9 @@ def _parse_tags(items: list[str]) -> dict[str, str]:
 def run(args) -> int:
     if args.action == "init":
         out = Path(args.out)
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or absolute_store_uri(args.uri, Path.cwd())
+        # A relative SQLite URI means the current folder (as MLflow reads it); tracking.json records it
+        # relative to its own folder instead.
+        uri = absolute_store_uri(os.environ.get("MLFLOW_TRACKING_URI") or args.uri, Path.cwd())
         store = TrackingStore(uri)
         try:
             info = init_study(uri, args.experiment, args.study, args.artifact_location, store=store)
