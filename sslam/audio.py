@@ -19,16 +19,69 @@ from sslam.errors import AudioError
 from sslam.front_end import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_FRONT_END, FrontEndConfig  # noqa: F401  (re-exported)
 
 
-def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a wav/flac/ogg file as float32 (frames, channels); raise AudioError on any failure."""
+# Decoding a whole file costs memory in proportion to its length (a 1-h file: GBs for the samples, the
+# resampler and the fbank's frame matrix). Callers that need only the first frames say so with
+# `max_frames`; a whole-file decode longer than this is refused as an oversize file (a recorded skip).
+MAX_WHOLE_FILE_SECONDS = 10 * 60
+# Decoded float32 samples (all channels) one call may hold: a many-channel file is oversize even in a short window.
+MAX_DECODED_BYTES = 2**30
+# Extra native-rate samples read past the last needed one, so that the resampler's filter sees the same
+# neighbourhood as in a whole-file decode (torchaudio's sinc filter spans ~6 input periods per side).
+_RESAMPLER_MARGIN_SECONDS = 0.01
+
+
+def audio_info(path: str | Path) -> soundfile._SoundFileInfo:
+    """The file's header (frames, samplerate, channels) without decoding it; AudioError on any failure."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"missing audio file: {path}")
     try:
-        samples, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        return soundfile.info(str(path))
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
+        raise AudioError(f"cannot decode {path}: {error}") from error
+
+
+def decode_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Read a wav/flac/ogg file as float32 (frames, channels), only its first `max_seconds` when given;
+    raise AudioError on any failure."""
+    path = Path(path)
+    info = audio_info(path)
+    frames = -1
+    if max_seconds is not None:
+        frames = max(1, math.ceil(max_seconds * info.samplerate))
+        if 0 < info.frames <= frames:
+            frames = -1
+    elif info.frames / max(info.samplerate, 1) > MAX_WHOLE_FILE_SECONDS:
+        raise AudioError(f"{path}: oversize file ({info.frames / info.samplerate / 60:.1f} min; a whole-file decode "
+                         f"is limited to {MAX_WHOLE_FILE_SECONDS / 60:.0f} min): give max_frames or cut it")
+    decoded_bytes = (frames if frames > 0 else max(info.frames, 0)) * info.channels * 4
+    if decoded_bytes > MAX_DECODED_BYTES:
+        raise AudioError(f"{path}: oversize file ({info.channels} channels: {decoded_bytes / 2**20:.0f} MiB of samples "
+                         f"to decode, more than {MAX_DECODED_BYTES / 2**20:.0f} MiB)")
+    try:
+        samples, sample_rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except MemoryError as error:
+        raise AudioError(f"{path}: oversize file: not enough memory to decode it") from error
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise AudioError(f"cannot decode {path}: {error}") from error
     return samples, int(sample_rate)
+
+
+def num_fbank_frames(num_samples: int, config: FrontEndConfig = DEFAULT_FRONT_END) -> int:
+    """Frames the Kaldi fbank gives for `num_samples` samples at config.sample_rate (snip_edges)."""
+    window, shift = config.min_samples(), config.frame_shift_samples()
+    return 0 if num_samples < window else 1 + (num_samples - window) // shift
+
+
+def clip_num_frames(path: str | Path, config: FrontEndConfig = DEFAULT_FRONT_END) -> int:
+    """Frames the whole file would give, from its header alone (no decoding)."""
+    info = audio_info(path)
+    return num_fbank_frames(math.ceil(info.frames * config.sample_rate / info.samplerate), config)
+
+
+def _seconds_for_frames(max_frames: int, config: FrontEndConfig) -> float:
+    samples = config.min_samples() + (max_frames - 1) * config.frame_shift_samples()
+    return samples / config.sample_rate + _RESAMPLER_MARGIN_SECONDS
 
 
 def to_mono_16k(samples: np.ndarray, sample_rate: int, config: FrontEndConfig = DEFAULT_FRONT_END) -> torch.Tensor:
@@ -90,12 +143,23 @@ def normalise(fbank: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return (fbank - mean) / (2.0 * std)
 
 
-def load_raw_fbank(path: str | Path, config: FrontEndConfig = DEFAULT_FRONT_END) -> torch.Tensor:
-    """Audio file -> raw (un-normalised, un-padded) log-mel (T, num_mel_bins) float32."""
-    samples, sample_rate = decode_audio(path)
+def load_raw_fbank(path: str | Path, config: FrontEndConfig = DEFAULT_FRONT_END,
+                   max_frames: int | None = None) -> torch.Tensor:
+    """Audio file -> raw (un-normalised, un-padded) log-mel (T, num_mel_bins) float32.
+
+    `max_frames` (None = the whole file): decode only the audio that the first `max_frames` frames need
+    and return at most that many, so memory follows `max_frames`, not the file. The DC offset and the
+    silence test then cover the decoded part, which is all the model sees."""
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
+    max_seconds = None if max_frames is None else _seconds_for_frames(max_frames, config)
+    samples, sample_rate = decode_audio(path, max_seconds)
     waveform = to_mono_16k(samples, sample_rate, config)
+    del samples
     check_waveform(waveform, config, name=str(path))
     fbank = waveform_to_fbank(waveform, config)
+    if max_frames is not None:
+        fbank = fbank[:max_frames]
     if not torch.isfinite(fbank).all():
         raise AudioError(f"{path}: fbank contains NaN or inf")
     return fbank

@@ -7,6 +7,7 @@ before any job starts instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -97,6 +98,65 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+class ConfigValueError(ConfigError):
+    """A value outside its range; `key` is the field, so that `from_dict` can name the full dotted key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+_NUMBER = r"-?(?:inf|[\d.]+(?:e[+-]?\d+)?)"
+_RANGE = re.compile(rf"^\s*(?:([\[(])\s*({_NUMBER})\s*,\s*({_NUMBER})\s*([\])])|(>=|>|<=|<)\s*({_NUMBER}))\s*$")
+
+
+def _inside(value: float, rule: str) -> bool:
+    match = _RANGE.match(rule)
+    if match is None:
+        raise ValueError(f"bad range rule {rule!r}")
+    opening, low, high, closing, operator, bound = match.groups()
+    if operator:
+        limit = float(bound)
+        return {">": value > limit, ">=": value >= limit, "<": value < limit, "<=": value <= limit}[operator]
+    low_ok = value >= float(low) if opening == "[" else value > float(low)
+    high_ok = value <= float(high) if closing == "]" else value < float(high)
+    return low_ok and high_ok
+
+
+def check_ranges(instance: Any, **rules: str) -> None:
+    """Range-check fields of a config dataclass: `check_ranges(self, lr="> 0", betas="[0, 1)", steps=">= 1")`.
+
+    None (an optional field left unset) passes; a tuple or list is checked element by element; NaN never
+    passes. Raises ConfigValueError naming the field; `from_dict` prefixes the section, so the user reads
+    e.g. `evaluation.benchmarks.X.linear.lr: must be > 0, got -1.0`.
+    """
+    for name, rule in rules.items():
+        value = getattr(instance, name)
+        values = value if isinstance(value, (tuple, list)) else [value]
+        for item in values:
+            if item is None:
+                continue
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not _inside(item, rule):
+                raise ConfigValueError(name, f"must be {rule.strip()}, got {value!r}")
+
+
+def cli_number(rule: str, kind: type = int):
+    """An argparse `type` that range-checks too: `add_argument("--num-shards", type=cli_number(">= 1"))`."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not _inside(value, rule):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass `cls` from `data`; unknown keys and mistyped values raise ConfigError."""
     data = dict(data or {})
@@ -114,6 +174,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     try:
         return cls(**kwargs)
+    except ConfigValueError as error:
+        raise ConfigValueError(f"{where}.{error.key}" if where else error.key, error.problem) from error
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where or cls.__name__}: {error}") from error
 

@@ -19,3 +19,10 @@ class ManifestError(SslamError, ValueError):
 
 class CacheError(SslamError):
     """An HDF5 spectrogram cache shard is missing, incomplete, stale, or too many clips failed."""
+
+
+class DiskFullError(SslamError, OSError):
+    """The disk (or quota) filled up while a result file was written; the previous version was kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)

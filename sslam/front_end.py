@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sslam.configuration import check_ranges
+from sslam.errors import ConfigError
+
 
 AUDIOSET_MEAN = -4.268
 AUDIOSET_STD = 4.569
+KALDI_WINDOWS = ("hamming", "hanning", "povey", "rectangular", "blackman")
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,19 @@ class FrontEndConfig:
     # the floor everywhere and it would only teach the model the padding value.
     silence_dbfs: float = -90.0
 
+    def __post_init__(self) -> None:
+        check_ranges(self, sample_rate=">= 1", num_mel_bins=">= 1", frame_shift_ms="> 0", dither=">= 0",
+                     silence_dbfs="<= 0")
+        if self.window_type not in KALDI_WINDOWS:
+            raise ConfigError(f"window_type must be one of {list(KALDI_WINDOWS)}, got {self.window_type!r}")
+
     def min_samples(self) -> int:
         """One 25 ms analysis window: anything shorter yields no fbank frame at all."""
         return int(round(0.025 * self.sample_rate))
+
+    def frame_shift_samples(self) -> int:
+        """Samples between frame starts (Kaldi rounds the shift down to whole samples)."""
+        return int(self.sample_rate * self.frame_shift_ms * 0.001)  # the same float expression as torchaudio's
 
 
 DEFAULT_FRONT_END = FrontEndConfig()

@@ -8,12 +8,17 @@ killed at any moment leaves either the old complete file or the new complete fil
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from sslam.errors import DiskFullError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
@@ -36,6 +41,14 @@ def atomic_path(target: str | Path, keep_previous: str | Path | None = None) -> 
         if keep_previous is not None and target.exists():
             os.replace(target, keep_previous)
         os.replace(temporary, target)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if error.errno in _FULL and not isinstance(error, DiskFullError):
+            # One line instead of a traceback; the target (or its previous version) is untouched.
+            raise DiskFullError(error.errno, f"no space left on the device (or quota) while writing {target}; "
+                                f"{'the previous version was kept' if target.exists() else 'nothing was written'}"
+                                ) from error
+        raise
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

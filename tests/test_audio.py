@@ -149,3 +149,56 @@ def test_clip_shorter_than_one_window(tmp_path):
 def test_custom_front_end_changes_the_mel_count(tmp_path):
     fbank = load_raw_fbank(write(tmp_path / "a.wav", tone(1.0, 16000), 16000), FrontEndConfig(num_mel_bins=64))
     assert fbank.shape == (98, 64)
+
+
+# --- bounded decoding (issue 10.4) -------------------------------------------------------------------
+def long_flac(path, minutes, sample_rate=16000):
+    """10 s of tone, then silence (FLAC keeps a 1-h file at a few hundred kB)."""
+    with soundfile.SoundFile(str(path), "w", samplerate=sample_rate, channels=1, format="FLAC") as stream:
+        stream.write(tone(10.0, sample_rate))
+        left = int(minutes * 60 * sample_rate) - 10 * sample_rate
+        block = np.zeros(60 * sample_rate, dtype=np.float32)
+        while left > 0:
+            stream.write(block[:min(left, len(block))])
+            left -= len(block)
+    return path
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 44100])
+def test_max_frames_keeps_the_result_of_a_clip_within_it(tmp_path, sample_rate):
+    path = write(tmp_path / "clip.wav", tone(1.0, sample_rate), sample_rate)
+    whole = load_raw_fbank(path)
+    assert torch.equal(load_raw_fbank(path, max_frames=len(whole)), whole)
+    assert torch.equal(load_raw_fbank(path, max_frames=1024), whole)
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 44100])
+def test_max_frames_decodes_only_the_start_of_a_long_file(tmp_path, monkeypatch, sample_rate):
+    path = write(tmp_path / "long.wav", tone(30.0, sample_rate), sample_rate, subtype="FLOAT")
+    whole = load_raw_fbank(path)
+    requested = []
+    real_read = soundfile.read
+
+    def recording_read(*args, **kwargs):
+        requested.append(kwargs.get("frames"))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(soundfile, "read", recording_read)
+    window = load_raw_fbank(path, max_frames=100)
+    assert window.shape == (100, 128)
+    # 100 frames = 1.015 s of audio: the read stops shortly after it, far from the file's 30 s.
+    assert 1.015 * sample_rate <= requested[0] <= 1.05 * sample_rate
+    # Frame by frame the same fbank; only the clip mean subtracted before it covers less audio.
+    torch.testing.assert_close(window, whole[:100], atol=2e-3, rtol=0)
+
+
+def test_a_whole_file_decode_of_an_hour_is_an_oversize_file(tmp_path):
+    path = long_flac(tmp_path / "hour.flac", 60)
+    with pytest.raises(AudioError, match="oversize"):
+        load_raw_fbank(path)
+    assert load_raw_fbank(path, max_frames=1024).shape == (1024, 128)
+
+
+def test_max_frames_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="max_frames"):
+        load_raw_fbank(write(tmp_path / "a.wav", tone(1.0, 16000), 16000), max_frames=0)

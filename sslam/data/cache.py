@@ -4,23 +4,26 @@ Decoding, resampling and the Kaldi fbank cost tens of milliseconds per 10-s clip
 (T, F) float16 block costs well under one. So the front end runs once per clip here, and training
 reads shards through `sslam.data.datasets.FbankDataset`.
 
-Shard layout (docs/architecture.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, holding
-the RAW log-mel padded/truncated to `target_length` (normalisation happens at read time, so one
-cache serves any mean/std); `num_frames` int32; `clip_id`, `split` str; `fold` int16; `labels` uint8
+Shard layout (docs/architecture.md): datasets `fbank` float16 (N, T, F) in chunks of one clip, each with a
+Fletcher-32 checksum (`sslam.data.shards` says why), holding the RAW log-mel padded/truncated to
+`target_length` (normalisation happens at read time, so one cache serves any mean/std); `num_frames` int32; `clip_id`, `split` str; `fold` int16; `labels` uint8
 multi-hot (N, C); manifest extra columns under the group `extra/`. Attributes record everything the
 content depends on (front-end parameters, target length, manifest hash, classes, shard index) plus
 the normalisation sums, and `complete = True` is written last.
 
 A shard is written to `SHARD.h5.tmp` and renamed only when complete, so a killed job never leaves
 a file that looks finished and a rebuild never destroys a good shard before its successor exists.
-Clips the front end rejects (missing, undecodable, empty, silent, too short, NaN/inf) are listed in
-`SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`.
+Clips the front end rejects (missing, undecodable, oversize, empty, silent, too short, NaN/inf) are listed
+in `SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`. Only the
+audio the target length needs is decoded, so memory follows the target length, not the file.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +34,31 @@ import pandas as pd
 import torch
 
 from sslam import __version__
-from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank
-from sslam.configuration import from_dict, load_yaml, section
+from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, fit_length, load_raw_fbank
+from sslam.configuration import cli_number, from_dict, load_yaml, section
 from sslam.data.config import CacheConfig
 from sslam.data.manifest import COLUMNS, Manifest, read_manifest
-from sslam.errors import AudioError, CacheError, ConfigError
+from sslam.data.shards import (  # noqa: F401  (verify_shard, verify_shard_set, BASE_DATASETS: re-exported)
+    BASE_DATASETS, create_checked_dataset, front_end_json, shard_rows, verify_shard, verify_shard_set,
+)
+from sslam.errors import AudioError, CacheError, DiskFullError
 from sslam.io import atomic_path
 
 # Splits whose frames feed the normalisation statistics: never evaluation data.
 STATISTICS_SPLITS = ("train", "unlabeled")
-BASE_DATASETS = ("fbank", "num_frames", "clip_id", "split", "fold", "labels")
+# HDF5 does not survive a write that fails for lack of space (its close then crashes the process), so
+# the build checks the free space before it starts and every so many clips while it runs.
+SPACE_CHECK_EVERY = 64
+SPACE_MARGIN_BYTES = 4 * 2**20
+
+
+def ensure_free_space(out_path: Path, needed: int) -> None:
+    """DiskFullError (one line, nothing written) when the shard's remaining clips cannot fit beside `out_path`."""
+    free = shutil.disk_usage(out_path.parent).free
+    if needed + SPACE_MARGIN_BYTES > free:
+        raise DiskFullError(errno.ENOSPC, f"no space left on the device for {out_path}: its clips need about "
+                            f"{(needed + SPACE_MARGIN_BYTES) / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; "
+                            f"{'the previous version was kept' if out_path.exists() else 'nothing was written'}")
 
 
 @dataclass
@@ -51,17 +69,6 @@ class ShardReport:
     written: int
     skipped: int
     seconds: float
-
-
-def shard_rows(num_rows: int, shard_index: int, num_shards: int) -> range:
-    """Rows i, i+N, i+2N...: deterministic and balanced, and neighbouring rows land in different shards."""
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise CacheError(f"shard index {shard_index} is not in 0..{num_shards - 1}")
-    return range(shard_index, num_rows, num_shards)
-
-
-def front_end_json(config: FrontEndConfig) -> str:
-    return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 
 def _extra_columns(manifest: Manifest) -> list[str]:
@@ -127,13 +134,19 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
             # Room for every row of the shard; shrunk to the clips that decoded once the loop is done.
             fbank = shard.create_dataset("fbank", shape=(len(rows), target_length, num_bins),
                                          maxshape=(None, target_length, num_bins), dtype=np.float16,
-                                         chunks=(1, target_length, num_bins), compression=config.compression)
+                                         chunks=(1, target_length, num_bins), compression=config.compression,
+                                         fletcher32=True)  # a checksum per clip, verified on every read
             num_frames = []
-            for row in rows:
+            clip_bytes = target_length * num_bins * np.dtype(np.float16).itemsize
+            for position, row in enumerate(rows):
+                if position % SPACE_CHECK_EVERY == 0 and config.compression is None:
+                    ensure_free_space(out_path, (len(rows) - position) * clip_bytes)
                 clip_id = manifest.table.at[row, "clip_id"]
                 path = manifest.audio_path(row)
                 try:
-                    raw = load_raw_fbank(path, front_end)
+                    # Only what the target length needs is decoded: memory follows target_length, not the file.
+                    raw = load_raw_fbank(path, front_end, max_frames=target_length)
+                    clip_frames = clip_num_frames(path, front_end) if len(raw) == target_length else len(raw)
                 except AudioError as error:
                     skips.append((clip_id, str(path), str(error)))
                     continue
@@ -144,7 +157,7 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                     stat_sum += real.sum()
                     stat_sumsq += np.square(real).sum()
                     stat_count += real.size
-                num_frames.append(raw.shape[0])
+                num_frames.append(clip_frames)
                 kept.append(row)
             fbank.resize(len(kept), axis=0)
 
@@ -178,100 +191,15 @@ def _write_columns(shard: h5py.File, manifest: Manifest, kept: list[int], num_fr
     labels = np.zeros((len(kept), manifest.num_classes), dtype=np.uint8)
     for position, row in enumerate(kept):
         labels[position, [class_index[label] for label in manifest.labels_of(row)]] = 1
-    shard.create_dataset("num_frames", data=np.asarray(num_frames, dtype=np.int32))
-    shard.create_dataset("clip_id", data=table["clip_id"].to_numpy(dtype=object), dtype=string)
-    shard.create_dataset("split", data=table["split"].to_numpy(dtype=object), dtype=string)
-    shard.create_dataset("fold", data=table["fold"].to_numpy(np.int16))
-    shard.create_dataset("labels", data=labels)
+    create_checked_dataset(shard, "num_frames", np.asarray(num_frames, dtype=np.int32))
+    create_checked_dataset(shard, "clip_id", table["clip_id"].to_numpy(dtype=object), dtype=string)
+    create_checked_dataset(shard, "split", table["split"].to_numpy(dtype=object), dtype=string)
+    create_checked_dataset(shard, "fold", table["fold"].to_numpy(np.int16))
+    create_checked_dataset(shard, "labels", labels)
     extra_group = shard.create_group("extra")
     for column in _extra_columns(manifest):
         values = _extra_array(table[column])
-        extra_group.create_dataset(column, data=values, dtype=string if values.dtype == object else values.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# Verification
-
-def _problems_in(shard: h5py.File, manifest: Manifest | None, front_end: FrontEndConfig | None,
-                 target_length: int | None) -> list[str]:
-    attrs = shard.attrs
-    if not attrs.get("complete", False):
-        return ["no `complete` flag: the build did not finish"]
-    problems = []
-    missing = [name for name in BASE_DATASETS if name not in shard]
-    if missing:
-        return [f"missing dataset(s) {missing}"]
-    try:
-        lengths = {name: len(shard[name]) for name in BASE_DATASETS}
-        lengths.update({f"extra/{name}": len(shard["extra"][name]) for name in shard.get("extra", {})})
-        rows = lengths["fbank"]
-        for name in BASE_DATASETS[1:]:
-            shard[name][()]                                 # reading everything small catches corrupt blocks
-        if rows:
-            shard["fbank"][0], shard["fbank"][rows - 1]     # first and last chunk: catches a truncated file
-    except Exception as error:  # h5py raises OSError/KeyError/RuntimeError for damaged files
-        return [f"unreadable data: {error}"]
-    if len(set(lengths.values())) > 1:
-        problems.append(f"row counts differ between datasets: {lengths}")
-    if shard["labels"].shape[1] != attrs.get("num_classes"):
-        problems.append(f"labels has {shard['labels'].shape[1]} columns but num_classes is {attrs.get('num_classes')}")
-    if front_end is not None and attrs.get("front_end") != front_end_json(front_end):
-        problems.append(f"front-end parameters differ: shard {attrs.get('front_end')} vs config {front_end_json(front_end)}")
-    if target_length is not None and attrs.get("target_length") != target_length:
-        problems.append(f"target_length is {attrs.get('target_length')}, expected {target_length}")
-    if front_end is not None and shard["fbank"].shape[2] != front_end.num_mel_bins:
-        problems.append(f"fbank has {shard['fbank'].shape[2]} mel bins, config says {front_end.num_mel_bins}")
-    if manifest is not None:
-        if attrs.get("manifest_hash") != manifest.content_hash():
-            problems.append(f"manifest hash {attrs.get('manifest_hash')} != {manifest.content_hash()}: the manifest changed")
-        if attrs.get("num_classes") != manifest.num_classes or json.loads(attrs.get("classes", "[]")) != manifest.classes:
-            problems.append(f"class list differs from the manifest's ({attrs.get('num_classes')} vs {manifest.num_classes} classes)")
-        expected = len(shard_rows(len(manifest), int(attrs.get("shard_index", 0)), int(attrs.get("num_shards", 1))))
-        if rows + int(attrs.get("num_skipped", 0)) != expected:
-            problems.append(f"{rows} rows + {attrs.get('num_skipped')} skipped != {expected} manifest rows for this shard")
-    return problems
-
-
-def verify_shard(path: str | Path, manifest: Manifest | None = None, front_end: FrontEndConfig | None = None,
-                 target_length: int | None = None) -> list[str]:
-    """Every problem found in one shard, one message each (empty list = good)."""
-    path = Path(path)
-    if not path.is_file():
-        return ["file not found"]
-    try:
-        with h5py.File(path, "r") as shard:
-            return _problems_in(shard, manifest, front_end, target_length)
-    except OSError as error:
-        return [f"not a readable HDF5 file (truncated or corrupt?): {error}"]
-
-
-def verify_shard_set(paths: list[str | Path]) -> list[str]:
-    """Problems between the shards of one dataset: same build settings, distinct shard indices and,
-    when several shards are given, no index of 0..num_shards−1 missing (a lost shard silently drops
-    1/N of the data otherwise)."""
-    keys = ("num_shards", "manifest_hash", "target_length", "front_end")
-    seen: dict[int, str] = {}
-    reference, problems = None, []
-    for path in paths:
-        try:
-            with h5py.File(path, "r") as shard:
-                attrs = {key: shard.attrs.get(key) for key in keys + ("shard_index",)}
-        except OSError:
-            continue                                    # already reported by verify_shard
-        settings = tuple(str(attrs[key]) for key in keys)
-        reference = reference or (settings, path)
-        if settings != reference[0]:
-            problems.append(f"{path}: built with other settings ({', '.join(keys)}) than {reference[1]}")
-        index = int(attrs["shard_index"] or 0)
-        if index in seen:
-            problems.append(f"{path}: shard index {index} also in {seen[index]}")
-        seen[index] = str(path)
-    if len(paths) > 1 and reference is not None:
-        num_shards = int(float(reference[0][0]))
-        missing = sorted(set(range(num_shards)) - set(seen))
-        if missing:
-            problems.append(f"shard set incomplete: index(es) {missing} of {num_shards} not among the files given")
-    return problems
+        create_checked_dataset(extra_group, column, values, dtype=string if values.dtype == object else values.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,16 +210,21 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     build = actions.add_parser("build", help="cache one shard of a manifest")
     build.add_argument("--manifest", required=True, help="canonical manifest.tsv")
     build.add_argument("--out", required=True, help="shard file to write, e.g. shard-000-of-004.h5")
-    build.add_argument("--shard", type=int, default=0, help="shard index i (takes rows i, i+N, ...)")
-    build.add_argument("--num-shards", type=int, default=1, help="number of shards N")
-    build.add_argument("--target-length", type=int, required=True, help="frames per clip after pad/truncate")
+    build.add_argument("--shard", type=cli_number(">= 0"), default=0, help="shard index i (takes rows i, i+N, ...)")
+    build.add_argument("--num-shards", type=cli_number(">= 1"), default=1, help="number of shards N")
+    build.add_argument("--target-length", type=cli_number(">= 1"), required=True,
+                       help="frames per clip after pad/truncate")
     build.add_argument("--config", help="study YAML (its front_end and cache sections)")
-    build.add_argument("--max-failure-fraction", type=float, help="overrides cache.max_failure_fraction")
-    verify = actions.add_parser("verify", help="check shards; exit 1 when anything is wrong")
+    build.add_argument("--max-failure-fraction", type=cli_number("[0, 1]", float),
+                       help="overrides cache.max_failure_fraction")
+    verify = actions.add_parser("verify", help="check shards (every chunk's checksum, NaN/inf, manifest rows); "
+                                "exit 1 when anything is wrong")
     verify.add_argument("shards", nargs="+", help="shard files")
     verify.add_argument("--manifest", help="the manifest the shards were built from")
     verify.add_argument("--config", help="study YAML: check the front-end parameters against it")
-    verify.add_argument("--target-length", type=int, help="expected target length")
+    verify.add_argument("--target-length", type=cli_number(">= 1"), help="expected target length")
+    verify.add_argument("--quick", action="store_true",
+                        help="read only the first and last chunk of each shard (catches truncation, not flipped bytes)")
 
 
 def _configs(config_path: str | None) -> tuple[FrontEndConfig, CacheConfig]:
@@ -312,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.manifest) if args.manifest else None
     failed = False
     for shard in args.shards:
-        problems = verify_shard(shard, manifest, front_end if args.config else None, args.target_length)
+        problems = verify_shard(shard, manifest, front_end if args.config else None, args.target_length, args.quick)
         for problem in problems:
             print(f"{shard}: {problem}")
         print(f"{shard}: {'BAD' if problems else 'ok'}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslam.configuration import check_ranges
 from sslam.errors import ConfigError
 
 
@@ -29,6 +30,9 @@ class DatasetConfig:
     norm_std: float | None = 4.569
     shards: int = 1
 
+    def __post_init__(self) -> None:
+        check_ranges(self, target_length=">= 1", norm_mean="(-inf, inf)", norm_std="> 0", shards=">= 1")
+
 
 @dataclass
 class CacheConfig:
@@ -36,8 +40,7 @@ class CacheConfig:
     compression: str | None = None          # None, "lzf" or "gzip"; None reads fastest
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_failure_fraction <= 1.0:
-            raise ConfigError(f"cache.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        check_ranges(self, max_failure_fraction="[0, 1]")
         if self.compression not in (None, "lzf", "gzip"):
             raise ConfigError(f"cache.compression must be null, 'lzf' or 'gzip', got {self.compression!r}")
 

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
 from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
 from sslam.data.manifest import Manifest, read_manifest
+from sslam.data.shards import check_shard_settings
 from sslam.errors import CacheError
 
 
@@ -57,7 +58,11 @@ def normalisation_stats(shard_paths: Sequence[str | Path]) -> tuple[float, float
 
 
 class FbankDataset(Dataset):
-    """Items of the cached shards, optionally filtered by split and fold, in (shard, row) order."""
+    """Items of the cached shards, optionally filtered by split and fold, in (shard, row) order.
+
+    Given the job's `front_end` and `target_length`, shards built with other settings are refused before
+    anything is read (CacheError naming the attribute: a changed frame shift, another target length...).
+    """
 
     def __init__(
         self,
@@ -68,12 +73,16 @@ class FbankDataset(Dataset):
         splits: Sequence[str] | None = None,
         folds: Sequence[int] | None = None,
         exclude_folds: Sequence[int] | None = None,
+        front_end: FrontEndConfig | None = None,
+        target_length: int | None = None,
     ) -> None:
         if isinstance(shard_paths, (str, Path)):
             shard_paths = [shard_paths]
         if not shard_paths:
             raise CacheError("FbankDataset needs at least one shard")
         self.shard_paths = [Path(path) for path in shard_paths]
+        if front_end is not None or target_length is not None:
+            check_shard_settings(self.shard_paths, front_end, target_length)
         if norm_mean is None or norm_std is None:
             norm_mean, norm_std = normalisation_stats(self.shard_paths)
         if norm_std <= 0:
@@ -145,7 +154,11 @@ class FbankDataset(Dataset):
 
     def __getitem__(self, item: int):
         shard_number, row = self._index[item]
-        raw = torch.from_numpy(self._fbank(int(shard_number))[row])
+        try:
+            raw = torch.from_numpy(self._fbank(int(shard_number))[row])
+        except OSError as error:  # Fletcher-32 mismatch or a damaged chunk
+            raise CacheError(f"{self.shard_paths[shard_number]}: clip {self._columns['clip_id'][item]!r} (row {row}) is "
+                             f"unreadable (checksum failure: flipped bytes?); run `sslam cache verify`: {error}") from error
         fbank = normalise(raw.float(), self.norm_mean, self.norm_std)
         if not self.labelled:
             return fbank
@@ -180,7 +193,7 @@ class OnTheFlyDataset(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, item: int):
-        raw = load_raw_fbank(self.manifest.audio_path(item), self.front_end)
+        raw = load_raw_fbank(self.manifest.audio_path(item), self.front_end, max_frames=self.target_length)
         fbank = normalise(fit_length(raw, self.target_length), self.mean, self.std).float()
         if not self.labelled:
             return fbank

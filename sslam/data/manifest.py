@@ -126,13 +126,34 @@ def write_manifest(manifest: Manifest, path: str | Path) -> Path:
     return path
 
 
+def read_class_list(path: Path) -> tuple[list[str], list[str]]:
+    """(label ids, names) of a `<name>.classes.tsv`, in index order; ManifestError when malformed."""
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: malformed class list: {error}") from error
+    missing = [column for column in ("index", "label_id", "name") if column not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: class list without column(s) {missing}; expected index, label_id, name")
+    try:
+        order = frame["index"].astype(int)
+    except ValueError as error:
+        raise ManifestError(f"{path}: class list index is not an integer column: {error}") from error
+    if sorted(order) != list(range(len(frame))):
+        raise ManifestError(f"{path}: class list indices must be 0..{len(frame) - 1}, each once")
+    frame = frame.iloc[order.argsort()]
+    return frame["label_id"].tolist(), frame["name"].tolist()
+
+
 def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
+    if path.stat().st_size == 0:
+        raise ManifestError(f"{path}: empty file (0 bytes), not a manifest: rebuild it with `sslam manifest`")
     try:
         table = pd.read_csv(path, sep="\t", dtype={"clip_id": str, "labels": str, "path": str, "split": str}, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: malformed manifest: {error}") from error
     missing = [c for c in ("clip_id", "path") if c not in table.columns]
     if missing:
@@ -140,8 +161,14 @@ def read_manifest(path: str | Path) -> Manifest:
     classes, names = [], []
     sidecar = classes_path(path)
     if sidecar.is_file():
-        frame = pd.read_csv(sidecar, sep="\t", dtype=str, keep_default_na=False).sort_values("index", key=lambda s: s.astype(int))
-        classes, names = frame["label_id"].tolist(), frame["name"].tolist()
-    manifest = Manifest(table, classes, names, root=path.parent.resolve())
+        classes, names = read_class_list(sidecar)
+    elif "labels" in table.columns and (table["labels"].astype(str) != "").any():
+        example = table.loc[table["labels"].astype(str) != "", "labels"].iloc[0]
+        raise ManifestError(f"{path}: its class list {sidecar} is missing, but rows carry labels (e.g. {example!r}); "
+                            "the class list fixes each label's position in the targets: rebuild both with `sslam manifest`")
+    try:
+        manifest = Manifest(table, classes, names, root=path.parent.resolve())
+    except (ValueError, TypeError) as error:  # e.g. a fold or sample_rate that is not a number
+        raise ManifestError(f"{path}: malformed manifest: {error}") from error
     manifest.validate()
     return manifest

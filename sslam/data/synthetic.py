@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import soundfile
 
-from sslam.configuration import from_dict, load_yaml, section
+from sslam.configuration import check_ranges, from_dict, load_yaml, section
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest, write_manifest
 from sslam.errors import ConfigError
 
@@ -64,6 +64,9 @@ class SyntheticConfig:
     odd_sample_rate: int = 22050
 
     def __post_init__(self) -> None:
+        check_ranges(self, seed=">= 0", sample_rate=">= 1", background_dbfs="< 0", odd_sample_rate=">= 1",
+                     pretrain_clips=">= 0", mono_clips_per_class=">= 0", poly_train_clips=">= 0",
+                     poly_test_clips=">= 0", polyphony_clips=">= 0", mono_folds=">= 1")
         if self.clip_seconds <= 0.1:
             raise ConfigError(f"synthetic.clip_seconds must be > 0.1 s, got {self.clip_seconds}")
         for name in ("pretrain_events", "poly_events"):

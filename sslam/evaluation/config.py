@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from sslam.configuration import check_ranges
 from sslam.errors import ConfigError
 
 
@@ -72,16 +73,13 @@ class RegimeConfig:
             raise ConfigError(f"give at most one of epochs / steps (got epochs={self.epochs}, steps={self.steps})")
         if self.warmup_epochs is not None and self.warmup_steps is not None:
             raise ConfigError("give at most one of warmup_epochs / warmup_steps")
-        if self.batch_size < 1 or any(v is not None and v < 1 for v in (self.epochs, self.steps)):
-            raise ConfigError("batch_size and the training length must be positive")
-        for name in ("mixup_prob", "specaug_freq", "specaug_time", "drop_path", "label_smoothing"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        for name in ("weighted_sampling", "eval_interval_steps", "checkpoint_every"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive count or null, got {getattr(self, name)}")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ConfigError(f"layer_decay must lie in (0, 1], got {self.layer_decay}")
+        check_ranges(self, epochs=">= 1", steps=">= 1", warmup_epochs=">= 0", warmup_steps=">= 0", batch_size=">= 1",
+                     lr="> 0", min_lr=">= 0", weight_decay=">= 0", betas="[0, 1)", layer_decay="(0, 1]",
+                     drop_path="[0, 1]", grad_clip=">= 0", mixup=">= 0", mixup_prob="[0, 1]", specaug_freq="[0, 1]",
+                     specaug_time="[0, 1]", label_smoothing="[0, 1]", weighted_sampling=">= 1",
+                     eval_interval_steps=">= 1", checkpoint_every=">= 1")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr {self.min_lr} is above lr {self.lr} (the cosine decays from lr to min_lr)")
 
     def total_steps(self, steps_per_epoch: int) -> int:
         if self.steps is not None or self.epochs is not None:
@@ -150,6 +148,7 @@ class BenchmarkConfig:
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self, num_workers=">= 0", folds=">= 0")
         if self.task == "multiclass" and self.metric == "map" or self.task == "multilabel" and self.metric == "accuracy":
             raise ConfigError(f"metric {self.metric!r} does not fit task {self.task!r}")
 

@@ -38,7 +38,7 @@ from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
 from sslam.io import atomic_path, atomic_write_json
 from sslam.provenance import job_fingerprint
 from sslam.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
-from sslam.tracking import JobTracker
+from sslam.tracking import PRETRAIN_CHECKPOINT_TAG, JobTracker, results_relative
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.npz"
@@ -96,6 +96,16 @@ def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
     return study_shard_paths(results, dataset, dataset_config(config, dataset).shards)
 
 
+def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> None:
+    """Refuse shards built with another front end, target length or shard count than the config (one line)."""
+    from sslam.data.shards import check_shard_settings
+    from sslam.front_end import FrontEndConfig
+
+    settings = dataset_config(config, dataset)
+    front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
+    check_shard_settings(shards, front_end, settings.target_length, settings.shards)
+
+
 def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Encoder from a checkpoint file, or a randomly initialised one ('random[:section]')."""
     from sslam.model.encoder import AudioEncoder, EncoderConfig
@@ -134,6 +144,7 @@ class EvaluationJob:
     tracking: str | None = None
     max_steps: int | None = None
     progress_bar: bool | None = False
+    pretrain_checkpoint: str | None = None  # the checkpoint relative to study.results: links the pretraining run
 
 
 def job_identity(job: EvaluationJob, rounds, norm_mean: float, norm_std: float, fingerprint: str) -> dict[str, Any]:
@@ -161,6 +172,18 @@ def write_predictions(path: Path, results) -> int:
     return int(arrays["targets"].shape[0])
 
 
+def tracked_result(metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics.json numbers MLflow gets: the headline, per polyphony bin and per fold, the wall time."""
+    name = metrics["metric"]
+    values = {name: metrics["value"], "wall_time_s": metrics["wall_time_s"], "num_test": metrics.get("num_test")}
+    for key, entry in (metrics.get("per_bin") or {}).items():
+        values[f"{name}/bin_{key}"] = entry.get("value")
+        values[f"{name}/bin_{key}/clips"] = entry.get("clips")
+    for entry in metrics.get("per_fold") or []:
+        values[f"{name}/fold_{entry.get('fold')}"] = entry.get("value")
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def evaluate(job: EvaluationJob) -> dict[str, Any]:
     """Run every round of the benchmark's protocol, write OUT/metrics.json, return its content."""
     from sslam.data.datasets import FbankDataset, normalisation_stats
@@ -185,9 +208,13 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
                                      job.benchmark.training_dataset: job.train_shards},
                              norm_mean=norm_mean, norm_std=norm_std, device=torch.device(job.device),
                              seed=job.seed, max_steps=job.max_steps, progress_bar=job.progress_bar)
+    if job.pretrain_checkpoint:
+        tags[PRETRAIN_CHECKPOINT_TAG] = job.pretrain_checkpoint
     state = EvaluationState.open(job.out, job_identity(job, rounds, norm_mean, norm_std, hash_value))
+    # live=False: nothing reaches MLflow before metrics.json is written, and a dead store cannot cost it.
     with StopSignals() as stop, \
-            JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark)) as tracker, \
+            JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark), job_dir=job.out, live=False,
+                       link_checkpoint=job.pretrain_checkpoint) as tracker, \
             ResumableLog(job.out / "metrics.jsonl", state.log_lines) as log_file:
         def log_record(record: dict[str, Any]) -> None:
             log_file.write(record)
@@ -229,7 +256,7 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
             "config": to_dict(job.benchmark),
         }
         atomic_write_json(job.out / "metrics.json", metrics)  # a reader (the tables rule) never sees half of it
-        tracker.log_metrics({metrics["metric"]: metrics["value"], "wall_time_s": metrics["wall_time_s"]})
+        tracker.log_metrics(tracked_result(metrics))
         tracker.log_artifact(job.out / "metrics.json")
     state.clear()  # the result is final: nothing left to resume
     return metrics
@@ -262,11 +289,16 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else default_shards(config, train_name)
     # Train and test clips are both normalised with the TRAINING dataset's constants.
     train_settings = dataset_config(config, train_name)
+    check_cache(config, benchmark.dataset, test_shards)
+    if train_name != benchmark.dataset:
+        check_cache(config, train_name, train_shards)
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps must be positive")
+    linked = None if spec.startswith(RANDOM_INIT) else results_relative(spec, section(config, "study.results", default=""))
     return EvaluationJob(args.benchmark, benchmark, regime_name, encoder, backbone, test_shards, train_shards,
                          train_settings.norm_mean, train_settings.norm_std, Path(args.out),
-                         args.seed, args.variant, str(device), args.tracking, args.max_steps, args.progress)
+                         args.seed, args.variant, str(device), args.tracking, args.max_steps,
+                         progress_bar=args.progress, pretrain_checkpoint=linked)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,17 +12,22 @@ Supported layouts (docs/checkpoints.md has the full key tables):
 Foreign names are mapped with commented regex rules (in the style of torchaudio's fairseq importer);
 a name no rule explains raises, so a layout we do not understand is never half-loaded. Dimensions
 are read off the tensor shapes. fairseq files pickle omegaconf/argparse objects: they are read
-with a restricted unpickler that replaces every class outside a short allow-list by an inert stub,
-so neither fairseq nor omegaconf is needed and no code from the file is ever executed.
+with the restricted unpickler of `sslam.model.safe_pickle`, which keeps such config objects as inert
+stubs (neither fairseq nor omegaconf is needed) and refuses a file that would run code while loading.
+
+Every weight is checked before it reaches a model: it must be a floating-point tensor without NaN/inf
+(an integer or bool tensor would be cast into garbage features), float16/bfloat16/float64 weights are
+converted to float32 with one warning, and shapes are compared with the model key by key. A truncated
+or corrupt file, safetensors or `.pt`, is one CheckpointError line.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import pickle
+import logging
 import re
-import types
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +36,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sslam.configuration import from_dict, to_dict
+from sslam.configuration import cli_number, from_dict, to_dict
 from sslam.errors import SslamError
 from sslam.io import atomic_path
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.encoder import AudioEncoder, sincos_table
+from sslam.model.safe_pickle import RefusedPickleError, find_setting, restricted_torch_load
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(SslamError, ValueError):
-    """A checkpoint cannot be read: unknown layout, unknown key, inconsistent shapes."""
+    """A checkpoint cannot be read: unknown layout, unknown key, inconsistent shapes, bad dtypes, damaged file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A `.pt` file would run code while loading; it was refused (`sslam.model.safe_pickle`)."""
 
 
 @dataclass
@@ -52,81 +65,6 @@ class LoadedCheckpoint:
     decoder: dict[str, torch.Tensor] | None = None
     head: dict[str, torch.Tensor] | None = None  # foreign layouts: fc_norm.{weight,bias}, head.{weight,bias}
     meta: dict[str, Any] = field(default_factory=dict)  # format, path, stage, variant, step, decoder_config
-
-
-# ---------------------------------------------------------------------------------------------- unpickling
-class _Stub:
-    """Stand-in for any class the allow-list does not name: it accepts whatever the pickle
-    stream constructs it with and stores it as inert data (`args`, `state`)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Stub":
-        # NEWOBJ calls only __new__, REDUCE calls both: record the arguments here.
-        stub = object.__new__(cls)
-        stub.args, stub.state = args, None
-        return stub
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-# Callables a torch checkpoint needs to rebuild tensors; all of them only build data.
-_ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"), ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch.nn.parameter", "Parameter"), ("torch", "Tensor"), ("torch", "Size"), ("torch", "device"),
-    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice"), ("builtins", "complex"),
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    _stubs: dict[str, type] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if (module, name) in _ALLOWED_GLOBALS or is_dtype:
-            return super().find_class(module, name)
-        qualified = f"{module}.{name}"
-        if qualified not in self._stubs:
-            self._stubs[qualified] = type(name, (_Stub,), {"__module__": module})
-        return self._stubs[qualified]
-
-
-# torch.load wants a module-like object with `Unpickler` and `load`.
-_restricted_pickle = types.ModuleType("sslam_restricted_pickle")
-_restricted_pickle.Unpickler = RestrictedUnpickler
-_restricted_pickle.load = lambda file, **kwargs: RestrictedUnpickler(file, **kwargs).load()
-
-
-def restricted_torch_load(path: str | Path) -> Any:
-    # weights_only=False only because torch refuses a custom pickle module otherwise; the
-    # restriction is our unpickler's allow-list.
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle)
-
-
-def find_setting(root: Any, name: str) -> Any:
-    """Best-effort, breadth-first (shallowest wins) search for setting `name` inside stubbed
-    omegaconf/argparse objects; omegaconf keeps values in `_content` dicts of nodes holding `_val`."""
-    queue, seen = [root], set()
-    while queue:
-        node = queue.pop(0)
-        if id(node) in seen:  # omegaconf nodes point back to their parents
-            continue
-        seen.add(id(node))
-        if isinstance(node, _Stub):
-            queue.extend([node.state, node.args])
-        elif isinstance(node, dict):
-            if name in node:
-                value = node[name]
-                if isinstance(value, _Stub) and isinstance(value.state, dict):
-                    value = value.state.get("_val")
-                return value
-            queue.extend(node.values())
-        elif isinstance(node, (list, tuple)):
-            queue.extend(node)
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- key maps
@@ -179,7 +117,7 @@ def map_foreign_keys(state: dict[str, Any], source: str) -> dict[str, dict[str, 
         stripped = _PREFIX.sub("", key, count=1)
         for pattern, part, replacement in _KEY_RULES:
             if pattern.fullmatch(stripped):
-                parts[part][pattern.sub(replacement, stripped)] = value.float()
+                parts[part][pattern.sub(replacement, stripped)] = value  # dtypes: check_weights
                 break
         else:
             raise CheckpointError(f"{source}: unexpected key {key!r} (no rule maps it; layout not supported)")
@@ -190,7 +128,11 @@ def infer_encoder_config(state: dict[str, torch.Tensor], known: dict[str, Any], 
     """Read the architecture off the tensor shapes; `known` (from metadata) fills what shapes cannot tell."""
     if _OWN_ENCODER_KEY not in state:
         raise CheckpointError(f"{source}: no patch-embedding weight found; is this an encoder checkpoint?")
-    embed_dim, _, patch_size, _ = state[_OWN_ENCODER_KEY].shape
+    patch_weight = state[_OWN_ENCODER_KEY]
+    if not isinstance(patch_weight, torch.Tensor) or patch_weight.ndim != 4:
+        raise CheckpointError(f"{source}: {_OWN_ENCODER_KEY} must be a 4-D tensor (D, 1, patch, patch), got "
+                              f"{tuple(patch_weight.shape) if isinstance(patch_weight, torch.Tensor) else type(patch_weight).__name__}")
+    embed_dim, _, patch_size, _ = patch_weight.shape
     block_ids = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if block_ids != set(range(len(block_ids))):
         raise CheckpointError(f"{source}: block indices are not contiguous: {sorted(block_ids)}")
@@ -236,6 +178,8 @@ def infer_decoder_config(decoder: dict[str, torch.Tensor]) -> DecoderConfig | No
     if "layers.0.conv.weight" not in decoder:
         raise CheckpointError(f"decoder weights without a first convolution: {sorted(decoder)[:4]}")
     first = decoder["layers.0.conv.weight"]  # (D, D / groups, k, k)
+    if not isinstance(first, torch.Tensor) or first.ndim != 4 or min(first.shape) < 1:
+        raise CheckpointError("decoder layers.0.conv.weight must be a non-empty 4-D tensor (D, D / groups, k, k)")
     depth = len({k.split(".")[1] for k in decoder if k.startswith("layers.")})
     return DecoderConfig(depth=depth, groups=first.shape[0] // first.shape[1], kernel=first.shape[-1])
 
@@ -250,6 +194,8 @@ def _as_config(cls: type, value: Any, where: str) -> Any:
 
 def _read_own(ckpt: dict[str, Any], source: str) -> LoadedCheckpoint:
     model = ckpt.get("model", {})
+    if not isinstance(model, dict):
+        raise CheckpointError(f"{source}: model must be a mapping with encoder/decoder configs, got {type(model).__name__}")
     config = _as_config(EncoderConfig, model.get("encoder"), f"{source} model.encoder")
     decoder_config = _as_config(DecoderConfig, model.get("decoder"), f"{source} model.decoder")
     if config is None or ckpt.get("student") is None:
@@ -272,16 +218,29 @@ def _read_foreign(state: dict[str, Any], known: dict[str, Any], source: str, lay
     return LoadedCheckpoint(config, parts["encoder"], teacher, parts["decoder"] or None, parts["head"] or None, meta)
 
 
+def _read_json(text: str, source: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{source} is not valid JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{source} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _read_safetensors(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # SafetensorError, OSError...: a truncated or corrupt file
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or corrupt?): {_first_line(error)}") from error
     if "sslam_encoder_config" in metadata:
-        known = {**json.loads(metadata["sslam_encoder_config"]), **known}
+        known = {**_read_json(metadata["sslam_encoder_config"], f"{path} metadata sslam_encoder_config"), **known}
     else:
         sibling = path.with_name("config.json")  # a Hugging Face model folder carries EAT's config here
         if sibling.is_file():
-            hf_config = json.loads(sibling.read_text())
+            hf_config = _read_json(sibling.read_text(errors="replace"), str(sibling))
             known = {**{ours: hf_config[theirs] for theirs, ours in _HF_CONFIG_NAMES.items() if theirs in hf_config},
                      **known}
     if _OWN_ENCODER_KEY in state:
@@ -293,8 +252,11 @@ def _read_safetensors(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
 def _read_torch_file(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
     try:
         ckpt = restricted_torch_load(path)
-    except Exception as error:  # a corrupt or non-torch file: report it as a user error
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint: {error}") from error
+    except RefusedPickleError as error:
+        raise UnsafeCheckpointError(str(error)) from None
+    except Exception as error:  # a truncated, corrupt or non-torch file: report it as a user error
+        raise CheckpointError(f"cannot read {path} as a torch checkpoint (truncated or corrupt?): "
+                              f"{_first_line(error)}") from error
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == "sslam":
@@ -325,8 +287,15 @@ def read_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     known = {k: v for k, v in {"num_heads": num_heads, "num_mel_bins": num_mel_bins}.items() if v is not None}
-    loaded = _read_safetensors(path, known) if path.suffix == ".safetensors" else _read_torch_file(path, known)
+    try:
+        loaded = _read_safetensors(path, known) if path.suffix == ".safetensors" else _read_torch_file(path, known)
+    except SslamError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+        # Entries of the wrong kind deep inside a file of a known layout: still one line, never a traceback.
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(error).__name__}: {_first_line(error)})") from error
     loaded.meta["path"] = str(path)
+    check_weights(loaded, str(path))
     regenerate_pos_table(loaded.student, loaded.encoder_config, str(path))
     regenerate_pos_table(loaded.teacher, loaded.encoder_config, f"{path} teacher")
     return loaded
@@ -346,13 +315,51 @@ def build_encoder(loaded: LoadedCheckpoint, which: str = "student") -> AudioEnco
     if state is None:
         raise CheckpointError(f"{source}: this checkpoint holds no {which} weights")
     encoder = AudioEncoder(loaded.encoder_config)
-    try:
-        missing, unexpected = encoder.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise CheckpointError(f"{source}: weights do not fit {loaded.encoder_config}: {error}") from error
+    expected = encoder.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: missing keys {missing}, unexpected keys {unexpected}")
+    for key, value in state.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)} but the model "
+                                  f"({loaded.encoder_config}) needs {tuple(expected[key].shape)}")
+    encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
+    """Refuse non-tensor, non-floating-point and non-finite weights, naming the key; convert the other
+    floating dtypes to float32 in place, with one warning line for the whole file."""
+    converted: Counter[str] = Counter()
+    for part in ("student", "teacher", "decoder", "head"):
+        state = getattr(loaded, part)
+        if state is None:
+            continue
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{source}: {part} must be a mapping of weight names to tensors, "
+                                  f"got {type(state).__name__}")
+        for key, value in state.items():
+            name = f"{part} weight {key!r}"
+            if not isinstance(value, torch.Tensor):
+                raise CheckpointError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
+            if not value.is_floating_point():
+                raise CheckpointError(f"{source}: {name} has dtype {str(value.dtype).removeprefix('torch.')}; "
+                                      "weights must be floating point (refusing to cast it into garbage)")
+            if not torch.isfinite(value).all():
+                raise CheckpointError(f"{source}: {name} contains NaN or inf values")
+            if value.dtype != torch.float32:
+                converted[str(value.dtype).removeprefix("torch.")] += 1
+                state[key] = value.float()
+        setattr(loaded, part, dict(state))
+    if converted:
+        kinds = ", ".join(f"{count} {dtype}" for dtype, count in sorted(converted.items()))
+        log.warning("%s: converted %s weight tensor(s) to float32", source, kinds)
+
+
+def _first_line(error: BaseException) -> str:
+    """Library errors can span lines (torch's zip reader, safetensors); the user gets one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_which(which: str) -> None:
@@ -393,8 +400,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("input", help="checkpoint: sslam .pt, fairseq .pt (pre-training or fine-tuned), safetensors")
     parser.add_argument("output", help="output .safetensors file (EAT/HF layout C)")
     parser.add_argument("--which", choices=["student", "teacher"], default="student")
-    parser.add_argument("--num-heads", type=int, default=None, help="override (default: from metadata or width/64)")
-    parser.add_argument("--num-mel-bins", type=int, default=None, help="override (default: from metadata or 128)")
+    parser.add_argument("--num-heads", type=cli_number(">= 1"), default=None,
+                        help="override (default: from metadata or width/64)")
+    parser.add_argument("--num-mel-bins", type=cli_number(">= 1"), default=None,
+                        help="override (default: from metadata or 128)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -403,4 +412,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "build_encoder", "convert", "load_encoder", "read_checkpoint"]
+__all__ = ["CheckpointError", "LoadedCheckpoint", "UnsafeCheckpointError", "build_encoder", "check_weights", "convert",
+           "find_setting", "load_encoder", "read_checkpoint", "restricted_torch_load"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sslam.configuration import check_ranges
 from sslam.errors import SslamError
 
 
@@ -32,6 +33,8 @@ class EncoderConfig:
     drop_path: float = 0.0
 
     def __post_init__(self) -> None:
+        check_ranges(self, embed_dim=">= 1", depth=">= 1", num_heads=">= 1", mlp_ratio="> 0", patch_size=">= 1",
+                     num_mel_bins=">= 1", max_time_patches=">= 1", norm_eps="> 0", drop_path="[0, 1)")
         if self.embed_dim % self.num_heads:
             raise ModelInputError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % 4:
@@ -41,8 +44,6 @@ class EncoderConfig:
             raise ModelInputError(
                 f"num_mel_bins {self.num_mel_bins} is not a multiple of patch_size {self.patch_size}"
             )
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ModelInputError(f"drop_path must be in [0, 1), got {self.drop_path}")
 
     @property
     def freq_patches(self) -> int:
@@ -83,7 +84,6 @@ class DecoderConfig:
         return self.depth * conv + 2 * num_positions * embed_dim * embed_dim
 
     def __post_init__(self) -> None:
+        check_ranges(self, depth=">= 1", groups=">= 1", kernel=">= 1", mask_noise_std=">= 0")
         if self.kernel % 2 == 0:
             raise ModelInputError(f"decoder kernel must be odd to keep the grid size, got {self.kernel}")
-        if self.depth < 1 or self.groups < 1:
-            raise ModelInputError(f"decoder depth and groups must be positive, got {self.depth}, {self.groups}")

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sslam.configuration import from_dict
+from sslam.configuration import check_ranges, from_dict
 from sslam.errors import ConfigError
 from sslam.provenance import Registry
 
@@ -104,17 +104,12 @@ class ObjectiveConfig:
     mixit_level: MixItLevel = "patch"
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ConfigError(f"objective.mask_prob must be in (0, 1), got {self.mask_prob}")
-        if self.block_size < 1:
-            raise ConfigError(f"objective.block_size must be >= 1, got {self.block_size}")
-        for name in ("clones_stage1", "clones_stage2"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"objective.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.region_fraction < 0.5:
-            raise ConfigError(f"objective.region_fraction must be in (0, 0.5), got {self.region_fraction}")
-        if not 0.0 <= self.mix_probability <= 1.0:
-            raise ConfigError(f"objective.mix_probability must be in [0, 1], got {self.mix_probability}")
+        check_ranges(self, mask_prob="(0, 1)", mask_prob_adjust="[0, 1)", block_size=">= 1", clones_stage1=">= 1",
+                     clones_stage2=">= 1", region_fraction="(0, 0.5)",
+                     mix_probability="[0, 1]", norm_mean="(-inf, inf)", norm_std="> 0")
+        layer_counts = ("local_target_layers", "global_target_layers_stage1", "global_target_layers_stage2",
+                        "global_target_unmixed_layers")
+        check_ranges(self, **{name: ">= 1" for name in layer_counts if getattr(self, name) != "all"})
         if (self.norm_mean is None) != (self.norm_std is None):
             raise ConfigError("objective.norm_mean and objective.norm_std must be given together")
         if self.norm_std is not None and self.norm_std <= 0:

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sslam.configuration import from_dict, section
+from sslam.configuration import check_ranges, from_dict, section
 from sslam.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported only where a dtype is needed: the study config validates without it
@@ -50,19 +50,14 @@ class TrainConfig:
     compile: bool = False                     # torch.compile the objective's forward (and its backward)
 
     def __post_init__(self) -> None:
-        positive = {"steps": self.steps, "batch_size": self.batch_size, "lr": self.lr,
-                    "checkpoint_every": self.checkpoint_every, "log_every": self.log_every}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+        check_ranges(self, steps=">= 1", batch_size=">= 1", lr="> 0", min_lr=">= 0", warmup_steps=">= 0",
+                     betas="[0, 1)", eps="> 0", weight_decay=">= 0", clip_grad_norm=">= 0", ema_start="(0, 1]",
+                     ema_end="(0, 1]", ema_anneal_steps=">= 0", checkpoint_every=">= 1", log_every=">= 1",
+                     num_workers=">= 0", seed=">= 0")
         if not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(f"warmup_steps must lie in [0, steps={self.steps}], got {self.warmup_steps}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr must lie in [0, lr={self.lr}], got {self.min_lr}")
-        if not (0 < self.ema_start <= 1 and 0 < self.ema_end <= 1):
-            raise ValueError("ema_start and ema_end must lie in (0, 1]")
-        if self.ema_anneal_steps < 0 or self.num_workers < 0 or self.clip_grad_norm < 0:
-            raise ValueError("ema_anneal_steps, num_workers and clip_grad_norm must be >= 0")
         self.betas = tuple(self.betas)
         if len(self.betas) != 2:
             raise ValueError(f"betas must hold two numbers, got {self.betas}")

@@ -30,7 +30,7 @@ from sslam.device import DEVICE_CHOICES, banner
 from sslam.errors import ConfigError, SslamError
 from sslam.provenance import job_fingerprint
 from sslam.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals, discard_state
-from sslam.tracking import JobTracker
+from sslam.tracking import CHECKPOINT_TAG, JobTracker, results_relative
 from sslam.train.config import TrainConfig, train_config_for_stage
 from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from sslam.train.loop import Pretrainer, RunIdentity
@@ -103,9 +103,13 @@ def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):
     missing = [str(p) for p in shard_paths if not Path(p).is_file()]
     if missing:
         raise SslamError(f"cache shard(s) not found: {', '.join(missing)} (run `sslam cache build` first)")
+    from sslam.front_end import FrontEndConfig
+
     _, dataset = pretrain_dataset_config(config)
+    # Shards built with another front end, target length or shard count are refused here, before any step.
+    front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
     return FbankDataset(shard_paths, dataset.norm_mean, dataset.norm_std, labelled=False,
-                        splits=("train", "unlabeled"))
+                        splits=("train", "unlabeled"), front_end=front_end, target_length=dataset.target_length)
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +137,7 @@ def build_objective(config: dict[str, Any], stage: int, variant: str | None, see
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = load_yaml(args.config)
+    args.results = section(config, "study.results", default="")
     train = train_config_for_stage(config, args.stage)
     if args.steps is not None:
         try:
@@ -205,9 +210,11 @@ def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, ide
            snapshot: dict[str, Any] | None, context: DistributedContext, stop: StopSignals) -> None:
     out_dir = Path(args.out)
     run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
-    tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain", "code_hash": identity.fingerprint}
+    tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain", "code_hash": identity.fingerprint,
+            # evaluation runs find this run by its checkpoint (relative to study.results: moves with the folder)
+            CHECKPOINT_TAG: results_relative(out_dir / "checkpoint.pt", args.results)}
     # Only the main rank reports; JobTracker would otherwise pick MLFLOW_TRACKING_URI up on every rank.
-    tracker = JobTracker(args.tracking, run_name, tags, identity.config) if context.is_main else None
+    tracker = JobTracker(args.tracking, run_name, tags, identity.config, job_dir=out_dir) if context.is_main else None
     with tracker or contextlib.nullcontext():
         trainer = Pretrainer(objective, dataset, train, out_dir, identity, context,
                              metrics=MetricsLog(out_dir / "metrics.jsonl", tracker), show_progress=args.progress,

@@ -122,11 +122,11 @@ def test_a_killed_build_leaves_nothing_that_looks_complete(tiny_corpus, tmp_path
     calls = {"n": 0}
     real_loader = cache_module.load_raw_fbank
 
-    def dies_midway(path, config):
+    def dies_midway(path, config, **options):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt     # stands in for SIGKILL / node failure
-        return real_loader(path, config)
+        return real_loader(path, config, **options)
 
     monkeypatch.setattr(cache_module, "load_raw_fbank", dies_midway)
     with pytest.raises(KeyboardInterrupt):
@@ -162,7 +162,7 @@ def test_verify_finds_damage_and_stale_attributes(tiny_corpus, tmp_path):
     assert any("row counts differ" in p for p in verify_shard(uneven))
 
     problems = verify_shard(good, manifest, FrontEndConfig(num_mel_bins=64), TARGET + 1)
-    assert any("front-end" in p for p in problems) and any("target_length" in p for p in problems)
+    assert any("front_end.num_mel_bins" in p for p in problems) and any("target_length" in p for p in problems)
     assert any("mel bins" in p for p in problems)
 
     grown = Manifest(pd.concat([manifest.table, manifest.table.iloc[:2].assign(clip_id=["x1", "x2"])]),

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
+from sslam.data.shards import front_end_json
+from sslam.front_end import FrontEndConfig
+
 REPO = Path(__file__).resolve().parents[2]
 NUM_FRAMES, NUM_BINS = 64, 32  # 4 × 2 patches of 16: a handful of tokens keeps every step cheap
 
@@ -36,7 +39,9 @@ def write_tiny_shard(path: Path, num_clips: int = 16, seed: int = 0) -> Path:
         shard.create_dataset("fold", data=np.zeros(num_clips, dtype=np.int16))
         shard.create_dataset("labels", data=np.zeros((num_clips, 0), dtype=np.uint8))
         shard.create_group("extra")
-        shard.attrs.update({"front_end": "{}", "target_length": NUM_FRAMES, "classes": json.dumps([]),
+        # The settings a real build records: pretraining refuses shards whose front end or length differ.
+        shard.attrs.update({"front_end": front_end_json(FrontEndConfig(num_mel_bins=NUM_BINS)),
+                            "target_length": NUM_FRAMES, "classes": json.dumps([]),
                             "shard_index": 0, "num_shards": 1, "stat_sum": as64.sum(),
                             "stat_sumsq": np.square(as64).sum(), "stat_count": as64.size})
         shard.attrs["complete"] = True
@@ -51,7 +56,9 @@ def tiny_study(tmp_path: Path, stage1: dict | None = None, stage2: dict | None =
               "ema_anneal_steps": 20}
     config = {
         "study": {"name": "tiny", "results": str(results), "pretrain_dataset": "tiny"},
-        "datasets": {"tiny": {"adapter": "fairseq", "shards": 1, "norm_mean": None, "norm_std": None}},
+        "front_end": {"num_mel_bins": NUM_BINS},
+        "datasets": {"tiny": {"adapter": "fairseq", "shards": 1, "norm_mean": None, "norm_std": None,
+                              "target_length": NUM_FRAMES}},
         "model": {"encoder": {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_mel_bins": NUM_BINS,
                               "max_time_patches": 8},
                   "decoder": {"depth": 1, "groups": 4}},

@@ -1,0 +1,114 @@
+"""A 0-byte manifest, a missing class list and a full disk each get one clear line (issue 10.6)."""
+import errno
+import os
+import subprocess
+
+import pandas as pd
+import pytest
+
+import sslam.io
+from sslam.cli import main
+from sslam.data.cache import build_shard
+from sslam.data.manifest import classes_path, read_manifest, write_manifest
+from sslam.errors import DiskFullError, ManifestError
+from sslam.io import atomic_write_json
+
+TARGET = 112
+
+
+def one_error_line(capsys, command):
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"sslam {command}: error:"), err
+    return err
+
+
+def test_a_zero_byte_manifest_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "manifest.tsv"
+    empty.write_bytes(b"")
+    with pytest.raises(ManifestError, match="empty file"):
+        read_manifest(empty)
+    assert main(["cache", "build", "--manifest", str(empty), "--out", str(tmp_path / "s.h5"),
+                 "--target-length", str(TARGET)]) == 1
+    assert "empty file (0 bytes)" in one_error_line(capsys, "cache")
+
+
+def test_a_missing_class_list_is_named(tiny_corpus, tmp_path, capsys):
+    manifest = read_manifest(tiny_corpus["poly"])
+    path = write_manifest(manifest, tmp_path / "poly.tsv")
+    classes_path(path).unlink()
+    with pytest.raises(ManifestError, match=r"class list .*poly\.classes\.tsv is missing"):
+        read_manifest(path)
+    assert main(["cache", "verify", str(tmp_path / "x.h5"), "--manifest", str(path)]) == 1
+    err = one_error_line(capsys, "cache")
+    assert "unknown label id" not in err and "is missing" in err
+
+
+def test_an_unlabelled_manifest_needs_no_class_list(tiny_corpus, tmp_path):
+    manifest = read_manifest(tiny_corpus["pretrain"])
+    path = write_manifest(manifest, tmp_path / "pretrain.tsv")
+    classes_path(path).unlink()
+    assert len(read_manifest(path)) == len(manifest)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"index\tlabel_id\n0\ta\n", "without column"), (b"index\tlabel_id\tname\nx\ta\tA\n", "not an integer"),
+    (b"index\tlabel_id\tname\n0\ta\tA\n0\tb\tB\n", "each once"), (b"", "malformed class list"),
+])
+def test_a_malformed_class_list_is_one_line(tiny_corpus, tmp_path, content, match):
+    path = write_manifest(read_manifest(tiny_corpus["poly"]), tmp_path / "poly.tsv")
+    classes_path(path).write_bytes(content)
+    with pytest.raises(ManifestError, match=match):
+        read_manifest(path)
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_writing_a_manifest_keeps_the_old_one(tiny_corpus, tmp_path, monkeypatch):
+    manifest = read_manifest(tiny_corpus["poly"])
+    path = write_manifest(manifest, tmp_path / "poly.tsv")
+    before = path.read_bytes()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(DiskFullError, match=r"no space left .* while writing .*poly\.classes\.tsv; the previous"):
+        write_manifest(manifest, path)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_writing_a_shard_is_one_line(tiny_corpus, tmp_path, monkeypatch, capsys):
+    shard = build_shard(tiny_corpus["mono"], tmp_path / "shard.h5", target_length=TARGET).path
+    before = shard.read_bytes()
+    monkeypatch.setattr(sslam.io, "_fsync_file", disk_full)   # where a delayed ENOSPC surfaces (NFS, quotas)
+    assert main(["cache", "build", "--manifest", str(tiny_corpus["mono"]), "--out", str(shard),
+                 "--target-length", str(TARGET)]) == 1
+    assert "no space left on the device" in one_error_line(capsys, "cache")
+    assert shard.read_bytes() == before
+
+
+def test_a_full_disk_while_writing_metrics_is_one_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sslam.io, "_fsync_file", disk_full)
+    with pytest.raises(DiskFullError, match=r"metrics\.json; nothing was written"):
+        atomic_write_json(tmp_path / "metrics.json", {"value": 1.0})
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_a_really_full_filesystem_is_one_line(tiny_corpus, tmp_path, capsys):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+    try:
+        code = main(["cache", "build", "--manifest", str(tiny_corpus["mono"]), "--out", str(mount / "shard.h5"),
+                     "--target-length", str(TARGET)])
+        assert code == 1 and "no space left on the device" in one_error_line(capsys, "cache")
+        assert not list(mount.iterdir())
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_manifest_cells_of_the_wrong_type_are_one_line(tmp_path):
+    path = tmp_path / "m.tsv"
+    pd.DataFrame({"clip_id": ["a"], "path": ["a.wav"], "fold": ["first"]}).to_csv(path, sep="\t", index=False)
+    with pytest.raises(ManifestError, match="malformed manifest"):
+        read_manifest(path)
