@@ -372,6 +372,11 @@ class JobTracker:
         self._last_flush = time.monotonic()
         if not self.enabled:
             return False
+        if self.info.get("deferred"):
+            # Deferred tracking (tracking.json "deferred": true): the job never imports MLflow; its run waits
+            # in the job folder for the one `sslam track replay` at the end of the study.
+            self._save()
+            return False
         if self.active:
             try:
                 send_record(self.store, self.record, self.info)
@@ -554,6 +559,8 @@ def add_arguments(parser, command: str) -> None:
     init.add_argument("--artifact-location", default=None,
                       help="artifact root of a new experiment (default: beside a local SQLite store)")
     init.add_argument("--out", required=True, help="tracking.json to write ({uri, experiment_id, parent_run_id})")
+    init.add_argument("--deferred", action="store_true", help="jobs keep their runs in their folders (no MLflow "
+                      "import per job); `sslam track replay` sends them all at once")
     artifacts = actions.add_parser("artifacts", help="log files as artifacts of a child run of the study")
     artifacts.add_argument("--tracking", required=True, help="the study's tracking.json")
     artifacts.add_argument("--run-name", required=True, help="name of the child run, e.g. tables")
@@ -564,6 +571,15 @@ def add_arguments(parser, command: str) -> None:
     replay_parser.add_argument("--tracking", required=True, help="the study's tracking.json")
     replay_parser.add_argument("paths", nargs="*", help=f"{PENDING_NAME} files or folders searched for them "
                                "(default: the folder above tracking.json's, i.e. the study's results)")
+    publish = actions.add_parser("publish", help="the end of a study in one step: log the tables as artifacts, "
+                                 "replay every kept run, end the parent run with its config and commit")
+    publish.add_argument("--tracking", required=True, help="the study's tracking.json")
+    publish.add_argument("--results", required=True, help="the study's results folder (searched for kept runs)")
+    publish.add_argument("--config", help="study config file to attach to the parent run")
+    publish.add_argument("--git-commit", help="the code's git commit, tagged on the parent run")
+    publish.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra tag of the tables run")
+    publish.add_argument("--done", required=True, help="file to write afterwards (a workflow target)")
+    publish.add_argument("paths", nargs="+", help="the table and figure files to log")
     finish = actions.add_parser("finish", help="end the study's parent run (FINISHED) with its config and commit")
     finish.add_argument("--tracking", required=True, help="the study's tracking.json")
     finish.add_argument("--config", help="study config file to attach to the parent run")
@@ -599,8 +615,10 @@ def run(args) -> int:
                   "pending until `sslam track replay` can reach it")
             info = {"uri": uri, "experiment": args.experiment, "experiment_id": None, "parent_run_id": None,
                     "study": args.study, "initialised": False}
+        info["deferred"] = bool(args.deferred)
         _write_tracking_file(out, info)
-        print(f"tracking: {uri} experiment {info['experiment_id']} parent run {info['parent_run_id']}")
+        print(f"tracking: {uri} experiment {info['experiment_id']} parent run {info['parent_run_id']}"
+              + (" (deferred: runs are sent by `sslam track replay`)" if args.deferred else ""))
         return 0
     if args.action == "replay":
         paths = args.paths or [Path(args.tracking).resolve().parent.parent]
@@ -612,17 +630,31 @@ def run(args) -> int:
         if args.done:
             Path(args.done).write_text(("parent run ended" if finished else "parent run end kept pending") + "\n")
         return 0
-    tags = _parse_tags(args.tag)
-    missing = [path for path in args.paths if not Path(path).exists()]
-    if missing:
-        raise SslamError(f"cannot log missing file(s): {', '.join(missing)}")
-    job_dir = Path(args.done).parent if args.done else Path(args.tracking).parent
-    with JobTracker(args.tracking, run_name=args.run_name, tags=tags, job_dir=job_dir, live=False) as tracker:
-        for path in args.paths:
-            tracker.log_artifact(path)
-    logged = tracker.logged
+    if args.action == "publish":
+        tracker = _log_artifacts(args.tracking, "tables", {"stage": "tables", **_parse_tags(args.tag)}, args.paths,
+                                 Path(args.done).parent)
+        sent = pending = 0
+        if tracker.enabled:
+            sent, pending = replay(args.tracking, [args.results])
+            finish_study(args.tracking, args.config, args.git_commit)
+        Path(args.done).write_text(f"tables: {len(args.paths)} file(s); runs sent {sent}, still pending {pending}"
+                                   + ("" if tracker.enabled else " (tracking off)") + "\n")
+        print(f"tracking publish: {sent} run(s) sent, {pending} still pending")
+        return 0
+    tracker = _log_artifacts(args.tracking, args.run_name, _parse_tags(args.tag), args.paths,
+                             Path(args.done).parent if args.done else Path(args.tracking).parent)
     if args.done:
-        state = "logged" if logged else ("tracking off: nothing logged" if not tracker.enabled else
-                                         f"kept pending in {tracker.pending_path}")
+        state = "logged" if tracker.logged else ("tracking off: nothing logged" if not tracker.enabled else
+                                                 f"kept pending in {tracker.pending_path}")
         Path(args.done).write_text(f"{state} {len(args.paths)} file(s)\n")
     return 0
+
+
+def _log_artifacts(tracking: str, run_name: str, tags: dict[str, str], paths: list[str], job_dir: Path) -> JobTracker:
+    missing = [path for path in paths if not Path(path).exists()]
+    if missing:
+        raise SslamError(f"cannot log missing file(s): {', '.join(missing)}")
+    with JobTracker(tracking, run_name=run_name, tags=tags, job_dir=job_dir, live=False) as tracker:
+        for path in paths:
+            tracker.log_artifact(path)
+    return tracker

@@ -6,6 +6,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from sslam.cli import main as sslam_main
+from sslam.tracking import resolve_tracking
 
 
 def test_init_once_then_reuse_and_log_artifacts(tmp_path, monkeypatch):
@@ -15,7 +16,9 @@ def test_init_once_then_reuse_and_log_artifacts(tmp_path, monkeypatch):
     assert sslam_main([*arguments, "--out", str(tmp_path / "a.json")]) == 0
     assert sslam_main([*arguments, "--out", str(tmp_path / "b.json")]) == 0
     first, second = (json.loads((tmp_path / name).read_text()) for name in ("a.json", "b.json"))
-    assert first["uri"] == uri and first["parent_run_id"] == second["parent_run_id"]
+    # tracking.json names a local store relative to itself, so that a moved results folder keeps working.
+    assert first["uri"] == "sqlite:///mlflow/mlflow.db" and resolve_tracking(tmp_path / "a.json")["uri"] == uri
+    assert first["parent_run_id"] == second["parent_run_id"]
     (tmp_path / "table.md").write_text("| a |\n")
     done = tmp_path / "done.txt"
     assert sslam_main(["track", "artifacts", "--tracking", str(tmp_path / "a.json"), "--run-name", "tables",
@@ -41,3 +44,30 @@ def test_missing_artifact_is_a_clear_error(tmp_path, capsys):
     code = sslam_main(["track", "artifacts", "--tracking", str(tmp_path / "t.json"), "--run-name", "x",
                        str(tmp_path / "absent.md")])
     assert code == 1 and "absent.md" in capsys.readouterr().err
+
+
+def test_deferred_jobs_never_touch_the_store_and_publish_sends_everything(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/mlflow/mlflow.db"
+    tracking = tmp_path / "mlflow" / "tracking.json"
+    assert sslam_main(["track", "init", "--uri", uri, "--experiment", "exp", "--study", "demo", "--deferred",
+                       "--out", str(tracking)]) == 0
+    from sslam.tracking import JobTracker
+
+    job = tmp_path / "eval" / "job"
+    job.mkdir(parents=True)
+    with JobTracker(tracking, "eval-job", tags={"stage": "eval"}, job_dir=job) as tracker:
+        tracker.log_metrics({"map": 0.5})
+    assert (job / "tracking-pending.json").is_file() and not tracker.logged
+    (tmp_path / "table.md").write_text("| a |\n")
+    done = tmp_path / "tables" / "mlflow-logged.txt"
+    done.parent.mkdir()
+    assert sslam_main(["track", "publish", "--tracking", str(tracking), "--results", str(tmp_path),
+                       "--git-commit", "abc", "--done", str(done), str(tmp_path / "table.md")]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    info = json.loads(tracking.read_text())
+    runs = {run.info.run_name: run for run in client.search_runs([info["experiment_id"]])}
+    assert runs["eval-job"].data.metrics["map"] == 0.5 and "tables" in runs
+    parent = client.get_run(info["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["sslam.git_commit"] == "abc"
+    assert not (job / "tracking-pending.json").exists()

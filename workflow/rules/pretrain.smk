@@ -17,13 +17,14 @@ rule track_init:
         code=code("track", STUDY.tracking_file),
         uri=STUDY.tracking_uri(),
         experiment=(STUDY.config.get("tracking") or {}).get("experiment") or STUDY.name,
+        deferred="--deferred" if (STUDY.config.get("tracking") or {}).get("deferred") else "",
     log:
         f"{RESULTS}/logs/track_init.log",
     conda:
         CONDA_ENV
     shell:
         f"{RECORD} {SSLAM} track init --uri {{params.uri}} --experiment {{params.experiment}} --study {STUDY.name} "
-        "--out {output.tracking} > {log} 2>&1"
+        "{params.deferred} --out {output.tracking} > {log} 2>&1"
 
 
 rule pretrain:

@@ -57,7 +57,9 @@ rule tables:
 
 
 rule log_tables:
-    """Mirror the tables and figures into MLflow as artifacts of a `tables` child run of the study."""
+    """Mirror the tables and figures into MLflow as artifacts of a `tables` child run, send every run a job
+    kept (deferred tracking, or a store that was down), and end the study's parent run with its config and
+    git commit. The metrics.json files stay the source of truth: this only mirrors them."""
     input:
         files=list(STUDY.table_files().values()) + list(STUDY.figure_files().values()),
         tracking=STUDY.tracking_file,
@@ -71,5 +73,6 @@ rule log_tables:
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} track artifacts --tracking {{input.tracking}} --run-name tables --tag stage=tables "
-        "--tag code_hash={params.code} --done {output.done} {input.files} > {log} 2>&1"
+        f"{RECORD} {SSLAM} track publish --tracking {{input.tracking}} --results {RESULTS} --config {STUDY_CONFIG} "
+        '--git-commit "$(git rev-parse HEAD 2>/dev/null || echo unknown)" --tag code_hash={params.code} '
+        "--done {output.done} {input.files} > {log} 2>&1"
