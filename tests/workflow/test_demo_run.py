@@ -56,7 +56,8 @@ def test_no_absolute_path_in_any_rule_parameter(finished_study):
     assert metadata
     for path in metadata:
         record = json.loads(path.read_text())
-        params = json.loads(record.get("params") or "[]")
+        params = record.get("params") or []
+        params = json.loads(params) if isinstance(params, str) else params
         output = base64.b64decode(path.name + "=" * (-len(path.name) % 4)).decode()
         for value in params:
             assert str(repo) not in str(value) and not str(value).strip("'\"").startswith("/"), (output, value)

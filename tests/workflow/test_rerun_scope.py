@@ -1,0 +1,130 @@
+"""Re-run scope, table-driven: each edit to the package, applied to a finished reduced study, re-schedules
+exactly the jobs that execute the edited code (and what depends on their outputs) — no more, no less.
+
+The study (workflow_helpers.rerun_scope_study): Stage 1, MB-UA (no mixing, no SRL) and SSLAM, the random-init
+baseline; synth_mono (accuracy, 3 folds) and synth_polyphony (mAP per bin); both regimes; one seed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workflow_helpers import planned_jobs
+
+pytestmark = pytest.mark.slow
+
+PRETRAINED = ("stage1", "MB-UA", "SSLAM")
+EVALUATED = (*PRETRAINED, "random")
+BENCHMARKS = ("synth_mono", "synth_polyphony")
+TABLES = {("tables", ""), ("log_tables", "")}
+
+
+def pretraining(*models: str) -> set[tuple[str, str]]:
+    return {("pretrain", f"model={model}") for model in models}
+
+
+def evaluation(models=EVALUATED, benchmarks=BENCHMARKS) -> set[tuple[str, str]]:
+    return {("evaluate", f"model={model}, benchmark={benchmark}, regime={regime}, seed=0")
+            for model in models for benchmark in benchmarks for regime in ("finetune", "linear")}
+
+
+def downstream_of(*models: str) -> set[tuple[str, str]]:
+    """Pretraining of `models`, their evaluations and the tables."""
+    return pretraining(*models) | evaluation(models) | TABLES
+
+
+# (what is edited, file, old text, new text, the jobs it must re-schedule)
+MUTATIONS = [
+    ("the SRL target", "sslam/objective/source_retention.py",
+     "    rebuilt = base.clone()", "    rebuilt = base.clone() * 1.0", downstream_of("SSLAM")),
+    ("mixing", "sslam/objective/mixing.py",
+     "    if regions.is_identity:\n        return fbank", "    if regions.is_identity:\n        return fbank + 0",
+     downstream_of("SSLAM")),
+    ("masking", "sslam/objective/masking.py",
+     "    noise = torch.rand(num_masks, num_cells, generator=generator)",
+     "    noise = torch.rand(num_masks, num_cells, generator=generator) * 1.0", downstream_of(*PRETRAINED)),
+    ("an encoder block", "sslam/model/encoder.py",
+     "        ffn_out = self.mlp(residual)", "        ffn_out = self.mlp(residual) * 1.0",
+     pretraining(*PRETRAINED) | evaluation() | TABLES),
+    ("the decoder", "sslam/model/decoder.py",
+     "            x = x + layer(x)", "            x = x + layer(x) * 1.0", downstream_of(*PRETRAINED)),
+    ("the teacher targets", "sslam/objective/targets.py",
+     "    averaged = torch.stack(normalised).mean(dim=0)", "    averaged = torch.stack(normalised).mean(dim=0) * 1.0",
+     downstream_of(*PRETRAINED)),
+    ("the local loss", "sslam/objective/losses.py",
+     "    per_token = d2v_loss(prediction[mask], target[mask])",
+     "    per_token = d2v_loss(prediction[mask], target[mask]) * 1.0", downstream_of(*PRETRAINED)),
+    ("the EMA decay", "sslam/model/teacher.py", "    if step < 0:", "    if step < -1:", downstream_of(*PRETRAINED)),
+    ("the lr schedule (pretraining and evaluation share it)", "sslam/schedules.py",
+     "    progress = min(1.0, (step - warmup_steps) / decay_steps)",
+     "    progress = min(1.0, (step - warmup_steps) / decay_steps) * 1.0",
+     pretraining(*PRETRAINED) | evaluation() | TABLES),
+    ("the fine-tuning head", "sslam/evaluation/heads.py",
+     '        pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1)',
+     '        pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1) * 1.0',
+     evaluation() | TABLES),
+    ("a metric (accuracy: synth_mono only)", "sslam/evaluation/metrics.py",
+     "    targets, scores = np.asarray(targets), np.asarray(scores)\n    _check_shapes(targets, scores)",
+     "    targets, scores = np.asarray(targets), np.asarray(scores) + 0\n    _check_shapes(targets, scores)",
+     evaluation(benchmarks=("synth_mono",)) | TABLES),
+    ("a table layout", "sslam/tables/layouts.py",
+     '        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"', '        return f"{mean:.{decimals}f} +/- {std:.{decimals}f}"',
+     TABLES),
+    ("a module constant (the SRL's official factor)", "sslam/objective/source_retention.py",
+     "OFFICIAL_SRL_LOCAL_FACTOR = 2.0", "OFFICIAL_SRL_LOCAL_FACTOR = 2.5", downstream_of("SSLAM")),
+    ("a dataclass default (the objective's SRL aggregation)", "sslam/objective/config.py",
+     '    srl_aggregation: SrlAggregation = "mean"', '    srl_aggregation: SrlAggregation = "max"',
+     downstream_of(*PRETRAINED)),
+    ("a comment only", "sslam/objective/source_retention.py",
+     "    rebuilt = base.clone()", "    # the foreign map starts as the base map\n    rebuilt = base.clone()  # see above", set()),
+    ("a docstring only", "sslam/objective/targets.py",
+     "    2. average over the k layers;", "    2. average over the k layers (a plain mean);", set()),
+    ("formatting only", "sslam/objective/mixing.py",
+     "    if regions.is_identity:\n        return fbank", "    if (regions.is_identity):\n\n        return (fbank)", set()),
+    ("a new variant preset nobody uses", "sslam/objective/config.py",
+     '    "SSLAM": {},', '    "SSLAM": {},\n    "SSLAM-max": dict(srl_aggregation="max"),', set()),
+    ("a new CLI command nobody runs", "sslam/cli.py",
+     '    "plan": ("sslam.plan",', '    "hello": ("sslam.plan", "says hello"),\n    "plan": ("sslam.plan",', set()),
+]
+
+
+def test_a_finished_study_plans_nothing(finished_study):
+    repo, config_path = finished_study
+    jobs, output = planned_jobs(repo, config_path)
+    assert jobs == set(), output[-3000:]
+
+
+@pytest.mark.parametrize("what, path, old, new, expected", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_an_edit_reschedules_exactly_what_runs_it(finished_study, what, path, old, new, expected):
+    repo, config_path = finished_study
+    source = repo / path
+    original = source.read_text()
+    assert original.count(old) == 1, f"{path}: the anchor of '{what}' must occur once"
+    source.write_text(original.replace(old, new))
+    try:
+        jobs, output = planned_jobs(repo, config_path)
+    finally:
+        source.write_text(original)
+    assert jobs == expected, (f"{what}: unexpected {sorted(jobs - expected)}; missing {sorted(expected - jobs)}\n"
+                              + output[-2000:])
+    if expected:
+        assert "code changed for" in output and "Params have changed since last execution" in output
+
+
+def test_sslam_why_names_the_changed_function(finished_study):
+    import subprocess
+    import sys
+
+    repo, config_path = finished_study
+    source = repo / "sslam" / "objective" / "source_retention.py"
+    original = source.read_text()
+    source.write_text(original.replace("    rebuilt = base.clone()", "    rebuilt = base.clone() * 1.0"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "sslam.cli", "why", "--config", str(config_path)], cwd=repo,
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        source.write_text(original)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "results/pretrain/SSLAM/checkpoint: 1 changed" in result.stdout
+    assert "sslam.objective.source_retention:srl_target" in result.stdout
+    assert "1 of " in result.stdout.splitlines()[-1]
