@@ -476,15 +476,10 @@ class Study:
         host of the allocation. torchrun is told to pass SIGUSR1 on (SLURM's warning before the time limit)."""
         resources = self.resources(group)
         gpus, nodes = resources["gpu"], resources.get("nodes", 1)
-        signals = "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
         if nodes > 1:
-            head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-            return (f"{signals} srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 {python} "
-                    f"-m torch.distributed.run --nnodes={nodes} --nproc-per-node={max(1, gpus)} "
-                    f"--rdzv-backend=c10d --rdzv-endpoint={head}:{RENDEZVOUS_PORT} --rdzv-id=$SLURM_JOB_ID "
-                    f"-m sslam.cli")
+            return torchrun_across_nodes(nodes, gpus, python)
         if gpus > 1:
-            return f"{signals} {python} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m sslam.cli"
+            return f"{TORCHRUN_SIGNALS} {python} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m sslam.cli"
         return f"{python} -m sslam.cli"
 
     # ------------------------------------------------------------------ code fingerprints
@@ -503,6 +498,17 @@ class Study:
                                                          if len(scheduled.changed) > 6 else "")
             print(f"code changed for {record.removesuffix('.code.json')}: {shown}", file=sys.stderr)
         return scheduled.value
+
+
+TORCHRUN_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def torchrun_across_nodes(nodes: int, gpus_per_node: int, python: str) -> str:
+    """srun starts one torchrun per node of the allocation; they meet at a c10d rendezvous on its first host."""
+    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+    return (f"{TORCHRUN_SIGNALS} srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 {python} "
+            f"-m torch.distributed.run --nnodes={nodes} --nproc-per-node={max(1, gpus_per_node)} "
+            f"--rdzv-backend=c10d --rdzv-endpoint={head}:{RENDEZVOUS_PORT} --rdzv-id=$SLURM_JOB_ID -m sslam.cli")
 
 
 def one_of(names: list[str]) -> str:

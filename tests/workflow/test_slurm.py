@@ -3,15 +3,20 @@ this test (recipe of /work/shared/spec/pipeline.md), a reduced demo runs through
 daemons are stopped afterwards. Skipped, with the reason, where SLURM cannot be installed or started."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from workflow_helpers import copy_repository, reduced_demo, run_snakemake, write_config
+from workflow_helpers import REPO, copy_repository, reduced_demo, run_snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -115,17 +120,81 @@ def slurm_cluster(tmp_path):
             conf.write_text(backup)
 
 
+def signal_when_running(log: Path, env: dict, marker: str, sent: list, stop: threading.Event) -> None:
+    """Send SIGUSR1 through SLURM (`scancel --signal`, to the job steps, as `--signal=USR1@lead` does) to the
+    job whose log shows `marker`, once; record the job id in `sent`."""
+    while not stop.is_set():
+        if log.is_file() and marker in log.read_text(errors="replace"):
+            listing = run("squeue", "-h", "-o", "%i|%k", env=env).stdout.splitlines()
+            for line in listing:
+                job_id, _, comment = line.partition("|")
+                if "rule_evaluate" in comment and "random" in comment:
+                    run("scancel", "--signal=USR1", job_id, env=env)
+                    sent.append(job_id)
+                    return
+        time.sleep(0.5)
+
+
 def test_reduced_demo_through_the_slurm_profile(slurm_cluster, tmp_path):
+    """The whole DAG through sbatch; one evaluation job gets SLURM's warning signal mid-run, writes its state,
+    exits 75, is submitted again by the profile's retries, resumes, and ends identical to an uninterrupted run."""
     repo = copy_repository(tmp_path / "repo")
     config = reduced_demo(repo / "results", variants=["SSLAM"], benchmarks=["synth_poly"])
     config["study"]["regimes"] = ["linear"]
     config["study"]["evaluate_stage1"] = False
+    config["evaluation"]["benchmarks"]["synth_poly"]["linear"].update(steps=120)
     config_path = write_config(config, repo / "slurm-demo.yaml")
-    result = run_snakemake("--configfile", str(config_path), "--profile", "slurm", "--slurm-no-account",
-                           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                           "--jobs", "4", "--latency-wait", "5", cwd=repo, timeout=1500, env=slurm_cluster)
+    env = {**slurm_cluster, "SSLAM_PROGRESS_SECONDS": "0"}
+    log = repo / "results" / "logs" / "eval" / "random" / "synth_poly" / "linear-seed0.log"
+    sent: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=signal_when_running, args=(log, env, "step 30/120", sent, stop), daemon=True)
+    watcher.start()
+    try:
+        result = run_snakemake("--configfile", str(config_path), "--profile", "slurm", "--slurm-no-account",
+                               "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+                               "--jobs", "4", "--latency-wait", "5", cwd=repo, timeout=1500, env=env)
+    finally:
+        stop.set()
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
     assert "Job " in output and "has been submitted with SLURM jobid" in output  # really went through sbatch
     assert (repo / "results" / "tables" / "table2.md").is_file()
     assert (repo / "results" / "eval" / "SSLAM" / "synth_poly" / "linear" / "seed0" / "metrics.json").is_file()
+
+    assert sent, "the random-init probe was never seen running"
+    job = repo / "results" / "eval" / "random" / "synth_poly" / "linear" / "seed0"
+    interrupted = json.loads((job / "metrics.json").read_text())
+    assert interrupted["resumed"] == 1, "the signalled job was not stopped and resumed"
+    # The same job, uninterrupted, outside SLURM: the same scores, bit for bit.
+    study = repo / "results" / "study-config.yaml"
+    shards = [str(path) for path in sorted((repo / "results" / "cache" / "synth_poly").glob("*.h5"))]
+    clean = tmp_path / "uninterrupted"
+    subprocess.run([sys.executable, "-m", "sslam.cli", "probe", "--config", str(study), "--benchmark", "synth_poly",
+                    "--checkpoint", "random", "--shards", *shards, "--seed", "0", "--variant", "random",
+                    "--device", "cpu", "--out", str(clean)], cwd=repo, check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    reference = json.loads((clean / "metrics.json").read_text())
+    assert interrupted["value"] == reference["value"] and interrupted["per_class"] == reference["per_class"]
+    with np.load(job / "predictions.npz") as a, np.load(clean / "predictions.npz") as b:
+        assert np.array_equal(a["scores"], b["scores"])
+
+
+def test_multi_node_launch_form_runs_under_srun(slurm_cluster, tmp_path):
+    """The multi-node pretraining command (srun + one torchrun per node + c10d rendezvous on the first host),
+    on the one node this SLURM has: two ranks meet and train."""
+    sys.path.insert(0, str(REPO / "tests" / "train"))
+    from train_helpers import tiny_study
+
+    from sslam.study import torchrun_across_nodes
+
+    config = tiny_study(tmp_path, stage1={"steps": 2, "checkpoint_every": 2, "batch_size": 2})
+    out = tmp_path / "ddp"
+    command = (torchrun_across_nodes(1, 2, sys.executable) +
+               f" pretrain --config {config} --stage 1 --out {out} --device cpu")
+    result = run("sbatch", "--wait", "--nodes=1", "--cpus-per-task=2", f"--output={tmp_path}/job.log",
+                 f"--chdir={REPO}", f"--wrap={command}", env={**slurm_cluster, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, (result.stderr + (tmp_path / "job.log").read_text(errors="replace"))[-4000:]
+    assert "--rdzv-backend=c10d" in command and "srun --nodes=1" in command
+    snapshot = torch.load(out / "state" / "last.pt", weights_only=True)
+    assert snapshot["step"] == 2 and snapshot["data"]["world_size"] == 2
