@@ -314,11 +314,13 @@ class Study:
 
     def table_files(self) -> dict[str, str]:
         """Every table file the `tables` rule writes (the study's tables, the paper layouts, significance)."""
+        from sslam.tables.aggregate import STUDY_PAGE
         from sslam.tables.render import SIGNIFICANCE_FILES
 
         files = {f"{spec.name}_{suffix}": f"{self.tables_dir}/{spec.name}.{suffix}"
                  for spec in self._table_specs for suffix in ("md", "csv", "tex")}
         files.update({Path(name).name.replace(".", "_"): f"{self.tables_dir}/{name}" for name in SIGNIFICANCE_FILES})
+        files["study_md"] = f"{self.tables_dir}/{STUDY_PAGE}"
         return files
 
     def figure_files(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from sslam.configuration import load_yaml
+from sslam.configuration import load_yaml, section
 from sslam.errors import SslamError
 from sslam.io import atomic_write_text
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
@@ -171,7 +171,35 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
         written.append(plots.plot_pretrain_losses(pretrain_metrics, out_dir / "pretrain_loss.png"))
     if audioset_polyphony:
         written.append(plots.plot_audioset_polyphony(audioset_polyphony, out_dir / "audioset_polyphony.png"))
+    written.append(write_study_page(config, out_dir / STUDY_PAGE))
     return written
+
+
+STUDY_PAGE = "study.md"
+
+
+def write_study_page(config: dict[str, Any], path: Path) -> Path:
+    """The report's page on what produced the tables: the code version and the study config as run."""
+    import subprocess
+
+    import yaml
+
+    from sslam import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    version = f"{commit or 'not a git checkout'}{' (with uncommitted changes)' if commit and dirty else ''}"
+    text = (f"# Study {section(config, 'study.name', default='')}\n\n"
+            f"- code: sslam {__version__}, git commit {version}\n"
+            f"- each job's code fingerprint: its `*.code.json` record and its MLflow tag `code_hash` "
+            f"(docs/fingerprints.md)\n\n## The study config, as run\n\n```yaml\n"
+            f"{yaml.safe_dump(config, sort_keys=False)}```\n")
+    atomic_write_text(path, text)
+    return path
 
 
 def _metric_label(summary: pd.DataFrame, spec, percent: bool) -> str:

@@ -80,4 +80,4 @@ def test_html_report_with_captions(finished_study, tmp_path):
     result = run_snakemake("--configfile", str(config_path), "--report", str(report), cwd=repo)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     html = report.read_text(errors="replace")
-    assert "table1.md" in html and "pretrain_loss.png" in html
+    assert "table1.md" in html and "pretrain_loss.png" in html and "study.md" in html and "significance.md" in html

@@ -34,7 +34,8 @@ rule tables:
         pretraining=STUDY.pretraining_metrics(),
         polyphony=[f"{RESULTS}/analysis/audioset_polyphony.json"] if STUDY.polyphony_segments() else [],
     output:
-        **{key: report(path, caption="../report/table.rst", category="Tables", labels={"table": Path(path).name})
+        **{key: report(path, caption=f"../report/{Path(path).stem if key in ('study_md', 'significance_md') else 'table'}.rst",
+                       category="Study" if key == "study_md" else "Tables", labels={"table": Path(path).name})
            for key, path in STUDY.table_files().items() if path.endswith(".md")},
         **{key: path for key, path in STUDY.table_files().items() if not path.endswith(".md")},
         **{key: report(path, caption=f"../report/{key if key in ('pretrain_loss', 'audioset_polyphony') else 'polyphony'}.rst",
