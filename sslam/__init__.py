@@ -2,23 +2,31 @@
 
 __version__ = "0.1.0"
 
+import sys  # noqa: E402
+
 # A workflow job records the package code it executes (sslam/provenance.py); the recorder must be in
 # place before any other module of the package is imported, so that module bodies count too.
 from sslam.provenance import start_recording_if_asked as _start_recording_if_asked  # noqa: E402
 
 _start_recording_if_asked()
 
-_EXPORTS = {"load_encoder": "sslam.embeddings", "encode": "sslam.embeddings", "Embedder": "sslam.embeddings",
-            "ClipEmbedding": "sslam.embeddings"}
+def lazy_exports(module: str, exports: dict[str, str]):
+    """A module `__getattr__` that imports each re-exported name from its defining module on first use, so that
+    importing a package (e.g. `sslam.model.config` at parse time) never pulls in torch through its __init__."""
+    namespace = sys.modules[module].__dict__
+
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(exports[name]), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
 
 
-def __getattr__(name: str):
-    # `sslam.load_encoder(...)` / `sslam.encode(...)`: the embeddings API (docs/embeddings.md), imported on first
-    # use so that `import sslam` stays light for the command line and the workflow.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'sslam' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+# `sslam.load_encoder(...)` / `sslam.encode(...)`: the embeddings API (docs/embeddings.md).
+__getattr__ = lazy_exports(__name__, {name: "sslam.embeddings" for name in
+                                      ("load_encoder", "encode", "Embedder", "ClipEmbedding")})

@@ -1,4 +1,6 @@
 """Model layer: encoder, decoder, EMA teacher and checkpoint interop. Knows nothing of data or losses."""
+from sslam import lazy_exports
+
 _EXPORTS = {
     "CheckpointError": "sslam.model.checkpoints",
     "LoadedCheckpoint": "sslam.model.checkpoints",
@@ -22,16 +24,6 @@ _EXPORTS = {
     "ema_decay": "sslam.model.teacher",
 }
 
-def __getattr__(name: str):
-    # Re-exports are imported on first use, so that `import sslam.model.config` (the study's parse-time
-    # validation) never pulls in torch through this package's __init__.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # imported on first use (no torch at parse time)
 
 __all__ = sorted(_EXPORTS)

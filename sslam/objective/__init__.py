@@ -2,6 +2,8 @@
 
 Knows nothing of optimisers, files or MLflow; the training loop drives `PretrainingObjective`.
 """
+from sslam import lazy_exports
+
 _EXPORTS = {
     "VARIANT_PRESETS": "sslam.objective.config",
     "ObjectiveConfig": "sslam.objective.config",
@@ -32,16 +34,6 @@ _EXPORTS = {
     "teacher_targets": "sslam.objective.targets",
 }
 
-def __getattr__(name: str):
-    # Re-exports are imported on first use, so that `import sslam.objective.config` (the study's parse-time
-    # validation) never pulls in torch through this package's __init__.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # imported on first use (no torch at parse time)
 
 __all__ = sorted(_EXPORTS)
