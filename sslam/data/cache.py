@@ -43,6 +43,7 @@ from sslam.data.shards import (  # noqa: F401  (verify_shard, verify_shard_set, 
 )
 from sslam.errors import AudioError, CacheError, DiskFullError
 from sslam.io import atomic_path
+from sslam.progress import Progress
 
 # Splits whose frames feed the normalisation statistics: never evaluation data.
 STATISTICS_SPLITS = ("train", "unlabeled")
@@ -138,7 +139,9 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                                          fletcher32=True)  # a checksum per clip, verified on every read
             num_frames = []
             clip_bytes = target_length * num_bins * np.dtype(np.float16).itemsize
+            progress = Progress(len(rows), f"cache {out_path.name}", unit="clip")
             for position, row in enumerate(rows):
+                progress.update(1, skipped=len(skips))
                 if position % SPACE_CHECK_EVERY == 0 and config.compression is None:
                     ensure_free_space(out_path, (len(rows) - position) * clip_bytes)
                 clip_id = manifest.table.at[row, "clip_id"]
@@ -159,6 +162,8 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                     stat_count += real.size
                 num_frames.append(clip_frames)
                 kept.append(row)
+            progress.values["skipped"] = len(skips)
+            progress.close()
             fbank.resize(len(kept), axis=0)
 
             too_many_failures = bool(rows) and len(skips) / len(rows) > config.max_failure_fraction

@@ -221,3 +221,12 @@ def test_verify_reports_a_shard_missing_from_the_set(tiny_corpus, tmp_path):
     assert verify_shard_set(shards) == []
     assert verify_shard_set([shards[0], shards[2]]) == ["shard set incomplete: index(es) [1] of 3 not among the files given"]
     assert verify_shard_set([shards[1]]) == []  # one shard on its own is checked alone
+
+
+def test_a_build_writes_progress_lines_without_a_terminal(tiny_corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSLAM_PROGRESS_SECONDS", "0")
+    build_shard(tiny_corpus["mono"], tmp_path / "shard.h5", target_length=TARGET)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[cache shard.h5]")]
+    total = len(read_manifest(tiny_corpus["mono"]))
+    assert lines[0].startswith(f"[cache shard.h5] clip 1/{total}") and f"clip {total}/{total}" in lines[-1]
+    assert all("clips/s" in line and "ETA" in line and "skipped" in line for line in lines)
