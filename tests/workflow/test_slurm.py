@@ -79,11 +79,12 @@ def memory_mb() -> int:
     return 4000
 
 
-@pytest.fixture
-def slurm_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """One local SLURM for the module's tests: a restarted slurmd takes the node a minute to come back idle."""
     ensure_installed()
-    started: list[Path] = []  # pid files of the daemons this test started, stopped in reverse order
-    root = tmp_path / "slurm"
+    started: list[Path] = []  # pid files of the daemons this fixture started, stopped in reverse order
+    root = tmp_path_factory.mktemp("slurm")
     for folder in ("state", "spool"):
         (root / folder).mkdir(parents=True)
     # The job steps (srun inside each batch job) read the default /etc/slurm/slurm.conf, not SLURM_CONF,
@@ -153,7 +154,8 @@ def test_reduced_demo_through_the_slurm_profile(slurm_cluster, tmp_path):
     try:
         result = run_snakemake("--configfile", str(config_path), "--profile", "slurm", "--slurm-no-account",
                                "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-                               "--jobs", "4", "--latency-wait", "5", cwd=repo, timeout=1500, env=env)
+                               "--seconds-between-status-checks", "2", "--jobs", "4", "--latency-wait", "5",
+                               cwd=repo, timeout=1500, env=env)
     finally:
         stop.set()
     output = result.stdout + result.stderr
