@@ -15,7 +15,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import h5py
 import numpy as np
@@ -24,9 +24,11 @@ from torch.utils.data import Dataset
 
 from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
 from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
-from sslam.data.manifest import Manifest, read_manifest
 from sslam.data.shards import check_shard_settings
 from sslam.errors import CacheError
+
+if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset reads a manifest
+    from sslam.data.manifest import Manifest
 
 
 def _open_complete(path: Path) -> h5py.File:
@@ -180,6 +182,8 @@ class OnTheFlyDataset(Dataset):
 
     def __init__(self, manifest: Manifest | str | Path, target_length: int, mean: float, std: float,
                  labelled: bool = False, front_end: FrontEndConfig = DEFAULT_FRONT_END) -> None:
+        from sslam.data.manifest import Manifest, read_manifest
+
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
         self.target_length, self.mean, self.std = target_length, mean, std
         self.labelled, self.front_end = labelled, front_end

@@ -18,14 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import h5py
 import numpy as np
 
-from sslam.data.manifest import LABEL_SEPARATOR, Manifest
 from sslam.errors import CacheError
 from sslam.front_end import FrontEndConfig
+
+if TYPE_CHECKING:  # the manifest module loads pandas, which a training or evaluation job never needs
+    from sslam.data.manifest import Manifest
 
 BASE_DATASETS = ("fbank", "num_frames", "clip_id", "split", "fold", "labels")
 SCAN_BLOCK = 64         # clips read at once by a full scan (64 × 1024 × 128 float16 = 16 MiB)
@@ -146,6 +148,8 @@ def _scan_fbank(fbank: h5py.Dataset, clip_ids: np.ndarray, quick: bool) -> list[
 
 def _manifest_row_problems(shard: h5py.File, manifest: Manifest, clip_ids: np.ndarray) -> list[str]:
     """Rows whose clip is no longer in the manifest, belongs to another shard, or has another split/fold/labels."""
+    from sslam.data.manifest import LABEL_SEPARATOR
+
     attrs = shard.attrs
     index, num_shards = int(attrs.get("shard_index", 0)), int(attrs.get("num_shards", 1))
     position_of = {clip: row for row, clip in enumerate(manifest.table["clip_id"])}

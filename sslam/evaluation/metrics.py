@@ -1,7 +1,9 @@
 """Benchmark metrics: mAP (multi-label), accuracy (single-label), and per-bin mAP (polyphony).
 
-mAP is the mean over classes of scikit-learn's `average_precision_score`, computed on the whole
-evaluation set (official: nanmean of per-class AP). A class with no positive clip in the
+mAP is the mean over classes of the average precision, computed on the whole evaluation set
+(official: nanmean of per-class AP). `average_precision` is scikit-learn's `average_precision_score`
+definition (tied scores form one threshold), written in numpy so that an evaluation job does not pay
+scikit-learn's import; the tests hold it equal to scikit-learn. A class with no positive clip in the
 evaluation set has no defined AP; scikit-learn's behaviour for it changed across versions (NaN,
 0 or a warning), so such classes are excluded here explicitly, reported as null and counted in
 `classes_without_positives`.
@@ -12,9 +14,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import average_precision_score
 
 from sslam.errors import SslamError
+
+
+def average_precision(positives: np.ndarray, scores: np.ndarray) -> float:
+    """AP of one class: the sum over score thresholds (distinct values, descending) of precision × the
+    recall gained there. positives (N,) bool with at least one True, scores (N,)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranked_scores, ranked_positives = np.asarray(scores, dtype=np.float64)[order], np.asarray(positives)[order]
+    thresholds = np.r_[np.flatnonzero(np.diff(ranked_scores)), ranked_positives.size - 1]
+    true_positives = np.cumsum(ranked_positives, dtype=np.float64)[thresholds]
+    precision = true_positives / (thresholds + 1)
+    recall_gained = np.diff(true_positives, prepend=0.0) / true_positives[-1]
+    return float(np.sum(recall_gained * precision))
 
 
 def _check_shapes(targets: np.ndarray, scores: np.ndarray) -> None:
@@ -37,7 +50,7 @@ def mean_average_precision(targets: np.ndarray, scores: np.ndarray,
     per_class: dict[str, float | None] = {}
     for column, name in enumerate(names):
         if positives[:, column].any():
-            per_class[name] = float(average_precision_score(positives[:, column], scores[:, column]))
+            per_class[name] = average_precision(positives[:, column], scores[:, column])
         else:
             per_class[name] = None
     scored = [ap for ap in per_class.values() if ap is not None]

@@ -4,7 +4,7 @@ import pytest
 from sklearn.metrics import accuracy_score, average_precision_score
 
 from sslam.errors import SslamError
-from sslam.evaluation.metrics import accuracy, mean_average_precision, per_bin, score
+from sslam.evaluation.metrics import accuracy, average_precision, mean_average_precision, per_bin, score
 
 
 @pytest.fixture
@@ -30,6 +30,17 @@ def test_map_matches_sklearn_per_class_and_excludes_classes_without_positives(mu
     # sklearn's macro average over the scored columns gives the same number
     kept = [0, 1, 2, 3, 5]
     assert result["map"] == pytest.approx(average_precision_score(targets[:, kept], scores[:, kept], average="macro"))
+
+
+def test_average_precision_equals_sklearn_with_ties_and_single_positives():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        size = int(rng.integers(1, 50))
+        positives = rng.random(size) < rng.random()
+        positives[rng.integers(size)] = True
+        scores = np.round(rng.standard_normal(size), int(rng.integers(0, 3)))   # coarse rounding: many ties
+        assert average_precision(positives, scores) == pytest.approx(average_precision_score(positives, scores),
+                                                                     abs=1e-12)
 
 
 def test_map_of_perfect_scores_is_one_and_of_no_positive_at_all_is_none():
