@@ -17,6 +17,7 @@ that never ran gets the static fingerprint of everything its entry module import
 """
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ RECORD_ENVIRONMENT = "SSLAM_CODE_RECORD"
 RECORD_FORMAT, RECORD_VERSION = "sslam-code-record", 1
 REGISTRY_LINE = "registry"   # a parts-file line "registry<TAB>unit<TAB>key" (else "file<TAB>first line")
 _PACKAGE_PREFIX = str(Path(__file__).resolve().parent) + os.sep
+_PACKAGE_NAME = __name__.partition(".")[0]
 
 
 class CodeRecorder:
@@ -61,6 +63,8 @@ class CodeRecorder:
         else:
             sys.settrace(self._on_call)
             threading.settrace(self._on_call)
+            self._import = builtins.__import__
+            builtins.__import__ = self._import_untraced
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -71,6 +75,19 @@ class CodeRecorder:
         else:
             sys.settrace(None)
             threading.settrace(None)
+            builtins.__import__ = self._import
+
+    def _import_untraced(self, name, globals=None, locals=None, fromlist=(), level=0):
+        """The first import of a third-party module runs without the tracer: its code is never part of a
+        fingerprint, and torch's import alone makes about a million Python calls, each one a trace event."""
+        if level == 0 and name not in sys.modules and name.partition(".")[0] != _PACKAGE_NAME:
+            previous = sys.gettrace()
+            sys.settrace(None)
+            try:
+                return self._import(name, globals, locals, fromlist, level)
+            finally:
+                sys.settrace(previous)
+        return self._import(name, globals, locals, fromlist, level)
 
     def _on_call(self, frame, event, arg):  # sys.settrace: called on every new frame, never traces lines
         code = frame.f_code
