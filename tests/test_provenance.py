@@ -40,10 +40,26 @@ def package_copy(tmp_path) -> Path:
     return tmp_path
 
 
-def run_job(root: Path, record: Path, fingerprint: str = "P0") -> dict:
+def run_job(root: Path, record: Path, fingerprint: str = "P0", job: str = JOB) -> dict:
     env = {**os.environ, "SSLAM_CODE_RECORD": str(record), "SSLAM_FINGERPRINT": fingerprint, "PYTHONPATH": str(root)}
-    subprocess.run([sys.executable, "-c", JOB], cwd=root, env=env, check=True, capture_output=True, text=True)
+    subprocess.run([sys.executable, "-c", job], cwd=root, env=env, check=True, capture_output=True, text=True)
     return json.loads(record.read_text())
+
+
+def test_tracing_resumes_after_an_untraced_third_party_import(package_copy, tmp_path):
+    job = """
+import sys
+import sslam
+tracer = sys.gettrace()
+import fractions, xml.dom.minidom            # first imports: run without the tracer
+assert sys.gettrace() is tracer, "the tracer was not put back"
+from sslam.objective.config import resolve_layer_count
+resolve_layer_count("all", 4, "x")
+from sslam.provenance import finish_recording
+finish_recording()
+"""
+    units = run_job(package_copy, tmp_path / "job.code.json", job=job)["units"]
+    assert "sslam.objective.config:<module>" in units and "sslam.objective.config:resolve_layer_count" in units
 
 
 def test_a_record_holds_what_the_job_and_its_workers_executed(package_copy, tmp_path):
