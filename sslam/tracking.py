@@ -601,9 +601,11 @@ def _parse_tags(items: list[str]) -> dict[str, str]:
 def run(args) -> int:
     if args.action == "init":
         out = Path(args.out)
-        # A relative SQLite URI means the current folder (as MLflow reads it); tracking.json records it
-        # relative to its own folder instead.
-        uri = absolute_store_uri(os.environ.get("MLFLOW_TRACKING_URI") or args.uri, Path.cwd())
+        # A relative SQLite URI names a store beside tracking.json, as resolve_tracking reads it back (the
+        # workflow's default `sqlite:///mlflow.db` is RESULTS/mlflow/mlflow.db); MLFLOW_TRACKING_URI is
+        # MLflow's own setting, so a relative one there means the current folder, as MLflow reads it.
+        environment = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = absolute_store_uri(environment, Path.cwd()) if environment else absolute_store_uri(args.uri, out.parent)
         store = TrackingStore(uri)
         try:
             info = init_study(uri, args.experiment, args.study, args.artifact_location, store=store)

@@ -71,6 +71,22 @@ def test_tracking_json_names_the_store_relative_to_itself_and_survives_a_move(st
     assert tracker.logged and len(runs_named(moved, "after-the-move")) == 1
 
 
+def test_a_relative_store_uri_lives_beside_tracking_json_whatever_the_working_folder(tmp_path, monkeypatch):
+    from sslam.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "results" / "mlflow" / "tracking.json"
+    assert main(["track", "init", "--uri", "sqlite:///mlflow.db", "--experiment", "e", "--study", "s",
+                 "--out", str(out)]) == 0
+    assert (out.parent / "mlflow.db").is_file() and not (tmp_path / "mlflow.db").exists()
+    assert json.loads(out.read_text())["uri"] == "sqlite:///mlflow.db"
+    with JobTracker(out, "a-run", tags={"job": "x"}) as tracker:
+        tracker.log_artifact(out)
+    assert tracker.logged and not (tmp_path / "artifacts").exists()   # artifacts stay beside the store too
+    assert any((out.parent / "artifacts").rglob("tracking.json"))
+
+
 def test_remote_uris_stay_as_given(tmp_path, monkeypatch):
     monkeypatch.setattr("sslam.tracking.init_study", lambda uri, *a, **k: {"uri": uri, "experiment_id": "1",
                                                                           "parent_run_id": "p", "initialised": True})

@@ -24,6 +24,9 @@ def test_tables_and_mlflow_runs(finished_study):
         assert (tables / name).is_file(), name
     assert "SSLAM" in (tables / "table1.md").read_text()
     tracking = resolve_tracking(repo / "results" / "mlflow" / "tracking.json")
+    # The store and its artifacts live under the results folder, never in the working folder.
+    assert tracking["uri"] == f"sqlite:///{(repo / 'results' / 'mlflow' / 'mlflow.db').resolve()}"
+    assert not (repo / "mlflow.db").exists() and not (repo / "artifacts").exists()
     client = MlflowClient(tracking_uri=tracking["uri"])
     runs = client.search_runs([tracking["experiment_id"]])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tracking["parent_run_id"]]
