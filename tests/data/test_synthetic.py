@@ -132,3 +132,15 @@ def test_cli_writes_the_requested_sets(tmp_path, capsys, tiny):
     bad.write_text(yaml.safe_dump({"synthetic": {"clip_second": 1.0}}))
     assert main(["synth", "--config", str(bad), "--out", str(tmp_path / "x")]) == 1
     assert "synthetic.clip_second" in capsys.readouterr().err
+
+
+def test_a_poly_test_split_by_polyphony_keeps_the_training_clips(tmp_path, tiny, tiny_corpus):
+    config = SyntheticConfig(**{**tiny, "poly_test_by_polyphony": True})
+    poly = read_manifest(generate_set("poly", config, tmp_path))
+    default = read_manifest(tiny_corpus["poly"])
+    train, test = poly.table[poly.table["split"] == "train"], poly.table[poly.table["split"] == "test"]
+    assert list(train["labels"]) == list(default.table[default.table["split"] == "train"]["labels"])
+    # the bins 1..max in turn, counted in distinct classes, and the column on every row (integers)
+    assert list(test["polyphony"]) == [k % tiny["polyphony_max_events"] + 1 for k in range(tiny["poly_test_clips"])]
+    assert all(len(poly.labels_of(row)) == poly.table.at[row, "polyphony"] for row in range(len(poly)))
+    assert poly.table["polyphony"].dtype.kind == "i"
