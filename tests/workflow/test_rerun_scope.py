@@ -2,7 +2,7 @@
 exactly the jobs that execute the edited code (and what depends on their outputs) — no more, no less.
 
 The study (workflow_helpers.rerun_scope_study): Stage 1, MB-UA (no mixing, no SRL) and SSLAM, the random-init
-baseline; synth_mono (accuracy, 3 folds) and synth_polyphony (mAP per bin); both regimes; one seed."""
+baseline; synth_mono (accuracy, 2 folds) and synth_polyphony (mAP per bin); both regimes; one seed."""
 from __future__ import annotations
 
 from pathlib import Path
