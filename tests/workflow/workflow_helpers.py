@@ -105,7 +105,8 @@ def rerun_scope_study(results: str | Path = "results") -> dict:
     config = reduced_demo(Path(results), variants=("MB-UA", "SSLAM"), benchmarks=("synth_mono", "synth_polyphony"))
     config["study"]["tables"]["specs"] = [
         {"name": "table1", "title": "synth_mono, both regimes", "benchmarks": ["synth_mono"], "regimes": ["linear", "finetune"]},
-        *[spec for spec in config["study"]["tables"]["specs"] if spec["benchmarks"] == ["synth_polyphony"]]]
+        {"name": "table3", "title": "mAP per number of distinct sound events", "kind": "polyphony_bins",
+         "benchmarks": ["synth_polyphony"], "regimes": ["linear", "finetune"]}]
     return config
 
 
