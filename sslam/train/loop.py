@@ -82,6 +82,7 @@ class Pretrainer:
         self.step = 0
         self.batches_consumed = 0
         self._rng_to_restore: dict[str, Any] | None = None
+        self._metrics_to_restore: list[str] | None = None
         self._window_to_restore: dict[str, Any] | None = None
         self._window = _Window()
 
@@ -94,6 +95,7 @@ class Pretrainer:
         checkpoint.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                           rng=self._gather(rng), window=self._gather(window), data=self.sampler_state(),
                           config=self.identity.config, job=self.job(),
+                          metrics_log=self.metrics.lines() if self.context.is_main else [],
                           heads={name: {key: tensor.detach().cpu() for key, tensor in module.state_dict().items()}
                                  for name, module in self.objective.pretraining_heads().items()})
         return checkpoint
@@ -157,6 +159,7 @@ class Pretrainer:
         self.scheduler.load_state_dict(snapshot["scheduler"])
         self.step = snapshot["step"]
         self.batches_consumed = snapshot["data"]["batches_consumed"]
+        self._metrics_to_restore = snapshot.get("metrics_log")
         # Random states go back in only once the data iterator exists (creating one may draw numbers).
         self._rng_to_restore = snapshot["rng"][self.context.rank]
         self._window_to_restore = snapshot.get("window", [None] * self.context.world_size)[self.context.rank]
@@ -202,7 +205,10 @@ class Pretrainer:
             window = _Window.from_state(self._window_to_restore, self.device)
         self.objective.train()
         if self.context.is_main:
-            self.metrics.truncate_after(self.step)  # the steps after the snapshot are re-done and re-logged
+            if self._metrics_to_restore is not None:  # also when the log itself is gone (a re-run job)
+                self.metrics.restore(self._metrics_to_restore, self.step)
+            else:
+                self.metrics.truncate_after(self.step)  # the steps after the snapshot are re-done and re-logged
         progress = self._progress()
         throughput, last = Throughput(), {}
         try:

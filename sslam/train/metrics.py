@@ -29,6 +29,19 @@ class MetricsLog:
                 if line.strip() and _is_complete_line_at_or_before(line, step)]
         self.path.write_text("".join(line + "\n" for line in kept))
 
+    def lines(self) -> list[str]:
+        """The complete lines logged so far (a snapshot keeps them: Snakemake deletes the outputs of a job it
+        re-runs, and a re-run that resumes a finished snapshot must still write the whole log)."""
+        if not self.path.exists():
+            return []
+        return [line for line in self.path.read_text().splitlines() if line.strip() and _is_complete_line(line)]
+
+    def restore(self, lines: list[str], step: int) -> None:
+        """The log as it was when the snapshot of `step` was taken (lines after it are re-done and re-logged)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in lines if _is_complete_line_at_or_before(line, step)]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
     def write(self, step: int, values: dict[str, float]) -> None:
         record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +49,13 @@ class MetricsLog:
             stream.write(json.dumps(record) + "\n")
         if self.tracker is not None:
             self.tracker.log_metrics({f"{self.prefix}{k}": v for k, v in record.items() if k != "step"}, step)
+
+
+def _is_complete_line(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line)["step"], int)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False  # a line cut short by a kill
 
 
 def _is_complete_line_at_or_before(line: str, step: int) -> bool:

@@ -151,3 +151,19 @@ def test_resume_discards_the_state_of_another_code_fingerprint(tmp_path):
     assert "resuming" not in result.stderr
     assert [m["step"] for m in read_metrics(out)] == list(range(1, 7))
     assert torch.load(out / "state" / "last.pt", weights_only=True)["job"]["fingerprint"] == "bbbb"
+
+
+def test_a_finished_run_rerun_without_its_outputs_writes_them_again(tmp_path):
+    """What Snakemake does when a finished pretraining job is re-scheduled: it deletes checkpoint.pt and
+    metrics.jsonl, and `--resume` finds the final snapshot; both outputs come back, the log whole."""
+    config = tiny_study(tmp_path, stage1={"steps": 20, "checkpoint_every": 10, "log_every": 5})
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", str(config), "--stage", "1", "--out", str(out), "--resume"]
+    run_sslam(*args)
+    log, weights = (out / "metrics.jsonl").read_text(), torch.load(out / "checkpoint.pt", weights_only=True)
+    (out / "metrics.jsonl").unlink()
+    (out / "checkpoint.pt").unlink()
+    run_sslam(*args)
+    assert (out / "metrics.jsonl").read_text() == log
+    again = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(tensor, again["student"][name]) for name, tensor in weights["student"].items())

@@ -8,7 +8,7 @@
 rule evaluate:
     """One model on one benchmark, in one regime, with one seed."""
     input:
-        unpack(lambda wildcards: STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark)),
+        unpack(lambda wildcards: tracking_side_channel(STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark))),
     output:
         metrics=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.json",
         predictions=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/predictions.npz",

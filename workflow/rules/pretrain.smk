@@ -31,7 +31,7 @@ rule pretrain:
     """Stage 1 (model `stage1`), or Stage 2 of one variant (MB-UA, MB-PMA, MB-UA-PMA, SSLAM or a study-defined
     ablation) starting from the Stage-1 student and teacher."""
     input:
-        unpack(lambda wildcards: STUDY.pretrain_inputs(wildcards.model)),
+        unpack(lambda wildcards: tracking_side_channel(STUDY.pretrain_inputs(wildcards.model))),
     output:
         checkpoint=f"{RESULTS}/pretrain/{{model}}/checkpoint.pt",
         metrics=f"{RESULTS}/pretrain/{{model}}/metrics.jsonl",
