@@ -21,8 +21,9 @@ from sslam.errors import SslamError
 def average_precision(positives: np.ndarray, scores: np.ndarray) -> float:
     """AP of one class: the sum over score thresholds (distinct values, descending) of precision × the
     recall gained there. positives (N,) bool with at least one True, scores (N,)."""
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    ranked_scores, ranked_positives = np.asarray(scores, dtype=np.float64)[order], np.asarray(positives)[order]
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    ranked_scores, ranked_positives = scores[order], np.asarray(positives)[order]
     thresholds = np.r_[np.flatnonzero(np.diff(ranked_scores)), ranked_positives.size - 1]
     true_positives = np.cumsum(ranked_positives, dtype=np.float64)[thresholds]
     precision = true_positives / (thresholds + 1)

@@ -23,23 +23,20 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after `step`: a resumed run re-does those steps and logs them again."""
-        if not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and _is_complete_line_at_or_before(line, step)]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        if self.path.exists():
+            self.restore(self.lines(), step)
 
     def lines(self) -> list[str]:
         """The complete lines logged so far (a snapshot keeps them: Snakemake deletes the outputs of a job it
         re-runs, and a re-run that resumes a finished snapshot must still write the whole log)."""
         if not self.path.exists():
             return []
-        return [line for line in self.path.read_text().splitlines() if line.strip() and _is_complete_line(line)]
+        return [line for line in self.path.read_text().splitlines() if _logged_step(line) is not None]
 
     def restore(self, lines: list[str], step: int) -> None:
         """The log as it was when the snapshot of `step` was taken (lines after it are re-done and re-logged)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in lines if _is_complete_line_at_or_before(line, step)]
+        kept = [line for line in lines if (logged := _logged_step(line)) is not None and logged <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, values: dict[str, float]) -> None:
@@ -51,18 +48,13 @@ class MetricsLog:
             self.tracker.log_metrics({f"{self.prefix}{k}": v for k, v in record.items() if k != "step"}, step)
 
 
-def _is_complete_line(line: str) -> bool:
+def _logged_step(line: str) -> int | None:
+    """The step of a complete log line; None for a blank line or one cut short by a kill."""
     try:
-        return isinstance(json.loads(line)["step"], int)
+        step = json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        return False  # a line cut short by a kill
-
-
-def _is_complete_line_at_or_before(line: str, step: int) -> bool:
-    try:
-        return json.loads(line)["step"] <= step
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return False  # a line cut short by a kill
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _plain(value: Any) -> Any:

@@ -47,4 +47,3 @@ def tracking_side_channel(inputs):
     """A job's inputs with tracking.json marked ancient: the job waits for the store to exist, but a re-run of
     track_init (its code changed) never re-runs a result; `log_tables` sends every run again instead."""
     return {**inputs, "tracking": ancient(inputs["tracking"])}
-
