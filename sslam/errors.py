@@ -21,8 +21,16 @@ class CacheError(SslamError):
     """An HDF5 spectrogram cache shard is missing, incomplete, stale, or too many clips failed."""
 
 
-class DiskFullError(SslamError, OSError):
-    """The disk (or quota) filled up while a result file was written; the previous version was kept."""
+class WriteError(SslamError, OSError):
+    """A result file could not be written; the message (not the errno) is the one line shown."""
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class DiskFullError(WriteError):
+    """The disk (or quota) filled up while a result file was written; the previous version was kept."""
+
+
+class OutputPathError(WriteError):
+    """A result file cannot be created where it was asked for (a missing, read-only or non-folder parent)."""

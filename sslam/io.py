@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sslam.errors import DiskFullError
+from sslam.errors import DiskFullError, OutputPathError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -30,8 +30,14 @@ def atomic_path(target: str | Path, keep_previous: str | Path | None = None) -> 
     is left untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:  # one line instead of a traceback; nothing was touched yet
+        if error.errno in _FULL:
+            raise DiskFullError(error.errno, f"no space left on the device (or quota) for {target}; "
+                                "nothing was written") from error
+        raise OutputPathError(error.errno, f"cannot write {target}: {error.strerror or error}") from error
     os.close(handle)
     temporary = Path(name)
     try:

@@ -11,7 +11,7 @@ import sslam.io
 from sslam.cli import main
 from sslam.data.cache import build_shard
 from sslam.data.manifest import classes_path, read_manifest, write_manifest
-from sslam.errors import DiskFullError, ManifestError
+from sslam.errors import DiskFullError, ManifestError, OutputPathError
 from sslam.io import atomic_write_json
 
 TARGET = 112
@@ -95,6 +95,16 @@ def test_a_full_disk_while_writing_metrics_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"metrics\.json; nothing was written"):
         atomic_write_json(tmp_path / "metrics.json", {"value": 1.0})
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_an_output_where_no_folder_can_be_made_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OutputPathError, match=r"cannot write .*a-file/out/metrics\.json"):
+        atomic_write_json(blocker / "out" / "metrics.json", {"value": 1.0})
+    assert main(["track", "init", "--uri", "sqlite:///mlflow.db", "--experiment", "e", "--study", "s",
+                 "--out", str(blocker / "tracking.json")]) == 1
+    assert "cannot write" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
