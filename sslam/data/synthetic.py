@@ -30,7 +30,7 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,9 @@ SET_NAMES = ("pretrain", "mono", "poly", "polyphony")
 class SyntheticConfig:
     """Sizes and levels of the synthetic corpus; defaults fit a whole-study demo in minutes on 2 cores."""
 
+    # tones: the sine-and-noise events below (the fast fixture of the tests); instruments: sampled General-MIDI
+    # instruments rendered from a soundfont (sslam.data.instruments; the demo's corpus). Same sets and contract.
+    corpus: Literal["tones", "instruments"] = "tones"
     seed: int = 0
     clip_seconds: float = 2.0
     sample_rate: int = 16000
@@ -63,10 +66,10 @@ class SyntheticConfig:
     poly_test_by_polyphony: bool = False
     polyphony_clips: int = 64                           # spread evenly over the bins 1..max
     polyphony_max_events: int = 8
-    event_level_dbfs: tuple[float, float] = (-28.0, -10.0)   # peak level range of one event
+    event_level_dbfs: tuple[float, float] = (-28.0, -10.0)   # peak level range of one event (instrument part)
     background_dbfs: float = -55.0                      # RMS of the white-noise floor
     odd_format_every: int = 8                           # 0 = every file mono at sample_rate
-    odd_sample_rate: int = 22050
+    odd_sample_rate: int = 22050                        # tones; instruments write the renderer's 48 kHz stereo
 
     def __post_init__(self) -> None:
         check_ranges(self, seed=">= 0", sample_rate=">= 1", background_dbfs="< 0", odd_sample_rate=">= 1",
@@ -78,8 +81,14 @@ class SyntheticConfig:
             low, high = getattr(self, name)
             if not 1 <= low <= high:
                 raise ConfigError(f"synthetic.{name} must be a range [low, high] with 1 <= low <= high")
-        if not 1 <= self.polyphony_max_events <= len(EVENT_CLASSES):
-            raise ConfigError(f"synthetic.polyphony_max_events must be in 1..{len(EVENT_CLASSES)} (distinct classes)")
+        classes = len(corpus_classes(self)[0])
+        if not 1 <= self.polyphony_max_events <= classes:
+            raise ConfigError(f"synthetic.polyphony_max_events must be in 1..{classes} (distinct classes of corpus "
+                              f"{self.corpus})")
+        if self.corpus == "instruments":
+            from sslam.data.instruments import check_config
+
+            check_config(self)
         if self.mono_folds < 1:
             raise ConfigError("synthetic.mono_folds must be >= 1")
         if self.odd_format_every == 1 or self.odd_format_every < 0:
@@ -251,6 +260,20 @@ EVENT_CLASSES: tuple[EventClass, ...] = (
 CLASS_IDS = tuple(event.label_id for event in EVENT_CLASSES)
 
 
+def corpus_classes(config: SyntheticConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(class ids, class names) of the configured corpus, in the order of its classes file."""
+    if config.corpus == "instruments":
+        from sslam.data.instruments import CLASS_IDS as INSTRUMENT_IDS, CLASS_NAMES
+
+        return INSTRUMENT_IDS, CLASS_NAMES
+    return CLASS_IDS, tuple(event.name for event in EVENT_CLASSES)
+
+
+def num_classes(config: SyntheticConfig) -> int:
+    """How many classes the configured corpus has (the mono set holds mono_clips_per_class of each)."""
+    return len(corpus_classes(config)[0])
+
+
 def make_event(label: str | int, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
     """One random instance of a class (label id or index), float32 with peak amplitude 1."""
     event = EVENT_CLASSES[label] if isinstance(label, (int, np.integer)) else EVENT_CLASSES[CLASS_IDS.index(label)]
@@ -309,28 +332,42 @@ def _file_format(index: int, config: SyntheticConfig) -> tuple[int, int]:
     return config.sample_rate, 1
 
 
+def _tones_clip(index: int, class_indices, config: SyntheticConfig, set_index: int) -> tuple[np.ndarray, int]:
+    """(samples, sample rate) of clip `index` of the tones corpus, in its file format."""
+    rng = np.random.default_rng([config.seed, set_index, index])
+    sample_rate, channels = _file_format(index, config)
+    audio = make_soundscape(class_indices, rng, config, sample_rate)
+    if channels == 2:
+        audio = np.stack([audio * rng.uniform(0.6, 1.0), audio * rng.uniform(0.6, 1.0)], axis=1)
+    return audio, sample_rate
+
+
 def generate_set(name: str, config: SyntheticConfig, out_dir: str | Path) -> Path:
     """Write `out_dir/<name>/audio/*.wav` and `out_dir/<name>/manifest.tsv` (+ classes); return the manifest path."""
     set_dir = Path(out_dir) / name
     (set_dir / "audio").mkdir(parents=True, exist_ok=True)
     set_index = SET_NAMES.index(name)
-    plan = _set_plan(name, config, np.random.default_rng([config.seed, set_index]))
+    if config.corpus == "instruments":
+        from sslam.data import instruments
+
+        plan = instruments.set_plan(name, config, np.random.default_rng([config.seed, set_index]))
+        clips = instruments.set_audio(plan, config, set_index, lambda index: _file_format(index, config))
+    else:
+        plan = _set_plan(name, config, np.random.default_rng([config.seed, set_index]))
+        clips = (_tones_clip(index, class_indices, config, set_index) for index, (_, _, class_indices, _) in
+                 enumerate(plan))
+    class_ids, class_names = corpus_classes(config)
     rows = []
-    for index, (split, fold, class_indices, extra) in enumerate(plan):
-        rng = np.random.default_rng([config.seed, set_index, index])
-        sample_rate, channels = _file_format(index, config)
-        audio = make_soundscape(class_indices, rng, config, sample_rate)
-        if channels == 2:
-            audio = np.stack([audio * rng.uniform(0.6, 1.0), audio * rng.uniform(0.6, 1.0)], axis=1)
+    for index, ((split, fold, class_indices, extra), (audio, sample_rate)) in enumerate(zip(plan, clips)):
         clip_id = f"{name}-{index:05d}"
         relative = Path("audio") / f"{clip_id}.wav"
         soundfile.write(set_dir / relative, audio, sample_rate, subtype="PCM_16")
         present = sorted(set(int(c) for c in class_indices))
         rows.append({"clip_id": clip_id, "path": str(relative), "split": split, "fold": fold,
-                     "labels": "" if split == "unlabeled" else LABEL_SEPARATOR.join(CLASS_IDS[c] for c in present),
+                     "labels": "" if split == "unlabeled" else LABEL_SEPARATOR.join(class_ids[c] for c in present),
                      "sample_rate": sample_rate, "duration": config.clip_seconds, **extra})
     table = pd.DataFrame(rows, columns=None if rows else ["clip_id", "path"])
-    manifest = Manifest(table, list(CLASS_IDS), [event.name for event in EVENT_CLASSES], root=set_dir)
+    manifest = Manifest(table, list(class_ids), list(class_names), root=set_dir)
     return write_manifest(manifest, set_dir / "manifest.tsv")
 
 
@@ -352,7 +389,12 @@ def write_unlabeled_clips(out_dir: str | Path, num_clips: int, clip_seconds: flo
 
 
 def generate_corpus(config: SyntheticConfig, out_dir: str | Path, sets=SET_NAMES) -> dict[str, Path]:
-    """Write every requested set; returns {set name: manifest path}."""
+    """Write every requested set; returns {set name: manifest path}. The instrument corpus also records what
+    it was rendered from (soundfont digest, renderer version) in `out_dir/instruments.json`."""
+    if config.corpus == "instruments":
+        from sslam.data.instruments import write_source_description
+
+        write_source_description(out_dir)
     return {name: generate_set(name, config, out_dir) for name in sets}
 
 
