@@ -46,7 +46,7 @@ class RegimeConfig:
     noise: bool = False                         # keyword-spotting noise + small time roll (spec §1)
     label_smoothing: float = 0.0
     loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multilabel, CE for multiclass
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean", "time"] = "cls"   # time: mean over time per frequency row (heads.py)
     head_norm: bool = True                      # LayerNorm (fc_norm) before the Linear head
     # batch: BatchNorm without affine on the pooled features before the head (MAE linear probing);
     # none: official. See heads.py for why near-constant features need it.
@@ -117,13 +117,50 @@ class LinearProbeConfig(RegimeConfig):
     `linear_mode: official` keeps the backbone in train mode (drop path active under no_grad) and
     has no warm-up; `paper` (Table 8) puts the backbone in eval mode and warms up for 5 epochs,
     unless a warm-up is given explicitly. Mixup and SpecAug stay on in both (Table 8 lists them).
+
+    `solver: lbfgs` replaces the mini-batch AdamW loop by a converged probe (sslam.evaluation.logistic):
+    the pooled features of every clip are extracted once (backbone in eval mode, no augmentation), each
+    per-clip LayerNorm'd when `head_norm` (the head's LayerNorm + Linear is linear in those) and
+    standardised with the training clips' statistics (`feature_norm: batch`), and a logistic regression
+    (softmax for multiclass, one sigmoid per class for multilabel) with an L2 penalty is fitted by
+    full-batch L-BFGS until the largest gradient component is at most `tolerance`. With several `l2`
+    values, the penalty is chosen by `l2_folds`-fold cross-validation on the training clips (lowest
+    held-out loss), then refitted on all of them. Steps, lr, warm-up and batch size of training are not
+    read (batch_size only batches the feature extraction).
     """
 
     lr: float = 1e-3
     layer_decay: float = 1.0                    # nothing but the head is trained
+    solver: Literal["adamw", "lbfgs"] = "adamw"
+    # lbfgs: penalty (l2/2)·||W||² on the standardised features, added to the mean loss per clip; a grid is
+    # searched by cross-validation on the training clips. sklearn's C is 1 / (l2 · number of training clips).
+    l2: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0])
+    l2_folds: int = 3
+    max_iter: int = 5000                        # L-BFGS iterations per fit; a fit that stops there is unconverged
+    tolerance: float = 1e-4                     # converged: max |gradient| <= tolerance (scikit-learn's default)
 
     DEFAULT_EPOCHS = 50
     PAPER_WARMUP_EPOCHS = 5
+    # What the L-BFGS probe does not do, and the value a config must give for it (it would otherwise say one
+    # thing and the job do another): no augmentation, the last (only) model, features from the eval-mode
+    # backbone, standardised across clips.
+    LBFGS_REQUIRES: ClassVar[dict[str, object]] = {
+        "mixup": 0.0, "specaug_freq": 0.0, "specaug_time": 0.0, "roll": False, "noise": False,
+        "label_smoothing": 0.0, "weighted_sampling": None, "selection": "last", "linear_mode": "paper",
+        "feature_norm": "batch"}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, l2="> 0", l2_folds=">= 2", max_iter=">= 1", tolerance="> 0")
+        if not self.l2:
+            raise ConfigError("l2: give at least one penalty value")
+        if self.solver == "lbfgs":
+            wrong = [f"{key}: {value!r} (needs {self.LBFGS_REQUIRES[key]!r})"
+                     for key, value in ((key, getattr(self, key)) for key in self.LBFGS_REQUIRES)
+                     if value != self.LBFGS_REQUIRES[key]]
+            if wrong:
+                raise ConfigError("solver lbfgs fits features extracted once, without augmentation: set "
+                                  + "; ".join(wrong))
 
     def default_warmup(self, steps_per_epoch: int) -> int:
         return self.PAPER_WARMUP_EPOCHS * steps_per_epoch if self.linear_mode == "paper" else 0

@@ -23,17 +23,42 @@ from sslam.errors import ConfigError
 HEAD_INIT_STD = 0.02
 
 
+POOLINGS = ("cls", "mean", "time")
+
+
+def pooled_dim(embed_dim: int, pooling: str, freq_patches: int) -> int:
+    return embed_dim * freq_patches if pooling == "time" else embed_dim
+
+
+def pool_features(features: torch.Tensor, pooling: str, freq_patches: int = 1) -> torch.Tensor:
+    """Encoder output (N, 1+L, D), CLS first, patches time-major -> the pooled features: `cls` the CLS token
+    (N, D); `mean` the mean of the patch tokens (N, D); `time` the mean over time of each frequency row of
+    patches, rows concatenated (N, freq_patches·D). A mean over all patches averages the frequency rows
+    together, so a linear read-out of it sees the spectral envelope only through what the blocks mixed into
+    every token; `time` keeps the rows apart (the lowest row first)."""
+    if pooling == "cls":
+        return features[:, 0]
+    if pooling == "mean":
+        return features[:, 1:].mean(dim=1)
+    patches = features[:, 1:]
+    count, tokens, dim = patches.shape
+    if tokens % freq_patches:
+        raise ConfigError(f"pooling time: {tokens} patch tokens are not whole rows of {freq_patches} frequency patches")
+    return patches.reshape(count, tokens // freq_patches, freq_patches, dim).mean(dim=1).reshape(count, -1)
+
+
 class ClassificationHead(nn.Module):
-    """Pooled encoder features (N, 1+L, D), CLS first -> logits (N, num_classes)."""
+    """Encoder features (N, 1+L, D), CLS first -> pooled (`pool_features`) -> logits (N, num_classes)."""
 
     def __init__(self, embed_dim: int, num_classes: int, pooling: str = "cls", norm: bool = True,
-                 norm_eps: float = 1e-6, feature_norm: str = "none") -> None:
+                 norm_eps: float = 1e-6, feature_norm: str = "none", freq_patches: int = 1) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be cls or mean, got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if feature_norm not in ("none", "batch"):
             raise ConfigError(f"feature_norm must be none or batch, got {feature_norm!r}")
-        self.pooling = pooling
+        self.pooling, self.freq_patches = pooling, freq_patches
+        embed_dim = pooled_dim(embed_dim, pooling, freq_patches)
         # momentum None: the running statistics are the plain average over all training batches.
         # An exponential average (momentum 0.1) still carries 1.5 % of its zero initial mean after
         # 40 steps, more than the cross-clip spread of such features: test-time inputs would be off.
@@ -45,7 +70,7 @@ class ClassificationHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1)
+        pooled = pool_features(features, self.pooling, self.freq_patches)
         if isinstance(self.feature_norm, nn.BatchNorm1d) and self.training and pooled.shape[0] == 1:
             # A batch of one has no spread to standardise with: use the running statistics.
             bn = self.feature_norm

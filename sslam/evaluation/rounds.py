@@ -101,7 +101,7 @@ def build_classifier(encoder: torch.nn.Module, num_classes: int, settings: Round
     regime, linear = settings.regime, settings.regime_name == "linear"
     encoder.set_drop_path(regime.drop_path)
     head = ClassificationHead(encoder.config.embed_dim, num_classes, regime.pooling, regime.head_norm,
-                              encoder.config.norm_eps, regime.feature_norm)
+                              encoder.config.norm_eps, regime.feature_norm, encoder.config.freq_patches)
     # Paper linear evaluation: backbone in eval mode (no drop path); official: it follows .train().
     backbone_train_mode = not (linear and regime.linear_mode == "paper")
     return EncoderClassifier(encoder, head, frozen_backbone=linear, backbone_train_mode=backbone_train_mode)
@@ -111,6 +111,10 @@ def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
               log: Callable[[dict[str, Any]], None] | None = None, resume: RoundResume | None = None
               ) -> RoundOutcome:
     benchmark, regime, resume = settings.benchmark, settings.regime, resume or RoundResume()
+    if settings.regime_name == "linear" and getattr(regime, "solver", "adamw") == "lbfgs":
+        from sslam.evaluation.logistic import run_lbfgs_round  # the converged probe: features once, then L-BFGS
+
+        return run_lbfgs_round(encoder, round_, settings, log, resume)
     train, test, policy = load_round(round_, settings)
     torch.manual_seed(settings.seed)
     classifier = build_classifier(encoder, train.num_classes, settings)

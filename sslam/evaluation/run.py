@@ -32,6 +32,7 @@ from sslam.configuration import from_dict, load_yaml, section, to_dict
 from sslam.device import DEVICE_CHOICES, banner, resolve_device
 from sslam.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig
+from sslam.evaluation.logistic import solver_summary
 from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
 from sslam.evaluation.resume import EvaluationState, ResumableLog, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
@@ -248,6 +249,7 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
             "num_train": results[0].num_train,
             "num_test_clips": num_clips,
             "predictions": PREDICTIONS,
+            **({"solver": solver} if (solver := solver_summary([r.selection for r in results])) else {}),
             "max_steps": job.max_steps,
             "norm_mean": norm_mean, "norm_std": norm_std,
             "wall_time_s": time.perf_counter() - started,
