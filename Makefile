@@ -1,4 +1,5 @@
-# Two commands matter: `make demo` (the whole study on the embedded synthetic corpus) and `make test`.
+# Two commands matter: `make demo` (the whole study on the embedded corpus of sampled instruments) and `make test`;
+# `make demo-long` runs the same study longer (config/demo-long.yaml, docs/demo.md).
 # Each one creates/updates the local virtual environment first.
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' constraints.txt)
 TORCHAUDIO_VERSION := $(shell sed -n 's/^torchaudio==//p' constraints.txt)
 STAMP := $(VENV)/.installed$(if $(TORCH_CUDA),-$(TORCH_CUDA))
 
-.PHONY: demo test env clean-demo
+.PHONY: demo demo-long test env clean-demo
 
 env: $(STAMP)
 
@@ -26,8 +27,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
 
+demo-long: $(STAMP)
+	$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo-long.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 clean-demo:
-	rm -rf results/demo
+	rm -rf results/demo results/demo-long

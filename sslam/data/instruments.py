@@ -340,12 +340,6 @@ def mix_clip(draw: ClipDraw, waves: list[np.ndarray], retry_seed: list[int], sec
     return mix * (0.95 / peak) if peak > 0.95 else mix    # keep 16-bit wav unclipped
 
 
-def render_clip(class_indices, rng: np.random.Generator, config) -> np.ndarray:
-    """One clip (see `draw_clip` and `mix_clip`), rendered on its own: (frames, 2) float64 at RENDER_RATE."""
-    draw = draw_clip(class_indices, rng, config)
-    return mix_clip(draw, render_parts(draw.parts, config.clip_seconds), [0], config.clip_seconds)
-
-
 def resample(wave: np.ndarray, rate: int, mono: bool) -> np.ndarray:
     """(frames, 2) at RENDER_RATE -> float32 at `rate`: (frames,) averaged first when `mono` (the front end's
     order), else (frames, 2) with each channel resampled."""

@@ -1,10 +1,18 @@
-"""The embedded synthetic corpus: real audio files and canonical manifests, generated in seconds.
+"""The embedded corpus: real audio files and canonical manifests, generated in seconds.
 
 It stands in for AudioSet / ESC-50 / SPASS in the laptop demo so that the whole study (pretraining,
-evaluation, tables) runs end to end without any download. Every clip is a soundscape of a few
-sound events from 14 classes placed at random onsets and levels over a quiet noise floor. Every
-event draws its own parameters (f0, partials, sweep range, bandwidth, rate, duration, envelope),
-so a class is a family of sounds, not one template.
+evaluation, tables) runs end to end without any download. `corpus` picks what the clips hold:
+
+* `tones` (this module; the tests' fast fixture): every clip is a soundscape of a few sound events
+  from 14 classes placed at random onsets and levels over a quiet noise floor. Every event draws its
+  own parameters (f0, partials, sweep range, bandwidth, rate, duration, envelope), so a class is a
+  family of sounds, not one template.
+* `instruments` (`sslam.data.instruments`; the demo's corpus): sampled General-MIDI instruments
+  rendered from a soundfont, 15 classes (14 instrument families and the drum kits); a clip mixes
+  one phrase per class present.
+
+Both write the same sets with the same contract; `num_classes(config)` is the configured corpus's
+class count.
 
 Sets (their names are part of the data contract):
 

@@ -74,8 +74,10 @@ def reduced_demo(results: Path, variants=("MB-UA", "SSLAM"), benchmarks=("synth_
     config["study"].update(results=str(results), seeds=[0], variants=list(variants), benchmarks=list(benchmarks))
     config["study"]["tables"]["specs"] = [
         spec for spec in config["study"]["tables"]["specs"] if set(spec["benchmarks"]) <= set(benchmarks)]
-    config["synthetic"].update(pretrain_clips=24, mono_clips_per_class=10, poly_train_clips=24, poly_test_clips=12,
-                               polyphony_clips=12)
+    # The sine-and-noise corpus: the workflow tests exercise the DAG, not the instrument renderer
+    # (tests/data/test_instruments.py does, on a tiny corpus).
+    config["synthetic"].update(corpus="tones", pretrain_clips=24, mono_clips_per_class=10, poly_train_clips=24,
+                               poly_test_clips=12, polyphony_clips=12)
     config["pretrain"]["stage1"].update(steps=4, warmup_steps=1, checkpoint_every=2, ema_anneal_steps=4, batch_size=4)
     config["pretrain"]["stage2"].update(steps=2, warmup_steps=1, checkpoint_every=1, ema_anneal_steps=2, batch_size=4)
     for benchmark in config["evaluation"]["benchmarks"].values():
