@@ -75,7 +75,7 @@ def test_a_given_stage1_checkpoint_replaces_stage1_training(demo):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c["study"]["variants"].append("SSLAM-XL"), "study.variants[4]: unknown variant 'SSLAM-XL'"),
+    (lambda c: c["study"]["variants"].append("SSLAM-XL"), "study.variants[3]: unknown variant 'SSLAM-XL'"),
     (lambda c: c["study"].update(seeds=["0"]), "study.seeds[0]"),
     (lambda c: c["study"].update(benchmarks=["nope"]), "study.benchmarks[0]: 'nope'"),
     (lambda c: c["pretrain"]["stage1"].update(learning_rate=0.1), "pretrain.stage1.learning_rate"),

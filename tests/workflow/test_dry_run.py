@@ -88,7 +88,8 @@ def fails_at_parse_time(config: dict, tmp_path, *messages: str) -> None:
 
 def test_unknown_variant_fails(demo_config, tmp_path):
     demo_config["study"]["variants"].append("SSLAM-XL")
-    fails_at_parse_time(demo_config, tmp_path, "study.variants[4]", "SSLAM-XL")
+    index = len(demo_config["study"]["variants"]) - 1
+    fails_at_parse_time(demo_config, tmp_path, f"study.variants[{index}]", "SSLAM-XL")
 
 
 def test_missing_data_root_fails(paper_config, tmp_path):

@@ -23,9 +23,9 @@ def pretraining(*models: str) -> set[tuple[str, str]]:
     return {("pretrain", f"model={model}") for model in models}
 
 
-def evaluation(models=EVALUATED, benchmarks=BENCHMARKS) -> set[tuple[str, str]]:
+def evaluation(models=EVALUATED, benchmarks=BENCHMARKS, regimes=("finetune", "linear")) -> set[tuple[str, str]]:
     return {("evaluate", f"model={model}, benchmark={benchmark}, regime={regime}, seed=0")
-            for model in models for benchmark in benchmarks for regime in ("finetune", "linear")}
+            for model in models for benchmark in benchmarks for regime in regimes}
 
 
 def downstream_of(*models: str) -> set[tuple[str, str]]:
@@ -55,14 +55,19 @@ MUTATIONS = [
      "    per_token = d2v_loss(prediction[mask], target[mask])",
      "    per_token = d2v_loss(prediction[mask], target[mask]) * 1.0", downstream_of(*PRETRAINED)),
     ("the EMA decay", "sslam/model/teacher.py", "    if step < 0:", "    if step < -1:", downstream_of(*PRETRAINED)),
-    ("the lr schedule (pretraining and evaluation share it)", "sslam/schedules.py",
+    # The demo's linear regime is the L-BFGS probe, which runs no lr schedule: the random-init probe stays.
+    ("the lr schedule (pretraining and fine-tuning share it)", "sslam/schedules.py",
      "    progress = min(1.0, (step - warmup_steps) / decay_steps)",
      "    progress = min(1.0, (step - warmup_steps) / decay_steps) * 1.0",
-     pretraining(*PRETRAINED) | evaluation() | TABLES),
-    ("the fine-tuning head", "sslam/evaluation/heads.py",
-     '        pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1)',
-     '        pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1) * 1.0',
+     pretraining(*PRETRAINED) | evaluation(PRETRAINED) | evaluation(("random",), regimes=("finetune",)) | TABLES),
+    ("the pooling (the fine-tuning head and the L-BFGS probe share it)", "sslam/evaluation/heads.py",
+     "    return patches.reshape(count, tokens // freq_patches, freq_patches, dim).mean(dim=1).reshape(count, -1)",
+     "    return patches.reshape(count, tokens // freq_patches, freq_patches, dim).mean(dim=1).reshape(count, -1) * 1.0",
      evaluation() | TABLES),
+    ("the L-BFGS probe's objective", "sslam/evaluation/logistic.py",
+     "    loss = (np.logaddexp(0.0, logits) - targets * logits).sum() / count",
+     "    loss = (np.logaddexp(0.0, logits) - targets * logits).sum() / count * 1.0",
+     evaluation(regimes=("linear",)) | TABLES),          # one function for both tasks: both benchmarks
     ("a metric (accuracy: synth_mono only)", "sslam/evaluation/metrics.py",
      "    targets, scores = np.asarray(targets), np.asarray(scores)\n    _check_shapes(targets, scores)",
      "    targets, scores = np.asarray(targets), np.asarray(scores) + 0\n    _check_shapes(targets, scores)",

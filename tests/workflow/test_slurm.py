@@ -143,7 +143,8 @@ def test_reduced_demo_through_the_slurm_profile(slurm_cluster, tmp_path):
     config = reduced_demo(repo / "results", variants=["SSLAM"], benchmarks=["synth_poly"])
     config["study"]["regimes"] = ["linear"]
     config["study"]["evaluate_stage1"] = False
-    config["evaluation"]["benchmarks"]["synth_poly"]["linear"].update(steps=120)
+    # The mini-batch probe: 120 steps to stop at (the demo's L-BFGS probe restarts its round instead).
+    config["evaluation"]["benchmarks"]["synth_poly"]["linear"].update(solver="adamw", steps=120)
     config_path = write_config(config, repo / "slurm-demo.yaml")
     env = {**slurm_cluster, "SSLAM_PROGRESS_SECONDS": "0"}
     log = repo / "results" / "logs" / "eval" / "random" / "synth_poly" / "linear-seed0.log"
