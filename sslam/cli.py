@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from sslam.provenance import Registry, finish_recording
+from sslam.fingerprints.recorder import Registry, finish_recording
 
 # subcommand -> (module, one-line help); a Registry, so that a job depends on its own entry only.
 COMMANDS = Registry("COMMANDS", {
@@ -23,14 +23,14 @@ COMMANDS = Registry("COMMANDS", {
     "pretrain": ("sslam.train.pretrain", "Stage 1 / Stage 2 self-supervised pretraining"),
     "finetune": ("sslam.evaluation.run", "fine-tune a pretrained encoder on a benchmark"),
     "probe": ("sslam.evaluation.run", "linear-probe a frozen pretrained encoder on a benchmark"),
-    "extract": ("sslam.model.extract", "extract frozen features from audio files"),
-    "convert": ("sslam.model.checkpoints", "convert a checkpoint (fairseq, HF, own) to safetensors"),
-    "export": ("sslam.model.export", "export an encoder as a Hugging Face-style folder or ONNX (or a random init)"),
+    "extract": ("sslam.embeddings.extract", "extract frozen features from audio files"),
+    "convert": ("sslam.model.checkpoints.convert", "convert a checkpoint (fairseq, HF, own) to safetensors"),
+    "export": ("sslam.model.checkpoints.export", "export an encoder as a Hugging Face-style folder or ONNX (or a random init)"),
     "tables": ("sslam.tables.aggregate", "aggregate metrics.json files into the paper's tables and plots"),
-    "track": ("sslam.tracking", "MLflow helpers: initialise the study store, log a finished job"),
-    "doctor": ("sslam.doctor", "check torch, CUDA, the driver and the GPUs: matmul, bf16 autocast, NCCL"),
-    "plan": ("sslam.plan", "what a study costs before it is submitted: jobs, GPU-hours, cache disk, GPU memory"),
-    "why": ("sslam.study", "which finished jobs a code change re-runs, and which functions they ran changed"),
+    "track": ("sslam.runtime.tracking", "MLflow helpers: initialise the study store, log a finished job"),
+    "doctor": ("sslam.runtime.doctor", "check torch, CUDA, the driver and the GPUs: matmul, bf16 autocast, NCCL"),
+    "plan": ("sslam.study.plan", "what a study costs before it is submitted: jobs, GPU-hours, cache disk, GPU memory"),
+    "why": ("sslam.study.why", "which finished jobs a code change re-runs, and which functions they ran changed"),
 })
 
 
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslam {name}: error: {error}", file=sys.stderr)
         return 1
     if code == 0:
-        finish_recording()  # the workflow's record of the code this job executed (sslam/provenance.py)
+        finish_recording()  # the workflow's record of the code this job executed (sslam/fingerprints/recorder.py)
     return code
 
 
-from sslam.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
+from sslam.runtime.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
 
 if __name__ == "__main__":
     sys.exit(main())

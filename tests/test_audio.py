@@ -1,4 +1,4 @@
-"""The audio front end (sslam/audio.py): spec §1 parameters, sample-rate/channel handling, pad/crop/normalise, bad input."""
+"""The audio front end (sslam/audio/front_end.py): spec §1 parameters, sample-rate/channel handling, pad/crop/normalise, bad input."""
 from __future__ import annotations
 
 import math
@@ -9,18 +9,9 @@ import soundfile
 import torch
 import torchaudio
 
-from sslam.audio import (
-    AUDIOSET_MEAN,
-    AUDIOSET_STD,
-    DEFAULT_FRONT_END,
-    FrontEndConfig,
-    fit_length,
-    load_fbank,
-    load_raw_fbank,
-    normalise,
-    waveform_to_fbank,
-)
-from sslam.errors import AudioError
+from sslam.audio.front_end import (AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_FRONT_END, FrontEndConfig, fit_length,
+                                   load_fbank, load_raw_fbank, normalise, waveform_to_fbank)
+from sslam.runtime.errors import AudioError
 
 
 

@@ -1,11 +1,11 @@
-"""sslam.codeindex: units, their digests on the normalised syntax tree, and the data their code reads."""
+"""sslam.fingerprints.codeindex: units, their digests on the normalised syntax tree, and the data their code reads."""
 from __future__ import annotations
 
-from sslam.codeindex import MODULE_UNIT, ModuleIndex, PackageIndex
+from sslam.fingerprints.codeindex import MODULE_UNIT, ModuleIndex, PackageIndex
 
 SOURCE = '''"""A module docstring."""
 import math
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 FACTOR = 2.0
 LIMIT = FACTOR * 3
@@ -105,6 +105,6 @@ def test_names_are_followed_through_imports_into_the_package():
 def test_static_fingerprint_covers_what_a_module_imports():
     index = PackageIndex()
     modules = index.modules_imported_by("sslam.tables.aggregate")
-    assert "sslam.tables.layouts" in modules and "sslam.configuration" in modules
+    assert "sslam.tables.layouts" in modules and "sslam.runtime.configuration" in modules
     assert not any(name.startswith(("sslam.model", "sslam.objective", "sslam.train")) for name in modules)
     assert index.static_fingerprint("sslam.tables.aggregate") == PackageIndex().static_fingerprint("sslam.tables.aggregate")

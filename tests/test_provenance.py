@@ -1,4 +1,4 @@
-"""sslam.provenance: a job records the package code it executes (also in forked workers), and a later
+"""sslam.fingerprints.recorder: a job records the package code it executes (also in forked workers), and a later
 parse re-schedules it exactly when a recorded unit changed."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sslam.codeindex import PackageIndex
-from sslam.provenance import read_record, scheduled_fingerprint
+from sslam.fingerprints.codeindex import PackageIndex
+from sslam.fingerprints.recorder import read_record, scheduled_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ JOB = """
 import multiprocessing
 import sslam
 from sslam.objective.config import floor_count, resolve_layer_count
-from sslam.provenance import finish_recording
+from sslam.fingerprints.recorder import finish_recording
 
 def work():
     floor_count(3.0)
@@ -55,7 +55,7 @@ import fractions, xml.dom.minidom            # first imports: run without the tr
 assert sys.gettrace() is tracer, "the tracer was not put back"
 from sslam.objective.config import resolve_layer_count
 resolve_layer_count("all", 4, "x")
-from sslam.provenance import finish_recording
+from sslam.fingerprints.recorder import finish_recording
 finish_recording()
 """
     units = run_job(package_copy, tmp_path / "job.code.json", job=job)["units"]
@@ -80,7 +80,7 @@ def test_the_fingerprint_changes_exactly_when_recorded_code_changes(package_copy
     original = config.read_text()
 
     def scheduled() -> tuple[str, list[str]]:
-        from sslam.codeindex import ModuleIndex
+        from sslam.fingerprints.codeindex import ModuleIndex
 
         index = PackageIndex({"sslam.objective.config": config.read_text()})
         result = scheduled_fingerprint(path, "sslam.objective.config", index)

@@ -34,16 +34,16 @@ import pandas as pd
 import torch
 
 from sslam import __version__
-from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, fit_length, load_raw_fbank
-from sslam.configuration import cli_number, from_dict, load_yaml, section
+from sslam.audio.front_end import DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, fit_length, load_raw_fbank
+from sslam.runtime.configuration import cli_number, from_dict, load_yaml, section
 from sslam.data.config import CacheConfig
 from sslam.data.manifest import COLUMNS, Manifest, read_manifest
 from sslam.data.shards import (  # noqa: F401  (verify_shard, verify_shard_set, BASE_DATASETS: re-exported)
     BASE_DATASETS, create_checked_dataset, front_end_json, shard_rows, verify_shard, verify_shard_set,
 )
-from sslam.errors import AudioError, CacheError, DiskFullError
-from sslam.io import atomic_path
-from sslam.progress import Progress
+from sslam.runtime.errors import AudioError, CacheError, DiskFullError
+from sslam.runtime.io import atomic_path
+from sslam.runtime.progress import Progress
 
 # Splits whose frames feed the normalisation statistics: never evaluation data.
 STATISTICS_SPLITS = ("train", "unlabeled")

@@ -1,6 +1,6 @@
 """The data layer's typed settings: one `datasets.<name>` entry and the `cache` section.
 
-Torch-free on purpose: the study model (sslam.study) builds them when the workflow is parsed.
+Torch-free on purpose: the study model (sslam.study.dag) builds them when the workflow is parsed.
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslam.configuration import check_ranges
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import check_ranges
+from sslam.runtime.errors import ConfigError
 
 
 @dataclass

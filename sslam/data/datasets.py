@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sslam.audio import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
+from sslam.audio.front_end import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
 from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
 from sslam.data.shards import check_shard_settings
-from sslam.errors import CacheError
+from sslam.runtime.errors import CacheError
 
 if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset reads a manifest
     from sslam.data.manifest import Manifest
@@ -178,7 +178,7 @@ class FbankDataset(Dataset):
 
 
 class OnTheFlyDataset(Dataset):
-    """Decode + fbank per item through sslam.audio, the official loader's way. Items as FbankDataset's."""
+    """Decode + fbank per item through sslam.audio.front_end, the official loader's way. Items as FbankDataset's."""
 
     def __init__(self, manifest: Manifest | str | Path, target_length: int, mean: float, std: float,
                  labelled: bool = False, front_end: FrontEndConfig = DEFAULT_FRONT_END) -> None:

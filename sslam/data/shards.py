@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import h5py
 import numpy as np
 
-from sslam.errors import CacheError
-from sslam.front_end import FrontEndConfig
+from sslam.runtime.errors import CacheError
+from sslam.audio.config import FrontEndConfig
 
 if TYPE_CHECKING:  # the manifest module loads pandas, which a training or evaluation job never needs
     from sslam.data.manifest import Manifest

@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 import soundfile
 
-from sslam.configuration import check_ranges, from_dict, load_yaml, section
+from sslam.runtime.configuration import check_ranges, from_dict, load_yaml, section
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest, write_manifest
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 SET_NAMES = ("pretrain", "mono", "poly", "polyphony")
 

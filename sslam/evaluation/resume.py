@@ -1,6 +1,6 @@
 """The exact-resume state of an evaluation job (`sslam finetune` / `sslam probe`).
 
-`OUT/state/last.pt` (+ `last.prev.pt`, written through `sslam.snapshots`, read with weights_only) holds:
+`OUT/state/last.pt` (+ `last.prev.pt`, written through `sslam.runtime.snapshots`, read with weights_only) holds:
 
     format, version      "sslam-evaluation-state", 1
     job                  {"fingerprint": code fingerprint, "settings": benchmark, regime, seed, variant, backbone
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sslam.evaluation.protocols import Round, RoundResult
-from sslam.snapshots import SnapshotError, discard_state, job_mismatch, load_latest, save_state
+from sslam.runtime.snapshots import SnapshotError, discard_state, job_mismatch, load_latest, save_state
 
 log = logging.getLogger(__name__)
 

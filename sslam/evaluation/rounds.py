@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
 from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
 from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
 from sslam.evaluation.selection import selection_policy
 from sslam.evaluation.training import Fitter, Interrupted, TrainingData, predict, steps_per_epoch
-from sslam.progress import Progress
-from sslam.snapshots import Preempted, StopSignals
+from sslam.runtime.progress import Progress
+from sslam.runtime.snapshots import Preempted, StopSignals
 
 BIN_COLUMNS = ("polyphony_bin", "polyphony")   # looked up in this order by bin_column: auto
 

@@ -12,7 +12,7 @@ per-clip test scores (docs/evaluation.md). The same numbers go to MLflow when tr
 stage=eval, variant, benchmark, regime, seed, code_hash).
 
 On SIGUSR1/SIGTERM the job writes OUT/state/last.pt at the next step boundary and exits with code 75
-(`sslam.snapshots.PREEMPTED_EXIT_CODE`); running the same command again resumes it exactly
+(`sslam.runtime.snapshots.PREEMPTED_EXIT_CODE`); running the same command again resumes it exactly
 (`sslam.evaluation.resume`).
 """
 from __future__ import annotations
@@ -28,17 +28,17 @@ from typing import Any
 import torch
 
 from sslam import __version__
-from sslam.configuration import from_dict, load_yaml, section, to_dict
-from sslam.device import DEVICE_CHOICES, banner, resolve_device
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
+from sslam.runtime.device import DEVICE_CHOICES, banner, resolve_device
+from sslam.runtime.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
 from sslam.evaluation.resume import EvaluationState, ResumableLog, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
-from sslam.io import atomic_path, atomic_write_json
-from sslam.provenance import job_fingerprint
-from sslam.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
-from sslam.tracking import PRETRAIN_CHECKPOINT_TAG, JobTracker, results_relative
+from sslam.runtime.io import atomic_path, atomic_write_json
+from sslam.fingerprints.recorder import job_fingerprint
+from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
+from sslam.runtime.tracking import PRETRAIN_CHECKPOINT_TAG, JobTracker, results_relative
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.npz"
@@ -99,7 +99,7 @@ def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
 def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> None:
     """Refuse shards built with another front end, target length or shard count than the config (one line)."""
     from sslam.data.shards import check_shard_settings
-    from sslam.front_end import FrontEndConfig
+    from sslam.audio.config import FrontEndConfig
 
     settings = dataset_config(config, dataset)
     front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
@@ -115,7 +115,7 @@ def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> t
         encoder_config = from_dict(EncoderConfig, section(config, where), where=where)
         torch.manual_seed(seed)
         return AudioEncoder(encoder_config), {"checkpoint": spec, "variant": "random-init", "weights": "random"}
-    from sslam.model.checkpoints import build_encoder, read_checkpoint
+    from sslam.model.checkpoints.read import build_encoder, read_checkpoint
 
     loaded = read_checkpoint(spec)
     encoder = build_encoder(loaded, which)

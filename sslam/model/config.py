@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sslam.configuration import check_ranges
-from sslam.errors import SslamError
+from sslam.runtime.configuration import check_ranges
+from sslam.runtime.errors import SslamError
 
 
 class ModelInputError(SslamError, ValueError):

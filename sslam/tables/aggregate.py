@@ -18,9 +18,9 @@ from typing import Any
 
 import pandas as pd
 
-from sslam.configuration import load_yaml, section
-from sslam.errors import SslamError
-from sslam.io import atomic_write_text
+from sslam.runtime.configuration import load_yaml, section
+from sslam.runtime.errors import SslamError
+from sslam.runtime.io import atomic_write_text
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
 from sslam.tables.render import Decorator, significance_tables, write_table

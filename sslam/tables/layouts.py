@@ -20,8 +20,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from sslam.configuration import from_dict, section
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict, section
+from sslam.runtime.errors import ConfigError
 from sslam.tables.models import DEFAULT_BASELINES, RANDOM, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
 from sslam.tables.paper_numbers import PAPER_TABLES, SPASS, paper_cells
 from sslam.tables.significance import OVERALL, SignificanceConfig
@@ -99,7 +99,7 @@ class TablesConfig:
 
 @dataclass(frozen=True)
 class StudyRows:
-    """The parts of the study (sslam.study.StudyRows) that decide a table's rows and their order."""
+    """The parts of the study (sslam.study.dag.StudyRows) that decide a table's rows and their order."""
 
     variants: list[str]
     benchmarks: list[str]

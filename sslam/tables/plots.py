@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
-from sslam.errors import SslamError  # noqa: E402
-from sslam.io import atomic_path  # noqa: E402
+from sslam.runtime.errors import SslamError  # noqa: E402
+from sslam.runtime.io import atomic_path  # noqa: E402
 from sslam.tables.layouts import REGIME_LABELS, TableSpec, natural_key  # noqa: E402
 from sslam.tables.models import STAGE1, default_label, is_valid_model_id, parse_model_id, stage1_id  # noqa: E402
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sslam.io import atomic_write_text
+from sslam.runtime.io import atomic_write_text
 from sslam.tables.layouts import (METRIC_LABELS, PAPER_SUFFIX, REGIME_LABELS, TablesConfig, TableSpec, format_cell,
                                   row_label, table_columns)
 from sslam.tables.paper_numbers import PAPER_TABLES

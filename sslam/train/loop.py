@@ -19,11 +19,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 from sslam.model.teacher import ema_decay
-from sslam.progress import Progress
-from sslam.provenance import compiled
-from sslam.snapshots import Preempted, StopSignals
+from sslam.runtime.progress import Progress
+from sslam.fingerprints.recorder import compiled
+from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree, any_rank
 from sslam.train.metrics import MetricsLog, Throughput
@@ -53,7 +53,7 @@ class RunIdentity:
     decoder_config: dict
     config: dict = field(default_factory=dict)  # every config section that shaped the run, for the record
     input: dict | None = None  # {norm_mean, norm_std, target_length} of the training input, for extraction
-    fingerprint: str | None = None              # the job's code fingerprint (sslam.provenance.job_fingerprint)
+    fingerprint: str | None = None              # the job's code fingerprint (sslam.fingerprints.recorder.job_fingerprint)
 
 
 class Pretrainer:
@@ -194,7 +194,7 @@ class Pretrainer:
 
     def run(self) -> dict[str, float]:
         """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see
-        `sslam.snapshots.StopSignals`) the state is written after the current update and `Preempted` raised."""
+        `sslam.runtime.snapshots.StopSignals`) the state is written after the current update and `Preempted` raised."""
         config, autocast_dtype = self.config, self.config.autocast_dtype(self.device.type)
         model = self._model()
         batches = self._batches()

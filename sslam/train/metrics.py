@@ -1,5 +1,5 @@
 """Where training progress goes: DIR/metrics.jsonl (always, the source of truth) and MLflow (optional, through
-`JobTracker`). The log lines and the interactive bar are `sslam.progress`'s."""
+`JobTracker`). The log lines and the interactive bar are `sslam.runtime.progress`'s."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sslam.tracking import JobTracker
+from sslam.runtime.tracking import JobTracker
 
 
 class MetricsLog:

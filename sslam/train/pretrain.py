@@ -9,7 +9,7 @@ Writes DIR/metrics.jsonl (every `log_every` updates), DIR/state/last.pt (every `
 the end, and on SIGUSR1/SIGTERM) and DIR/checkpoint.pt (the final weights in the project's checkpoint format).
 `--resume` continues bit-exactly from a state written by the same code fingerprint (SSLAM_FINGERPRINT) and
 settings; any other state is discarded with one log line and the run starts fresh. On SIGUSR1/SIGTERM the run
-finishes its update, writes the state and exits with code 75 (`sslam.snapshots.PREEMPTED_EXIT_CODE`).
+finishes its update, writes the state and exits with code 75 (`sslam.runtime.snapshots.PREEMPTED_EXIT_CODE`).
 This module turns the study config into objects; `sslam.train.loop` trains.
 """
 from __future__ import annotations
@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslam.configuration import from_dict, load_yaml, section, to_dict
-from sslam.device import DEVICE_CHOICES, banner
-from sslam.errors import ConfigError, SslamError
-from sslam.provenance import job_fingerprint
-from sslam.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals, discard_state
-from sslam.tracking import CHECKPOINT_TAG, JobTracker, results_relative
+from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
+from sslam.runtime.device import DEVICE_CHOICES, banner
+from sslam.runtime.errors import ConfigError, SslamError
+from sslam.fingerprints.recorder import job_fingerprint
+from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals, discard_state
+from sslam.runtime.tracking import CHECKPOINT_TAG, JobTracker, results_relative
 from sslam.train.config import TrainConfig, train_config_for_stage
 from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from sslam.train.loop import Pretrainer, RunIdentity
@@ -103,7 +103,7 @@ def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):
     missing = [str(p) for p in shard_paths if not Path(p).is_file()]
     if missing:
         raise SslamError(f"cache shard(s) not found: {', '.join(missing)} (run `sslam cache build` first)")
-    from sslam.front_end import FrontEndConfig
+    from sslam.audio.config import FrontEndConfig
 
     _, dataset = pretrain_dataset_config(config)
     # Shards built with another front end, target length or shard count are refused here, before any step.
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             if snapshot is None and args.stage == 2:
                 if not args.init:
                     raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
-                from sslam.model.checkpoints import read_checkpoint
+                from sslam.model.checkpoints.read import read_checkpoint
 
                 sources = objective.load_stage1(read_checkpoint(args.init))
                 log.info("stage 2 initialised from %s: %s", args.init, sources)

@@ -7,12 +7,12 @@ import subprocess
 import pandas as pd
 import pytest
 
-import sslam.io
+import sslam.runtime.io
 from sslam.cli import main
 from sslam.data.cache import build_shard
 from sslam.data.manifest import classes_path, read_manifest, write_manifest
-from sslam.errors import DiskFullError, ManifestError, OutputPathError
-from sslam.io import atomic_write_json
+from sslam.runtime.errors import DiskFullError, ManifestError, OutputPathError
+from sslam.runtime.io import atomic_write_json
 
 TARGET = 112
 
@@ -83,7 +83,7 @@ def test_a_full_disk_while_writing_a_manifest_keeps_the_old_one(tiny_corpus, tmp
 def test_a_full_disk_while_writing_a_shard_is_one_line(tiny_corpus, tmp_path, monkeypatch, capsys):
     shard = build_shard(tiny_corpus["mono"], tmp_path / "shard.h5", target_length=TARGET).path
     before = shard.read_bytes()
-    monkeypatch.setattr(sslam.io, "_fsync_file", disk_full)   # where a delayed ENOSPC surfaces (NFS, quotas)
+    monkeypatch.setattr(sslam.runtime.io, "_fsync_file", disk_full)   # where a delayed ENOSPC surfaces (NFS, quotas)
     assert main(["cache", "build", "--manifest", str(tiny_corpus["mono"]), "--out", str(shard),
                  "--target-length", str(TARGET)]) == 1
     assert "no space left on the device" in one_error_line(capsys, "cache")
@@ -91,7 +91,7 @@ def test_a_full_disk_while_writing_a_shard_is_one_line(tiny_corpus, tmp_path, mo
 
 
 def test_a_full_disk_while_writing_metrics_is_one_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(sslam.io, "_fsync_file", disk_full)
+    monkeypatch.setattr(sslam.runtime.io, "_fsync_file", disk_full)
     with pytest.raises(DiskFullError, match=r"metrics\.json; nothing was written"):
         atomic_write_json(tmp_path / "metrics.json", {"value": 1.0})
     assert not (tmp_path / "metrics.json").exists()

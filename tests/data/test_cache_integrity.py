@@ -14,8 +14,8 @@ from sslam.data.cache import build_shard
 from sslam.data.datasets import FbankDataset
 from sslam.data.manifest import Manifest, read_manifest, write_manifest
 from sslam.data.shards import check_shard_settings, verify_shard
-from sslam.errors import CacheError
-from sslam.front_end import FrontEndConfig
+from sslam.runtime.errors import CacheError
+from sslam.audio.config import FrontEndConfig
 
 TARGET = 112
 SHARDS = 8

@@ -8,12 +8,12 @@ import pytest
 import soundfile
 import yaml
 
-from sslam.audio import load_raw_fbank
+from sslam.audio.front_end import load_raw_fbank
 from sslam.cli import main
-from sslam.configuration import from_dict
+from sslam.runtime.configuration import from_dict
 from sslam.data.manifest import read_manifest
 from sslam.data.synthetic import CLASS_IDS, EVENT_CLASSES, SET_NAMES, SyntheticConfig, generate_set, make_event
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 
 def folder_digest(folder) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sslam.cli import main
-from sslam.configuration import load_yaml
+from sslam.runtime.configuration import load_yaml
 from sslam.evaluation.run import code_hash, load_backbone
 
 from eval_helpers import POLY, TINY_ENCODER, read_metrics, save_checkpoint

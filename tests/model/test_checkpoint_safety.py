@@ -23,11 +23,12 @@ import yaml
 from safetensors.torch import save_file
 
 from sslam.cli import main as cli_main
-from sslam.configuration import to_dict
+from sslam.runtime.configuration import to_dict
 from sslam.data.cache import front_end_json
-from sslam.front_end import FrontEndConfig
+from sslam.audio.config import FrontEndConfig
 from sslam.model import AudioEncoder, EncoderConfig
-from sslam.model.checkpoints import CheckpointError, UnsafeCheckpointError, load_encoder, read_checkpoint
+from sslam.model.checkpoints.types import CheckpointError, UnsafeCheckpointError
+from sslam.model.checkpoints.read import load_encoder, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -361,7 +362,7 @@ def test_half_precision_weights_are_upcast_with_one_warning(tmp_path, tiny_confi
     student = AudioEncoder(tiny_config)
     path = tmp_path / "half.safetensors"
     save_file({k: v for k, v in _hf_state(tiny_config, dtype=dtype).items()}, str(path))
-    with caplog.at_level(logging.WARNING, logger="sslam.model.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="sslam.model.checkpoints.read"):
         encoder = load_encoder(path, num_heads=tiny_config.num_heads, num_mel_bins=tiny_config.num_mel_bins)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(dtype).removeprefix("torch.") in warnings[0].getMessage()
@@ -446,10 +447,10 @@ def test_every_entry_point_refuses_a_hostile_checkpoint_in_one_line(tmp_path, ho
 
 
 def test_every_torch_load_in_the_package_is_restricted():
-    """A torch.load outside sslam/model/safe_pickle.py must pass weights_only=True (training snapshots)."""
+    """A torch.load outside sslam/model/checkpoints/unpickler.py must pass weights_only=True (training snapshots)."""
     offenders = []
     for source in (REPO / "sslam").rglob("*.py"):
-        if source.name == "safe_pickle.py":
+        if source.name == "unpickler.py":
             continue
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \

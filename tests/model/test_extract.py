@@ -10,10 +10,10 @@ import soundfile
 import torch
 
 from embed_helpers import TRAINED_INPUT, tiny_encoder, write_project_checkpoint
-from sslam.audio import fit_length, load_raw_fbank, normalise
+from sslam.audio.front_end import fit_length, load_raw_fbank, normalise
 from sslam.cli import main as cli_main
-from sslam.front_end import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
-from sslam.model.checkpoints import load_encoder
+from sslam.audio.config import AUDIOSET_MEAN, AUDIOSET_STD, FrontEndConfig
+from sslam.model.checkpoints.read import load_encoder
 
 WINDOW = TRAINED_INPUT["target_length"]  # 192 frames = 12 time patches: what the checkpoint records
 

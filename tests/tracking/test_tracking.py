@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 import sslam.evaluation.run as evaluation_run  # noqa: E402
 from sslam.cli import main  # noqa: E402
-from sslam.tracking import (  # noqa: E402
+from sslam.runtime.tracking import (  # noqa: E402
     CHECKPOINT_TAG, PENDING_NAME, PRETRAIN_RUN_TAG, JobTracker, TrackingStore, resolve_tracking,
 )
 
@@ -88,7 +88,7 @@ def test_a_relative_store_uri_lives_beside_tracking_json_whatever_the_working_fo
 
 
 def test_remote_uris_stay_as_given(tmp_path, monkeypatch):
-    monkeypatch.setattr("sslam.tracking.init_study", lambda uri, *a, **k: {"uri": uri, "experiment_id": "1",
+    monkeypatch.setattr("sslam.runtime.tracking.init_study", lambda uri, *a, **k: {"uri": uri, "experiment_id": "1",
                                                                           "parent_run_id": "p", "initialised": True})
     assert main(["track", "init", "--uri", "http://tracking.example:5000", "--experiment", "e", "--study", "s",
                  "--out", str(tmp_path / "t.json")]) == 0

@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import Dataset
 
 from sslam.cli import main
-from sslam.configuration import load_yaml
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import load_yaml
+from sslam.runtime.errors import ConfigError
 from sslam.train.config import train_config_for_stage
 from sslam.train.loop import CheckpointMismatch, NonFiniteLossError, Pretrainer, RunIdentity
 from sslam.train.pretrain import build_objective, objective_config

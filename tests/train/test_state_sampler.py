@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslam.snapshots import SnapshotError, job_mismatch
+from sslam.runtime.snapshots import SnapshotError, job_mismatch
 from sslam.train.distributed import EpochBatchSampler
 from sslam.train.state import (capture_rng_state, load_training_state, restore_rng_state, save_training_state,
                                state_paths)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sslam.tracking import resolve_tracking
+from sslam.runtime.tracking import resolve_tracking
 
 from workflow_helpers import planned_jobs, run_snakemake
 

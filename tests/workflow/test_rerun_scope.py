@@ -55,7 +55,7 @@ MUTATIONS = [
      "    per_token = d2v_loss(prediction[mask], target[mask])",
      "    per_token = d2v_loss(prediction[mask], target[mask]) * 1.0", downstream_of(*PRETRAINED)),
     ("the EMA decay", "sslam/model/teacher.py", "    if step < 0:", "    if step < -1:", downstream_of(*PRETRAINED)),
-    ("the lr schedule (pretraining and evaluation share it)", "sslam/schedules.py",
+    ("the lr schedule (pretraining and evaluation share it)", "sslam/runtime/schedules.py",
      "    progress = min(1.0, (step - warmup_steps) / decay_steps)",
      "    progress = min(1.0, (step - warmup_steps) / decay_steps) * 1.0",
      pretraining(*PRETRAINED) | evaluation() | TABLES),
@@ -75,7 +75,7 @@ MUTATIONS = [
     ("a dataclass default (the objective's SRL aggregation)", "sslam/objective/config.py",
      '    srl_aggregation: SrlAggregation = "mean"', '    srl_aggregation: SrlAggregation = "max"',
      downstream_of(*PRETRAINED)),
-    ("the tracking store's set-up (a side channel: no result re-runs)", "sslam/tracking.py",
+    ("the tracking store's set-up (a side channel: no result re-runs)", "sslam/runtime/tracking.py",
      '    found = store.call("get_experiment_by_name", experiment)',
      '    found = store.call("get_experiment_by_name", str(experiment))', {("track_init", ""), ("log_tables", "")}),
     ("a comment only", "sslam/objective/source_retention.py",
@@ -87,7 +87,7 @@ MUTATIONS = [
     ("a new variant preset nobody uses", "sslam/objective/config.py",
      '    "SSLAM": {},', '    "SSLAM": {},\n    "SSLAM-max": dict(srl_aggregation="max"),', set()),
     ("a new CLI command nobody runs", "sslam/cli.py",
-     '    "plan": ("sslam.plan",', '    "hello": ("sslam.plan", "says hello"),\n    "plan": ("sslam.plan",', set()),
+     '    "plan": ("sslam.study.plan",', '    "hello": ("sslam.study.plan", "says hello"),\n    "plan": ("sslam.study.plan",', set()),
 ]
 
 

@@ -6,7 +6,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from sslam.cli import main as sslam_main
-from sslam.tracking import resolve_tracking
+from sslam.runtime.tracking import resolve_tracking
 
 
 def test_init_once_then_reuse_and_log_artifacts(tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_deferred_jobs_never_touch_the_store_and_publish_sends_everything(tmp_pa
     tracking = tmp_path / "mlflow" / "tracking.json"
     assert sslam_main(["track", "init", "--uri", uri, "--experiment", "exp", "--study", "demo", "--deferred",
                        "--out", str(tracking)]) == 0
-    from sslam.tracking import JobTracker
+    from sslam.runtime.tracking import JobTracker
 
     job = tmp_path / "eval" / "job"
     job.mkdir(parents=True)

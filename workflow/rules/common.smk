@@ -1,5 +1,6 @@
 # The study model and the few names every rules file shares. All logic lives in sslam.study (unit-tested):
-# which datasets, models, jobs, paths, arguments, resources and code fingerprints the study has.
+# which datasets, models, jobs, paths, arguments and code fingerprints the study has (dag), and what the executor
+# needs for each job group (resources).
 
 import os
 import sys
@@ -11,7 +12,8 @@ from snakemake.settings.types import DeploymentMethod
 # The package of THIS checkout answers (the jobs run `python -m sslam.cli` from the same root).
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
-from sslam.study import REGIME_COMMAND, Study, one_of, record_path
+from sslam.study.dag import REGIME_COMMAND, Study, one_of, record_path
+from sslam.study.resources import Executor
 
 # Without --configfile the workflow runs the embedded demo (a `configfile:` directive would be MERGED with
 # a --configfile given on the command line); `snakemake --profile slurm` gets config/config.yaml.
@@ -19,6 +21,7 @@ if not config:
     config.update(yaml.safe_load((Path(workflow.basedir).parent / "config" / "demo.yaml").read_text()))
 
 STUDY = Study(config)
+EXECUTOR = Executor(STUDY)  # what the executor needs per job group (SLURM resources, launcher, device)
 RESULTS = STUDY.results
 STUDY_CONFIG = f"{RESULTS}/study-config.yaml"  # the exact config every job reads, written by onstart
 CONDA_ENV = "../../envs/sslam.yaml"

@@ -121,10 +121,10 @@ rule cache_shard:
         code=code("cache", f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.h5"),
         settings=lambda wildcards: STUDY.settings("front_end", "cache", f"datasets.{wildcards.dataset}"),
         target_length=lambda wildcards: STUDY.datasets[wildcards.dataset].target_length,
-        env=STUDY.thread_environment("cache"),
+        env=EXECUTOR.thread_environment("cache"),
     threads: STUDY.resources("cache")["threads"]
     resources:
-        **STUDY.job_resources("cache"),
+        **EXECUTOR.job_resources("cache"),
     log:
         f"{RESULTS}/logs/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.log",
     benchmark:

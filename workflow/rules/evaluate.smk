@@ -23,11 +23,11 @@ rule evaluate:
         settings=lambda wildcards: STUDY.evaluation_settings(wildcards.benchmark),
         command=lambda wildcards: REGIME_COMMAND[wildcards.regime],
         arguments=lambda wildcards: STUDY.evaluation_arguments(wildcards.model, wildcards.benchmark),
-        device=STUDY.device_argument("evaluate"),
-        env=STUDY.thread_environment("evaluate"),
+        device=EXECUTOR.device_argument("evaluate"),
+        env=EXECUTOR.thread_environment("evaluate"),
     threads: STUDY.resources("evaluate")["threads"]
     resources:
-        **STUDY.job_resources("evaluate"),
+        **EXECUTOR.job_resources("evaluate"),
     log:
         f"{RESULTS}/logs/eval/{{model}}/{{benchmark}}/{{regime}}-seed{{seed}}.log",
     benchmark:

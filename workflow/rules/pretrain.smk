@@ -43,12 +43,12 @@ rule pretrain:
         settings=lambda wildcards: STUDY.pretrain_settings(wildcards.model),
         stage=lambda wildcards: STUDY.pretrain_arguments(wildcards.model),
         init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
-        launch=STUDY.launcher("pretrain", '"$SSLAM_PYTHON"'),
-        device=STUDY.device_argument("pretrain"),
-        env=STUDY.thread_environment("pretrain"),
+        launch=EXECUTOR.launcher("pretrain", '"$SSLAM_PYTHON"'),
+        device=EXECUTOR.device_argument("pretrain"),
+        env=EXECUTOR.thread_environment("pretrain"),
     threads: STUDY.resources("pretrain")["threads"]
     resources:
-        **STUDY.job_resources("pretrain"),
+        **EXECUTOR.job_resources("pretrain"),
     log:
         f"{RESULTS}/logs/pretrain/{{model}}.log",
     benchmark:

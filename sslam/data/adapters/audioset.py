@@ -25,7 +25,7 @@ import pandas as pd
 from sslam.data.adapters.common import AUDIO_SUFFIXES, finish, join_labels, require_dir, require_file
 from sslam.data.adapters.fairseq import read_label_descriptors
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 LOG = logging.getLogger(__name__)
 SEGMENT_FILES = {

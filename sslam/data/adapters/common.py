@@ -8,7 +8,7 @@ import pandas as pd
 import soundfile
 
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 

@@ -23,7 +23,7 @@ import soundfile
 
 from sslam.data.adapters.common import finish, join_labels, require_dir, require_file
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 MIN_SAMPLE_SIZE = 10000  # official `min_sample_size`: shorter rows are dropped at load time
 FAIRSEQ_LABEL_SEPARATOR = ","

@@ -24,7 +24,7 @@ import soundfile
 
 from sslam.data.adapters.common import add_audio_info, finish, require_dir
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 KS1_KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SILENCE = "_silence_"

@@ -16,7 +16,7 @@ import pandas as pd
 
 from sslam.data.adapters.common import add_audio_info, finish, join_labels, require_dir
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 SPLITS = {"train": "train", "validate": "valid", "test": "test"}
 CLASSES = [

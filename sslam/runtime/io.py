@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sslam.errors import DiskFullError, OutputPathError
+from sslam.runtime.errors import DiskFullError, OutputPathError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 

@@ -1,6 +1,6 @@
-"""The HEAR 2021 API (https://hearbenchmark.com) for SSLAM/EAT encoders: ``hear-validator sslam.hear``.
+"""The HEAR 2021 API (https://hearbenchmark.com) for SSLAM/EAT encoders: ``hear-validator sslam.embeddings.hear``.
 
-    import sslam.hear as hear
+    import sslam.embeddings.hear as hear
     model = hear.load_model("hf:ta012/SSLAM_pretrain")              # any checkpoint route, "" = $SSLAM_CHECKPOINT
     scene = hear.get_scene_embeddings(audio, model)                  # audio (n, samples) at 16 kHz -> (n, D)
     frames, times = hear.get_timestamp_embeddings(audio, model)      # (n, T, D), (n, T) in ms
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from sslam.embeddings import Embedder, load_encoder
+from sslam.embeddings.api import Embedder, load_encoder
 
 
 def load_model(model_file_path: str = "", **options: Any) -> Embedder:

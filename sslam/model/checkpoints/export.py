@@ -20,16 +20,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sslam.configuration import from_dict, load_yaml, section, to_dict
-from sslam.errors import SslamError
-from sslam.io import atomic_path, atomic_write_json
-from sslam.model.checkpoints import build_encoder, read_checkpoint, to_hf_state_dict
+from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
+from sslam.runtime.errors import SslamError
+from sslam.runtime.io import atomic_path, atomic_write_json
+from sslam.model.checkpoints.read import build_encoder, read_checkpoint
+from sslam.model.checkpoints.convert import to_hf_state_dict
 from sslam.model.config import EncoderConfig
 from sslam.model.encoder import AudioEncoder
-from sslam.model.hub import CONFIG_NAME, WEIGHTS_NAME, InputSettings, default_input, input_settings
+from sslam.model.checkpoints.routes import CONFIG_NAME, WEIGHTS_NAME
+from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
 
 FORMATS = ("pretrained", "onnx")
-# EncoderConfig field -> the name EAT's Hugging Face config.json uses (read back by sslam.model.checkpoints)
+# EncoderConfig field -> the name EAT's Hugging Face config.json uses (read back by sslam.model.checkpoints.read)
 _EAT_CONFIG_NAMES = {"embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
                      "patch_size": "patch_size", "num_mel_bins": "mel_bins", "max_time_patches": "max_length",
                      "qkv_bias": "qkv_bias", "norm_eps": "norm_eps"}

@@ -1,13 +1,13 @@
 """The audio front end's settings (spec §1), torch-free so that a study config validates without torch.
 
-`sslam.audio` implements the front end with these settings; the HDF5 cache records them in every shard.
+`sslam.audio.front_end` implements the front end with these settings; the HDF5 cache records them in every shard.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sslam.configuration import check_ranges
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import check_ranges
+from sslam.runtime.errors import ConfigError
 
 
 AUDIOSET_MEAN = -4.268

@@ -7,7 +7,7 @@ A job started by the workflow records the package functions it executes (docs/fi
 `sslam/__init__.py` installs the recorder before anything else of the package is imported, so module
 bodies count too. Every process of the job records: the main process keeps its discoveries in memory,
 forked or spawned children (DataLoader workers, torchrun ranks) append theirs to `OUT/code.json.parts/`.
-When the command succeeds, the main process maps the code it saw to units of `sslam.codeindex`, closes
+When the command succeeds, the main process maps the code it saw to units of `sslam.fingerprints.codeindex`, closes
 them over the data they read and writes `{fingerprint: P, units: {unit: digest}}` atomically.
 
 At parse time `scheduled_fingerprint` compares a record with the current source: when no recorded unit
@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslam.codeindex import WHOLE_REGISTRY, module_name
+from sslam.fingerprints.codeindex import WHOLE_REGISTRY, module_name
 
 FINGERPRINT_ENVIRONMENT = "SSLAM_FINGERPRINT"
 RECORD_ENVIRONMENT = "SSLAM_CODE_RECORD"
 RECORD_FORMAT, RECORD_VERSION = "sslam-code-record", 1
 REGISTRY_LINE = "registry"   # a parts-file line "registry<TAB>unit<TAB>key" (else "file<TAB>first line")
-_PACKAGE_PREFIX = str(Path(__file__).resolve().parent) + os.sep
+_PACKAGE_PREFIX = str(Path(__file__).resolve().parents[1]) + os.sep   # sslam/
 _PACKAGE_NAME = __name__.partition(".")[0]
 
 
@@ -158,8 +158,8 @@ class CodeRecorder:
                     elif len(fields) == 2 and fields[1].isdigit():
                         locations.add((fields[0], int(fields[1])))
         units = executed_units(locations, self.sources)
-        from sslam.codeindex import PackageIndex
-        from sslam.io import atomic_write_json
+        from sslam.fingerprints.codeindex import PackageIndex
+        from sslam.runtime.io import atomic_write_json
 
         index = PackageIndex({module_name(Path(f)): text for f, text in self.sources.items() if module_name(Path(f))})
         for module in self.compiled_modules:
@@ -176,9 +176,9 @@ class CodeRecorder:
 
 
 def executed_units(locations: set[tuple[str, int]], sources: dict[str, str]) -> set[str]:
-    """Map (file, first line) of executed code objects to units (`module:qualname`, see sslam.codeindex).
+    """Map (file, first line) of executed code objects to units (`module:qualname`, see sslam.fingerprints.codeindex).
     Class bodies are definitions, not execution: a class enters a record through its methods or a name."""
-    from sslam.codeindex import MODULE_UNIT, PackageIndex
+    from sslam.fingerprints.codeindex import MODULE_UNIT, PackageIndex
 
     index = PackageIndex({module_name(Path(f)): text for f, text in sources.items() if module_name(Path(f))})
     units = set()
@@ -198,7 +198,7 @@ class Registry(Mapping):
     """A module-level table (command -> module, preset -> settings...) whose lookups the code recorder sees,
     so that a job depends on the entries it looked up, not on every entry: adding a CLI command or a variant
     preset re-runs nothing that does not use it. Write it as `NAME = Registry("NAME", {"key": value, ...})`
-    (sslam.codeindex gives each entry its own unit). Iterating it makes the whole table a dependency."""
+    (sslam.fingerprints.codeindex gives each entry its own unit). Iterating it makes the whole table a dependency."""
 
     def __init__(self, name: str, entries: dict[str, Any]) -> None:
         caller = sys._getframe(1).f_code.co_filename   # the defining module, also when it runs as __main__
@@ -272,7 +272,7 @@ def job_fingerprint(*entry_modules: str) -> str:
     given = os.environ.get(FINGERPRINT_ENVIRONMENT)
     if given:
         return given
-    from sslam.codeindex import PackageIndex
+    from sslam.fingerprints.codeindex import PackageIndex
 
     return "static-" + PackageIndex().static_fingerprint(*(entry_modules or ("sslam.cli",)))
 
@@ -300,8 +300,8 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
 
 def scheduled_fingerprint(record_path: str | Path, entry_module: str, index=None) -> ScheduledFingerprint:
     """The fingerprint a job is scheduled with now (see the module docstring); `index` is a shared
-    sslam.codeindex.PackageIndex so that one parse reads every module once."""
-    from sslam.codeindex import PackageIndex, digest
+    sslam.fingerprints.codeindex.PackageIndex so that one parse reads every module once."""
+    from sslam.fingerprints.codeindex import PackageIndex, digest
 
     index = index or PackageIndex()
     record = read_record(record_path)

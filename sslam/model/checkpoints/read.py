@@ -1,5 +1,6 @@
 """Checkpoint interop: read the project's own files, fairseq EAT/SSLAM `.pt` files and EAT-style
-Hugging Face safetensors into one in-memory form, and convert any of them to safetensors.
+Hugging Face safetensors into one in-memory form (`sslam.model.checkpoints.convert` writes any of them as
+safetensors).
 
 Supported layouts (docs/checkpoints.md has the full key tables):
 
@@ -12,7 +13,7 @@ Supported layouts (docs/checkpoints.md has the full key tables):
 Foreign names are mapped with commented regex rules (in the style of torchaudio's fairseq importer);
 a name no rule explains raises, so a layout we do not understand is never half-loaded. Dimensions
 are read off the tensor shapes. fairseq files pickle omegaconf/argparse objects: they are read
-with the restricted unpickler of `sslam.model.safe_pickle`, which keeps such config objects as inert
+with the restricted unpickler of `sslam.model.checkpoints.unpickler`, which keeps such config objects as inert
 stubs (neither fairseq nor omegaconf is needed) and refuses a file that would run code while loading.
 
 Every weight is checked before it reaches a model: it must be a floating-point tensor without NaN/inf
@@ -22,49 +23,26 @@ or corrupt file, safetensors or `.pt`, is one CheckpointError line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from sslam.configuration import cli_number, from_dict, to_dict
-from sslam.errors import SslamError
-from sslam.io import atomic_path
+from sslam.runtime.configuration import from_dict
+from sslam.runtime.errors import SslamError
+from sslam.model.checkpoints.types import CheckpointError, LoadedCheckpoint, UnsafeCheckpointError
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.encoder import AudioEncoder, sincos_table
-from sslam.model.safe_pickle import RefusedPickleError, find_setting, restricted_torch_load
+from sslam.model.checkpoints.unpickler import RefusedPickleError, find_setting, restricted_torch_load
 
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(SslamError, ValueError):
-    """A checkpoint cannot be read: unknown layout, unknown key, inconsistent shapes, bad dtypes, damaged file."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A `.pt` file would run code while loading; it was refused (`sslam.model.safe_pickle`)."""
-
-
-@dataclass
-class LoadedCheckpoint:
-    """Weights in this package's own key names (`AudioEncoder` / `Decoder2d` state_dicts)."""
-
-    encoder_config: EncoderConfig
-    student: dict[str, torch.Tensor]
-    teacher: dict[str, torch.Tensor] | None = None
-    decoder: dict[str, torch.Tensor] | None = None
-    head: dict[str, torch.Tensor] | None = None  # foreign layouts: fc_norm.{weight,bias}, head.{weight,bias}
-    meta: dict[str, Any] = field(default_factory=dict)  # format, path, stage, variant, step, decoder_config
 
 
 # ---------------------------------------------------------------------------------------------- key maps
@@ -93,13 +71,6 @@ _KEY_RULES: list[tuple[re.Pattern[str], str, str]] = [
 _PREFIX = re.compile(r"^(?:model\.)?(?:modality_encoders\.IMAGE\.)?")
 _OWN_ENCODER_KEY = "patch_embed.weight"
 
-# Own name -> layout C name, for `convert`.
-_TO_HF = [
-    (re.compile(r"patch_embed\.(weight|bias)"), r"model.local_encoder.proj.\1"),
-    (re.compile(r"pos_embed"), "model.fixed_positional_encoder.positions"),
-    (re.compile(r"cls_token"), "model.extra_tokens"),
-    (re.compile(r"(pre_norm|blocks|fc_norm|head)\.(.+)"), r"model.\1.\2"),
-]
 # EAT's Hugging Face config.json names -> EncoderConfig fields
 _HF_CONFIG_NAMES = {
     "embed_dim": "embed_dim", "depth": "depth", "num_heads": "num_heads", "mlp_ratio": "mlp_ratio",
@@ -278,10 +249,10 @@ def _read_torch_file(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
 def read_checkpoint(
     path: str | Path, num_heads: int | None = None, num_mel_bins: int | None = None
 ) -> LoadedCheckpoint:
-    """Read any supported checkpoint: a file, an hf: id or a model folder (sslam.model.hub). `num_heads`/
+    """Read any supported checkpoint: a file, an hf: id or a model folder (sslam.model.checkpoints.routes). `num_heads`/
     `num_mel_bins` fill in what tensor shapes cannot tell for foreign files without a config (defaults:
     width/64 heads, 128 mel bins)."""
-    from sslam.model.hub import resolve_checkpoint  # hf: ids and model folders -> one weights file
+    from sslam.model.checkpoints.routes import resolve_checkpoint  # hf: ids and model folders -> one weights file
 
     path = resolve_checkpoint(path)
     if not path.is_file():
@@ -367,50 +338,4 @@ def _check_which(which: str) -> None:
         raise CheckpointError(f"which must be 'student' or 'teacher', got {which!r}")
 
 
-# ---------------------------------------------------------------------------------------------- convert
-def to_hf_state_dict(encoder_state: dict[str, torch.Tensor], head: dict[str, torch.Tensor] | None) -> dict:
-    """Own names -> layout C names (encoder, plus an fc_norm/head classifier when it has those names)."""
-    out = {}
-    head = head if head and set(head) <= {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"} else {}
-    for key, value in {**encoder_state, **head}.items():
-        for pattern, replacement in _TO_HF:
-            if pattern.fullmatch(key):
-                out[pattern.sub(replacement, key)] = value.detach().float().contiguous()
-                break
-        else:
-            raise CheckpointError(f"no layout-C name for key {key!r}")
-    return out
-
-
-def convert(source: str | Path, target: str | Path, which: str = "student", **overrides: Any) -> Path:
-    """Write `which` encoder of any checkpoint as layout-C safetensors with its config in the metadata."""
-    loaded = read_checkpoint(source, **overrides)
-    encoder = build_encoder(loaded, which)  # validates the weights before anything is written
-    target = Path(target)
-    if target.suffix != ".safetensors":
-        raise CheckpointError(f"output must end in .safetensors, got {target}")
-    metadata = {"format": "pt", "sslam_encoder_config": json.dumps(to_dict(loaded.encoder_config)),
-                "sslam_which": which, "sslam_source": str(source)}
-    with atomic_path(target) as temporary:
-        save_file(to_hf_state_dict(encoder.state_dict(), loaded.head), str(temporary), metadata=metadata)
-    return target
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("input", help="checkpoint: sslam .pt, fairseq .pt (pre-training or fine-tuned), safetensors")
-    parser.add_argument("output", help="output .safetensors file (EAT/HF layout C)")
-    parser.add_argument("--which", choices=["student", "teacher"], default="student")
-    parser.add_argument("--num-heads", type=cli_number(">= 1"), default=None,
-                        help="override (default: from metadata or width/64)")
-    parser.add_argument("--num-mel-bins", type=cli_number(">= 1"), default=None,
-                        help="override (default: from metadata or 128)")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = convert(args.input, args.output, args.which, num_heads=args.num_heads, num_mel_bins=args.num_mel_bins)
-    print(f"wrote {out}")
-    return 0
-
-
-__all__ = ["CheckpointError", "LoadedCheckpoint", "UnsafeCheckpointError", "build_encoder", "check_weights", "convert",
-           "find_setting", "load_encoder", "read_checkpoint", "restricted_torch_load"]
+__all__ = ["build_encoder", "check_weights", "infer_encoder_config", "load_encoder", "map_foreign_keys", "read_checkpoint"]

@@ -2,7 +2,7 @@
 
     sslam plan --config config/config.yaml --gpu H100 [--mfu 0.35] [--json plan.json]
 
-Everything is derived from the study config (sslam.study.Study) and the model FLOP counts
+Everything is derived from the study config (sslam.study.dag.Study) and the model FLOP counts
 (`EncoderConfig.flops_per_forward`, `DecoderConfig.flops_per_forward`); nothing here imports torch, so the
 workflow uses the same numbers for the SLURM runtime of a job group whose `runtime` is `auto`.
 
@@ -20,14 +20,12 @@ workflow uses the same numbers for the SLURM runtime of a job group whose `runti
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sslam.configuration import from_dict, section
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict, section
+from sslam.runtime.errors import ConfigError
 
 # Dense bf16 peak FLOP/s and memory (GiB) of common accelerators (vendor data sheets, no sparsity).
 GPUS: dict[str, tuple[float, float]] = {
@@ -272,12 +270,12 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sslam.study import Study
+    from sslam.study.dag import Study
 
     plan = plan_study(Study.from_file(args.config, check_data_roots=False), args.gpu, args.mfu)
     print(format_plan(plan))
     if args.json:
-        from sslam.io import atomic_write_json
+        from sslam.runtime.io import atomic_write_json
 
         atomic_write_json(args.json, {"gpu": plan.gpu, "mfu": plan.mfu, "gpu_hours": plan.gpu_hours,
                                       "jobs": [asdict(job) | {"gpu_hours": job.gpu_hours} for job in plan.jobs],

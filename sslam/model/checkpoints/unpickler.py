@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 
 
 class RefusedPickleError(SslamError, ValueError):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE = "sslam"
-PACKAGE_ROOT = Path(__file__).resolve().parent
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]   # sslam/
 DIGEST_LENGTH = 16
 MODULE_UNIT = "<module>"
 WHOLE_REGISTRY = "*"                # a registry iterated as a whole (its every entry matters)
@@ -150,7 +150,7 @@ class ModuleIndex:
     spans: list[tuple[int, int, str]] = field(default_factory=list)  # (first line, last line, unit) of code units
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # name -> (module, attribute or None)
     classes: dict[str, list[str]] = field(default_factory=dict)  # class -> names of its bases
-    registries: set[str] = field(default_factory=set)  # names bound to a sslam.provenance.Registry literal
+    registries: set[str] = field(default_factory=set)  # names bound to a sslam.fingerprints.recorder.Registry literal
 
     @classmethod
     def parse(cls, name: str, source: str) -> "ModuleIndex":

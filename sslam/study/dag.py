@@ -11,9 +11,7 @@ moved or copied checkout keeps every rule's parameters.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -22,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from sslam.configuration import from_dict, load_yaml, section
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict, load_yaml, section
+from sslam.runtime.errors import ConfigError
 from sslam.tables.models import DEFAULT_BASELINES, RANDOM, SEPARATOR, STAGE1, parse_model_id
 
-SCHEMA = Path(__file__).with_name("study.schema.yaml")
+SCHEMA = Path(__file__).with_name("schema.yaml")
 # Model ids (their grammar: sslam.tables.models): stage1 (the EAT-style baseline), a Stage-2 variant (SSLAM),
 # a Stage-1 variant `stage1@S` (Table 4) and its Stage-2 descendants `SSLAM@S`, and the baselines (`random`:
 # a randomly initialised encoder of the study's shape).
@@ -35,12 +33,10 @@ REGIME_COMMAND = {"finetune": "finetune", "linear": "probe"}
 SYNTHETIC_ADAPTER = "synthetic"    # a dataset written by `sslam synth` rather than read by an adapter
 POLYPHONY_ADAPTER = "polyphony_bins"
 DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "nodes": 1, "signal_lead_s": 300}
-PREEMPTIBLE_GROUPS = ("pretrain", "evaluate")   # jobs that stop on SIGUSR1/SIGTERM and resume (exit 75)
-RENDEZVOUS_PORT = 29500            # torchrun's c10d rendezvous on the first node of a multi-node job
 # The module a job's command runs: what a never-run job's static fingerprint covers.
 JOB_MODULES = {"synth": "sslam.data.synthetic", "manifest": "sslam.data.commands", "cache": "sslam.data.cache",
                "pretrain": "sslam.train.pretrain", "evaluate": "sslam.evaluation.run",
-               "tables": "sslam.tables.aggregate", "track": "sslam.tracking", "polyphony": "sslam.data.polyphony"}
+               "tables": "sslam.tables.aggregate", "track": "sslam.runtime.tracking", "polyphony": "sslam.data.polyphony"}
 
 
 def validate_against_schema(config: dict[str, Any]) -> None:
@@ -53,7 +49,7 @@ def validate_against_schema(config: dict[str, Any]) -> None:
         where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in error.absolute_path)
         problems.append(f"{where.replace('.[', '[') or '<top level>'}: {error.message}")
     if problems:
-        raise ConfigError("the study config does not match sslam/study.schema.yaml:\n  " + "\n  ".join(problems))
+        raise ConfigError("the study config does not match sslam/study/schema.yaml:\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -68,8 +64,7 @@ class Study:
     def __init__(self, config: dict[str, Any], check_data_roots: bool = True) -> None:
         validate_against_schema(config)
         self.config = config
-        self._index = None                             # sslam.codeindex.PackageIndex, built on first use
-        self._plan = None                              # sslam.plan's jobs, for runtime: auto
+        self._index = None                             # sslam.fingerprints.codeindex.PackageIndex, built on first use
         self._shards: dict[str, list[str]] = {}
         study = config["study"]
         self.name: str = study["name"]
@@ -140,7 +135,7 @@ class Study:
         from sslam.data.config import CacheConfig, DatasetConfig
         from sslam.data.synthetic import SyntheticConfig
         from sslam.evaluation.config import BenchmarkConfig
-        from sslam.front_end import FrontEndConfig
+        from sslam.audio.config import FrontEndConfig
         from sslam.model.config import DecoderConfig, EncoderConfig
         from sslam.objective.config import stage1_variant_config, variant_config
         from sslam.tables.layouts import table_specs, tables_config
@@ -355,7 +350,7 @@ class Study:
     def write_config(self, path: str | Path) -> None:
         """The effective config (with any --config overrides), rewritten only when its content changed so
         that its modification time stays put."""
-        from sslam.io import atomic_write_text
+        from sslam.runtime.io import atomic_write_text
 
         text = yaml.safe_dump(dict(self.config), sort_keys=False)
         path = Path(path)
@@ -420,75 +415,11 @@ class Study:
         return self.settings(f"evaluation.benchmarks.{benchmark}", f"datasets.{test}", f"datasets.{train}",
                              "model.encoder")
 
-    def job_resources(self, group: str) -> dict[str, Any]:
-        """What the executor needs: gpu= only when asked for (the SLURM plugin maps it to --gpus; never
-        `tasks`, which would become --ntasks-per-gpu). `runtime: auto` asks for `sslam plan`'s estimate
-        of each job (a function of its wildcards) instead of one guess for the whole group."""
-        resources = self.resources(group)
-        extra: dict[str, Any] = {"gpu": resources["gpu"]} if resources["gpu"] else {}
-        sbatch = []
-        if group in PREEMPTIBLE_GROUPS:
-            # SIGUSR1 to the job steps (not `B:`, the batch shell, which is a Snakemake process that the
-            # signal would kill) `signal_lead_s` before the time limit: the job writes its state and exits 75.
-            sbatch.append(f"--signal=USR1@{resources['signal_lead_s']}")
-        if resources["nodes"] > 1:
-            # One task per node launches torchrun there; GPUs are asked per node (gpu= with tasks would
-            # become --ntasks-per-gpu).
-            extra = {"nodes": resources["nodes"], "tasks": resources["nodes"]}
-            sbatch += [f"--gpus-per-node={resources['gpu']}", "--ntasks-per-node=1"]
-        if sbatch:
-            extra["slurm_extra"] = "'" + " ".join(sbatch) + "'"
-        runtime = resources["runtime"]
-        if runtime == "auto":
-            runtime = lambda wildcards: self.planned_runtime(group, dict(wildcards.items()))  # noqa: E731
-        return dict(mem_mb=resources["mem_mb"], runtime=runtime, **extra)
-
-    def planned_runtime(self, group: str, wildcards: dict[str, str]) -> int:
-        """Minutes for one job of `group` from the study's plan (sslam.plan), computed once per parse."""
-        from sslam.plan import DEFAULT_GPU, DEFAULT_MFU, plan_study
-
-        if self._plan is None:
-            settings = section(self.config, "study.plan")
-            self._plan = {job.name: job for job in plan_study(self, settings.get("gpu", DEFAULT_GPU),
-                                                              settings.get("mfu", DEFAULT_MFU)).jobs}
-        name = (f"pretrain:{wildcards['model']}" if group == "pretrain" else
-                f"evaluate:{wildcards['benchmark']}:{wildcards['regime']}")
-        job = self._plan.get(name)
-        if job is None:  # a benchmark whose clip count the plan does not know yet
-            return DEFAULT_RESOURCES["runtime"]
-        from sslam.plan import RUNTIME_SAFETY
-
-        return max(10, math.ceil(job.wall_hours_per_job * 60 * RUNTIME_SAFETY))
-
-    def device_argument(self, group: str) -> str:
-        """A GPU job says so: asked for CUDA, it fails at once where CUDA does not work instead of training
-        on the CPU until its time limit."""
-        return "--device cuda" if self.resources(group)["gpu"] else "--device cpu"
-
-    def thread_environment(self, group: str) -> str:
-        """Torch and BLAS default to every core of the node; a job stays within its allocation (torchrun
-        shares the job's threads among its processes)."""
-        resources = self.resources(group)
-        threads = max(1, resources["threads"] // max(1, resources["gpu"]))
-        return f"OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-
-    def launcher(self, group: str, python: str) -> str:
-        """`python -m sslam.cli`; torchrun for a multi-GPU job on one node (all GPUs visible to the task); and
-        with `nodes: N > 1`, one torchrun per node started by srun, meeting at a c10d rendezvous on the first
-        host of the allocation. torchrun is told to pass SIGUSR1 on (SLURM's warning before the time limit)."""
-        resources = self.resources(group)
-        gpus, nodes = resources["gpu"], resources.get("nodes", 1)
-        if nodes > 1:
-            return torchrun_across_nodes(nodes, gpus, python)
-        if gpus > 1:
-            return f"{TORCHRUN_SIGNALS} {python} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m sslam.cli"
-        return f"{python} -m sslam.cli"
-
     # ------------------------------------------------------------------ code fingerprints
     def fingerprint(self, job: str, record: str) -> str:
-        """The fingerprint a job is scheduled with (sslam.provenance), from its code record `record`."""
-        from sslam.codeindex import PackageIndex
-        from sslam.provenance import scheduled_fingerprint
+        """The fingerprint a job is scheduled with (sslam.fingerprints.recorder), from its code record `record`."""
+        from sslam.fingerprints.codeindex import PackageIndex
+        from sslam.fingerprints.recorder import scheduled_fingerprint
 
         if self._index is None:
             self._index = PackageIndex()
@@ -500,17 +431,6 @@ class Study:
                                                          if len(scheduled.changed) > 6 else "")
             print(f"code changed for {record.removesuffix('.code.json')}: {shown}", file=sys.stderr)
         return scheduled.value
-
-
-TORCHRUN_SIGNALS = "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
-
-
-def torchrun_across_nodes(nodes: int, gpus_per_node: int, python: str) -> str:
-    """srun starts one torchrun per node of the allocation; they meet at a c10d rendezvous on its first host."""
-    head = '$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
-    return (f"{TORCHRUN_SIGNALS} srun --nodes={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 {python} "
-            f"-m torch.distributed.run --nnodes={nodes} --nproc-per-node={max(1, gpus_per_node)} "
-            f"--rdzv-backend=c10d --rdzv-endpoint={head}:{RENDEZVOUS_PORT} --rdzv-id=$SLURM_JOB_ID -m sslam.cli")
 
 
 def one_of(names: list[str]) -> str:
@@ -525,36 +445,4 @@ def record_path(output: str) -> str:
 
 # ------------------------------------------------------------------------------ `sslam why`
 
-def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--config", required=True, help="the study YAML (as given to snakemake --configfile)")
-    parser.add_argument("--all", action="store_true", help="also list the jobs whose code is unchanged")
 
-
-def run(args: argparse.Namespace) -> int:
-    """Which finished jobs a code change re-schedules, and which of the functions they executed changed."""
-    from sslam.codeindex import PackageIndex
-    from sslam.provenance import scheduled_fingerprint
-
-    study = Study.from_file(args.config, check_data_roots=False)
-    index = PackageIndex()
-    records = sorted(Path(study.results).glob("**/*.code.json"))
-    if not records:
-        print(f"no code records under {study.results}: nothing has run yet")
-        return 0
-    stale = 0
-    for path in records:
-        job = str(path).removesuffix(".code.json")
-        scheduled = scheduled_fingerprint(path, "sslam.cli", index)
-        if not scheduled.recorded:
-            stale += 1
-            print(f"{job}: unreadable code record (the job re-runs)")
-        elif scheduled.changed:
-            stale += 1
-            print(f"{job}: {len(scheduled.changed)} changed")
-            for unit in scheduled.changed:
-                print(f"    {unit}" + ("  (removed)" if index.digest_of(unit) is None else ""))
-        elif args.all:
-            print(f"{job}: unchanged")
-    print(f"{stale} of {len(records)} recorded jobs ran code that has changed since; snakemake re-runs them "
-          f"and what depends on them")
-    return 0

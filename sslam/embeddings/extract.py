@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.audio import FrontEndConfig, load_raw_fbank
-from sslam.embeddings import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder
-from sslam.errors import AudioError, SslamError
-from sslam.io import atomic_path, atomic_write_json
-from sslam.progress import Progress
+from sslam.audio.front_end import FrontEndConfig, load_raw_fbank
+from sslam.embeddings.api import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder
+from sslam.runtime.errors import AudioError, SslamError
+from sslam.runtime.io import atomic_path, atomic_write_json
+from sslam.runtime.progress import Progress
 
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
 INDEX_NAME = "extract_index.json"
@@ -311,7 +311,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sslam.device import resolve_device
+    from sslam.runtime.device import resolve_device
 
     device = resolve_device(args.device)  # before anything slow: a missing GPU is one line
     workers = args.num_workers

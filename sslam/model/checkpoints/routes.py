@@ -1,9 +1,9 @@
-"""Checkpoint routes: what a checkpoint argument may name, resolved to one weights file, and the input
-settings (normalisation, window) that file records.
+"""Checkpoint routes: what a checkpoint argument may name, resolved to one weights file (the input settings
+that file records are `sslam.model.checkpoints.settings`').
 
 A checkpoint argument (``sslam extract CKPT``, ``load_encoder(spec)``, ``--init``...) may be:
 
-* a file: a sslam ``.pt``, a fairseq ``.pt`` or a ``.safetensors`` file, read by ``sslam.model.checkpoints``;
+* a file: a sslam ``.pt``, a fairseq ``.pt`` or a ``.safetensors`` file, read by ``sslam.model.checkpoints.read``;
 * ``hf:OWNER/NAME[@REV][:FILE]``: a Hugging Face Hub model repository (docs/checkpoints.md lists the
   released EAT and SSLAM ones). FILE defaults to ``model.safetensors``, whose ``config.json`` is fetched
   beside it when the repository has one. Downloads go through ``huggingface_hub``, so its cache
@@ -16,15 +16,11 @@ huggingface_hub is imported only for the routes that need it (the optional ``emb
 """
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sslam.front_end import AUDIOSET_MEAN, AUDIOSET_STD
-from sslam.model.checkpoints import CheckpointError, LoadedCheckpoint
-from sslam.model.config import EncoderConfig
+from sslam.model.checkpoints.types import CheckpointError
 
 HF_PREFIX = "hf:"
 WEIGHTS_NAME = "model.safetensors"
@@ -126,58 +122,4 @@ def _from_cache_entry(entry: Path) -> Path:
     return _download(repo, WEIGHTS_NAME, revision, str(entry), **options)
 
 
-# ---------------------------------------------------------------------------------------------- input settings
-@dataclass(frozen=True)
-class InputSettings:
-    """How the encoder's input was made in training: (x − norm_mean) / (2·norm_std) on the raw log-mel,
-    clips padded/cut to `target_length` frames. `source` says where the values came from."""
-
-    norm_mean: float = AUDIOSET_MEAN
-    norm_std: float = AUDIOSET_STD
-    target_length: int = 1024
-    source: str = "default (AudioSet statistics, 1024 frames: the official EAT/SSLAM values)"
-
-    def __post_init__(self) -> None:
-        if not self.norm_std > 0:
-            raise CheckpointError(f"norm_std must be > 0, got {self.norm_std} ({self.source})")
-        if self.target_length < 1:
-            raise CheckpointError(f"target_length must be >= 1, got {self.target_length} ({self.source})")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"norm_mean": self.norm_mean, "norm_std": self.norm_std, "target_length": self.target_length}
-
-
-INPUT_KEYS = ("norm_mean", "norm_std", "target_length")
-DEFAULT_TARGET_LENGTH = InputSettings.target_length
-
-
-def default_input(config: EncoderConfig, source: str = InputSettings.source) -> InputSettings:
-    """The official settings, with the window shortened to what a small encoder's positional table holds."""
-    longest = config.max_time_patches * config.patch_size
-    return InputSettings(target_length=min(DEFAULT_TARGET_LENGTH, longest), source=source)
-
-
-def input_settings(loaded: LoadedCheckpoint) -> InputSettings:
-    """The input settings a checkpoint records: the project's own files store them under "input" (written
-    by training), model folders in config.json; anything else gets the official defaults."""
-    stored, source = loaded.meta.get("input"), "the checkpoint"
-    if not stored and loaded.meta.get("path"):
-        config = Path(loaded.meta["path"]).with_name(CONFIG_NAME)
-        if config.is_file():
-            try:
-                stored, source = json.loads(config.read_text()), str(config)
-            except (OSError, json.JSONDecodeError) as error:
-                raise CheckpointError(f"{config}: unreadable config: {error}") from error
-    values = {key: stored[key] for key in INPUT_KEYS if isinstance(stored, dict) and stored.get(key) is not None}
-    default = default_input(loaded.encoder_config)
-    if not values:
-        return default
-    try:
-        return InputSettings(float(values.get("norm_mean", default.norm_mean)),
-                             float(values.get("norm_std", default.norm_std)),
-                             int(values.get("target_length", default.target_length)), source=source)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{source}: malformed input settings {values}: {error}") from error
-
-
-__all__ = ["InputSettings", "default_input", "input_settings", "resolve_checkpoint"]
+__all__ = ["resolve_checkpoint"]

@@ -30,8 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from sslam.errors import SslamError
-from sslam.io import atomic_write_json
+from sslam.runtime.errors import SslamError
+from sslam.runtime.io import atomic_write_json
 
 PENDING_NAME = "tracking-pending.json"
 PATIENCE_ENV, DEFAULT_PATIENCE_S = "SSLAM_TRACKING_PATIENCE", 10.0

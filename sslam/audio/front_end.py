@@ -14,9 +14,9 @@ import soundfile
 import torch
 import torchaudio
 
-from sslam.errors import AudioError
+from sslam.runtime.errors import AudioError
 
-from sslam.front_end import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_FRONT_END, FrontEndConfig  # noqa: F401  (re-exported)
+from sslam.audio.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_FRONT_END, FrontEndConfig  # noqa: F401  (re-exported)
 
 
 # Decoding a whole file costs memory in proportion to its length (a 1-h file: GBs for the samples, the

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

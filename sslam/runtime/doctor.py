@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 
-from sslam.device import banner, cuda_unavailable_reason, driver_version
+from sslam.runtime.device import banner, cuda_unavailable_reason, driver_version
 
 
 class Report:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 T = TypeVar("T")
 

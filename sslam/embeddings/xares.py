@@ -1,8 +1,8 @@
 """An X-ARES audio encoder (https://github.com/jimbozhang/xares) for SSLAM/EAT checkpoints.
 
-    python -m xares.run sslam/xares.py src/tasks/*.py        # checkpoint from $SSLAM_CHECKPOINT
+    python -m xares.run sslam/embeddings/xares.py src/tasks/*.py        # checkpoint from $SSLAM_CHECKPOINT
 
-    from sslam.xares import SSLAMEncoder
+    from sslam.embeddings.xares import SSLAMEncoder
     encoder = SSLAMEncoder("hf:ta012/SSLAM_pretrain")
     frames = encoder(waveform)                                # (B, T) at 16 kHz -> (B, T', 768), 160 ms hop
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sslam.embeddings import load_encoder
+from sslam.embeddings.api import load_encoder
 
 
 class SSLAMEncoder(torch.nn.Module):

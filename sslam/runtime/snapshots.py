@@ -2,7 +2,7 @@
 written atomically and read without running code, and the stop signals of a cluster's scheduler.
 
 Files. A job keeps its state in `OUT/state/last.pt`; every write goes to a temporary file that is fsync'ed and
-renamed over it, the replaced version kept as `last.prev.pt` (`sslam.io.atomic_path`), so a kill at any moment
+renamed over it, the replaced version kept as `last.prev.pt` (`sslam.runtime.io.atomic_path`), so a kill at any moment
 leaves a complete file. Snapshots hold only tensors and plain Python containers (random states included), so
 they are read with `torch.load(weights_only=True)`: a file that carries any other object (a planted pickle that
 would run code) is refused with one line naming the file and the object, never executed and never silently
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslam.errors import SslamError
-from sslam.io import atomic_path
+from sslam.runtime.errors import SslamError
+from sslam.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Frozen SSLAM/EAT embeddings of audio of any length: the Python API behind `sslam extract`, `sslam.hear`
-and `sslam.xares` (docs/embeddings.md).
+"""Frozen SSLAM/EAT embeddings of audio of any length: the Python API behind `sslam extract`, `sslam.embeddings.hear`
+and `sslam.embeddings.xares` (docs/embeddings.md).
 
     from sslam.embeddings import encode, load_encoder
     model = load_encoder("hf:ta012/SSLAM_pretrain")   # a file, an hf: id, a model folder; None = $SSLAM_CHECKPOINT
@@ -8,7 +8,7 @@ and `sslam.xares` (docs/embeddings.md).
     clip.timestamps   # (T, D)  one vector per 160 ms time patch (mean over its frequency patches)
     clip.times_ms     # (T,)    the centre of each time patch
 
-How a clip is embedded. The front end of `sslam.audio` makes a raw log-mel (16 kHz mono, Kaldi fbank,
+How a clip is embedded. The front end of `sslam.audio.front_end` makes a raw log-mel (16 kHz mono, Kaldi fbank,
 100 frames/s). It is cut into windows of `window` frames every `hop` frames (default: the length the
 checkpoint was trained with, 1024 frames = 10.24 s, without overlap); the last window is zero-padded in
 the raw log-mel domain, as the official recipe pads a short clip. Each window is normalised with the
@@ -37,12 +37,12 @@ import torch
 import torchaudio
 from torch import nn
 
-from sslam.audio import FrontEndConfig, fit_length, load_raw_fbank, normalise, waveform_to_fbank
-from sslam.errors import AudioError, SslamError
-from sslam.model.checkpoints import build_encoder, read_checkpoint
+from sslam.audio.front_end import FrontEndConfig, fit_length, load_raw_fbank, normalise, waveform_to_fbank
+from sslam.runtime.errors import AudioError, SslamError
+from sslam.model.checkpoints.read import build_encoder, read_checkpoint
 from sslam.model.encoder import AudioEncoder
-from sslam.model.export import random_encoder, save_pretrained
-from sslam.model.hub import InputSettings, default_input, input_settings
+from sslam.model.checkpoints.export import random_encoder, save_pretrained
+from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
 
 CHECKPOINT_ENVIRONMENT = "SSLAM_CHECKPOINT"
 LONG_AUDIO = ("window", "truncate")
@@ -105,7 +105,7 @@ class Embedder(nn.Module):
     """An encoder with its input settings and windowing: waveforms or fbanks in, `ClipEmbedding`s out.
 
     Also carries the attribute names of the HEAR API (`sample_rate`, `scene_embedding_size`,
-    `timestamp_embedding_size`), so `sslam.hear.load_model` can return it as is.
+    `timestamp_embedding_size`), so `sslam.embeddings.hear.load_model` can return it as is.
     """
 
     def __init__(self, encoder: AudioEncoder, settings: InputSettings | None = None, *, window: int | None = None,
@@ -156,7 +156,7 @@ class Embedder(nn.Module):
 
     # ------------------------------------------------------------------ front end
     def fbank(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(samples,) mono waveform at `sample_rate` -> raw log-mel (T, F). Unlike files (sslam.audio),
+        """(samples,) mono waveform at `sample_rate` -> raw log-mel (T, F). Unlike files (sslam.audio.front_end),
         silence is allowed here (benchmark clips can be silent); too-short clips are zero-padded to one frame."""
         if not torch.isfinite(waveform).all():
             raise AudioError("audio contains NaN or inf samples")
@@ -277,7 +277,7 @@ def load_encoder(spec: str | Path | None = None, which: str = "student", *, devi
     (docs/checkpoints.md). None: the checkpoint named by $SSLAM_CHECKPOINT, else a random-init ViT-B (with
     a warning: its embeddings carry no information). The window defaults to the length the checkpoint
     was trained with; norm_mean/norm_std override the statistics it records."""
-    from sslam.device import resolve_device
+    from sslam.runtime.device import resolve_device
 
     spec = spec or os.environ.get(CHECKPOINT_ENVIRONMENT) or None
     if spec is None:
@@ -298,7 +298,7 @@ def load_encoder(spec: str | Path | None = None, which: str = "student", *, devi
 
 
 def encode(model: Embedder, audio: Any, sample_rate: int | None = None) -> list[ClipEmbedding]:
-    """Embed audio files (a path or a list of paths, decoded by sslam.audio) or waveforms ((n, samples)
+    """Embed audio files (a path or a list of paths, decoded by sslam.audio.front_end) or waveforms ((n, samples)
     array/tensor or a list of 1-D ones, at `sample_rate`, default 16 kHz). One ClipEmbedding per clip."""
     if isinstance(audio, (str, Path)) or (isinstance(audio, (list, tuple)) and audio
                                           and all(isinstance(a, (str, Path)) for a in audio)):
