@@ -6,7 +6,7 @@ import sys  # noqa: E402
 
 # A workflow job records the package code it executes (sslam/fingerprints/); the recorder must be in
 # place before any other module of the package is imported, so that module bodies count too.
-from sslam.fingerprints.recorder import start_recording_if_asked as _start_recording_if_asked  # noqa: E402
+from sslam.fingerprints import start_recording_if_asked as _start_recording_if_asked  # noqa: E402
 
 _start_recording_if_asked()
 

@@ -36,7 +36,7 @@ from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
 from sslam.evaluation.resume import EvaluationState, ResumableLog, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
 from sslam.runtime.io import atomic_path, atomic_write_json
-from sslam.fingerprints.recorder import job_fingerprint
+from sslam.fingerprints import job_fingerprint
 from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from sslam.runtime.tracking import PRETRAIN_CHECKPOINT_TAG, JobTracker, results_relative
 

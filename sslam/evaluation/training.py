@@ -29,7 +29,7 @@ from sslam.evaluation.config import RegimeConfig
 from sslam.evaluation.heads import EncoderClassifier, layer_decay_groups
 from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
 from sslam.runtime.progress import Progress
-from sslam.fingerprints.recorder import compiled
+from sslam.fingerprints import compiled
 from sslam.runtime.snapshots import StopSignals, capture_rng_state, restore_rng_state
 
 __all__ = ["Fitter", "FitResult", "Interrupted", "LearningRateSchedule", "TrainingData", "classification_loss",

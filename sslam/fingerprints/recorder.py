@@ -1,4 +1,4 @@
-"""Which code a job executed, and whether it has changed since: the fingerprints that decide re-runs.
+"""Which package code a job executed: the recorder every workflow job runs under.
 
 A job started by the workflow records the package functions it executes (docs/fingerprints.md):
 
@@ -7,13 +7,14 @@ A job started by the workflow records the package functions it executes (docs/fi
 `sslam/__init__.py` installs the recorder before anything else of the package is imported, so module
 bodies count too. Every process of the job records: the main process keeps its discoveries in memory,
 forked or spawned children (DataLoader workers, torchrun ranks) append theirs to `OUT/code.json.parts/`.
-When the command succeeds, the main process maps the code it saw to units of `sslam.fingerprints.codeindex`, closes
-them over the data they read and writes `{fingerprint: P, units: {unit: digest}}` atomically.
+When the command succeeds, the main process maps the code it saw to units of `sslam.fingerprints.codeindex`,
+closes them over the data they read and writes `{fingerprint: P, rules, units: {unit: digest}}` atomically.
+The fingerprint machinery (this package) is never part of a record: like Snakemake, it observes the job
+and does not compute its results.
 
-At parse time `scheduled_fingerprint` compares a record with the current source: when no recorded unit
-changed, the job keeps its fingerprint P (so Snakemake sees unchanged params and leaves it alone); when
-one did, the fingerprint becomes a digest of the units' current state and the job is re-scheduled. A job
-that never ran gets the static fingerprint of everything its entry module imports.
+Tracing can stop before the job ends (`stop_tracing`): a training loop that has run every kind of step it
+has (its first update, log point, evaluation point and snapshot) executes no code after that which it
+has not executed before, so the rest of the job runs at full speed and the record is still complete.
 """
 from __future__ import annotations
 
@@ -23,34 +24,35 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslam.fingerprints.codeindex import WHOLE_REGISTRY, module_name
+from sslam.fingerprints import registry
+from sslam.fingerprints.codeindex import DIGEST_RULES, MODULE_UNIT, PackageIndex, Rules, module_name
+from sslam.fingerprints.schedule import RECORD_FORMAT, RECORD_VERSION, is_machinery
 
 FINGERPRINT_ENVIRONMENT = "SSLAM_FINGERPRINT"
 RECORD_ENVIRONMENT = "SSLAM_CODE_RECORD"
-RECORD_FORMAT, RECORD_VERSION = "sslam-code-record", 1
 REGISTRY_LINE = "registry"   # a parts-file line "registry<TAB>unit<TAB>key" (else "file<TAB>first line")
-_PACKAGE_PREFIX = str(Path(__file__).resolve().parents[1]) + os.sep   # sslam/
+_PACKAGE_PREFIX = str(Path(__file__).resolve().parents[1]) + os.sep     # sslam/
+_MACHINERY_PREFIX = str(Path(__file__).resolve().parent) + os.sep       # sslam/fingerprints/: never recorded
 _PACKAGE_NAME = __name__.partition(".")[0]
 
 
 class CodeRecorder:
     """Sees the first call of every code object (sys.settrace on Python ≤ 3.11, sys.monitoring after)
-    and keeps the package's ones; the cost after that is one dictionary lookup per Python call."""
+    and keeps the package's ones; the cost after that is one set lookup per Python call while tracing."""
 
     def __init__(self, record_path: Path) -> None:
         self.record_path = record_path
         self.parts_dir = record_path.with_name(record_path.name + ".parts")
         self.started = time.time()
+        self.tracing = False
         self.seen: set[Any] = set()
         self.locations: set[tuple[str, int]] = set()     # (file, first line) of package code that ran
         self.sources: dict[str, str] = {}                # file -> source when its module body ran
         self.registry_access: dict[str, set[str]] = {}   # registry unit -> keys looked up (see Registry)
-        self.compiled_modules: set[str] = set()           # modules whose classes went through torch.compile
+        self.compiled_modules: set[str] = set()          # modules whose classes went through torch.compile
         self._part: Any = None
 
     # ------------------------------------------------------------------ recording
@@ -65,10 +67,16 @@ class CodeRecorder:
             threading.settrace(self._on_call)
             self._import = builtins.__import__
             builtins.__import__ = self._import_untraced
+        self.tracing = True
+        registry.observe(self)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
     def uninstall(self) -> None:
+        """Stop tracing (what was seen is kept); registry lookups and compiled modules are still noted."""
+        if not self.tracing:
+            return
+        self.tracing = False
         if sys.version_info >= (3, 12):
             sys.monitoring.set_events(sys.monitoring.PROFILER_ID, 0)
             sys.monitoring.free_tool_id(sys.monitoring.PROFILER_ID)
@@ -102,7 +110,7 @@ class CodeRecorder:
     def _first_run(self, code) -> None:
         self.seen.add(code)
         filename = code.co_filename
-        if not filename.startswith(_PACKAGE_PREFIX):
+        if not filename.startswith(_PACKAGE_PREFIX) or filename.startswith(_MACHINERY_PREFIX):
             return
         location = (filename, code.co_firstlineno)
         if location in self.locations:
@@ -117,12 +125,15 @@ class CodeRecorder:
             self._part.write(f"{filename}\t{code.co_firstlineno}\n")
             self._part.flush()
 
-    def note_lookup(self, registry: str, key: str) -> None:
-        keys = self.registry_access.setdefault(registry, set())
+    def note_lookup(self, registry_unit: str, key: str) -> None:
+        keys = self.registry_access.setdefault(registry_unit, set())
         if key not in keys:
             keys.add(key)
             if self._part is not None:
-                self._part.write(f"{REGISTRY_LINE}\t{registry}\t{key}\n")
+                self._part.write(f"{REGISTRY_LINE}\t{registry_unit}\t{key}\n")
+
+    def note_compiled(self, module: str) -> None:
+        self.compiled_modules.add(module)
 
     def _after_fork(self) -> None:
         """A forked child (a DataLoader worker) writes what it discovers, since it may never return here."""
@@ -136,17 +147,18 @@ class CodeRecorder:
     def finish(self, fingerprint: str) -> None:
         """Write the record (main process), or hand this process's discoveries to it (other ranks)."""
         self.uninstall()
+        registry.forget(self)
         rank = os.environ.get("RANK")
         if rank not in (None, "0"):
             self._open_part()
             for filename, line in sorted(self.locations):
                 self._part.write(f"{filename}\t{line}\n")
-            for registry, keys in self.registry_access.items():
-                self._part.writelines(f"{REGISTRY_LINE}\t{registry}\t{key}\n" for key in sorted(keys))
+            for registry_unit, keys in self.registry_access.items():
+                self._part.writelines(f"{REGISTRY_LINE}\t{registry_unit}\t{key}\n" for key in sorted(keys))
             self._part.close()
             return
         locations = set(self.locations)
-        lookups = {registry: set(keys) for registry, keys in self.registry_access.items()}
+        lookups = {registry_unit: set(keys) for registry_unit, keys in self.registry_access.items()}
         if self.parts_dir.is_dir():
             for part in self.parts_dir.glob("*.tsv"):
                 if part.stat().st_mtime < self.started - 1:
@@ -157,30 +169,40 @@ class CodeRecorder:
                         lookups.setdefault(fields[1], set()).add(fields[2])
                     elif len(fields) == 2 and fields[1].isdigit():
                         locations.add((fields[0], int(fields[1])))
-        units = executed_units(locations, self.sources)
-        from sslam.fingerprints.codeindex import PackageIndex
-        from sslam.runtime.io import atomic_write_json
-
-        index = PackageIndex({module_name(Path(f)): text for f, text in self.sources.items() if module_name(Path(f))})
+        index = PackageIndex({name: text for f, text in self.sources.items() if (name := module_name(Path(f)))},
+                             Rules(DIGEST_RULES))
+        units = executed_units(locations, index)
         for module in self.compiled_modules:
             for name in index.modules_imported_by(module):
                 units.update(f"{name}:{unit}" for unit in index.module(name).digests)
-        closed = index.dependencies(units, lookups)
-        record = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "fingerprint": fingerprint,
-                  "command": sys.argv[1:3], "units": {unit: index.digest_of(unit) for unit in sorted(closed)}}
-        atomic_write_json(self.record_path, record)
+        units = {unit for unit in units if not is_machinery(unit)}
+        graph = {unit: [target for target in targets if not is_machinery(target)]
+                 for unit, targets in index.graph(units, lookups).items() if not is_machinery(unit)}
+        record = {"format": RECORD_FORMAT, "version": RECORD_VERSION, "rules": DIGEST_RULES,
+                  "fingerprint": fingerprint, "command": sys.argv[1:3], "roots": sorted(units),
+                  "units": {unit: index.digest_of(unit) for unit in sorted(graph)},
+                  "edges": {unit: targets for unit, targets in sorted(graph.items()) if targets}}
+        _write_atomically(self.record_path, json.dumps(record, indent=2) + "\n")
         for part in self.parts_dir.glob("*.tsv") if self.parts_dir.is_dir() else []:
             part.unlink(missing_ok=True)
         if self.parts_dir.is_dir() and not any(self.parts_dir.iterdir()):
             self.parts_dir.rmdir()
 
 
-def executed_units(locations: set[tuple[str, int]], sources: dict[str, str]) -> set[str]:
-    """Map (file, first line) of executed code objects to units (`module:qualname`, see sslam.fingerprints.codeindex).
-    Class bodies are definitions, not execution: a class enters a record through its methods or a name."""
-    from sslam.fingerprints.codeindex import MODULE_UNIT, PackageIndex
+def _write_atomically(path: Path, text: str) -> None:
+    """The record appears whole or not at all (this package stands alone: no sslam.runtime.io here)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", encoding="utf-8") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
 
-    index = PackageIndex({module_name(Path(f)): text for f, text in sources.items() if module_name(Path(f))})
+
+def executed_units(locations: set[tuple[str, int]], index: PackageIndex) -> set[str]:
+    """Map (file, first line) of executed code objects to units (`module:qualname`, see the code index).
+    Class bodies are definitions, not execution: a class enters a record through its methods or a name."""
     units = set()
     for filename, line in locations:
         module = module_name(Path(filename))
@@ -192,45 +214,6 @@ def executed_units(locations: set[tuple[str, int]], sources: dict[str, str]) -> 
             continue
         units.add(f"{module}:{unit if unit != MODULE_UNIT else MODULE_UNIT}")
     return units
-
-
-class Registry(Mapping):
-    """A module-level table (command -> module, preset -> settings...) whose lookups the code recorder sees,
-    so that a job depends on the entries it looked up, not on every entry: adding a CLI command or a variant
-    preset re-runs nothing that does not use it. Write it as `NAME = Registry("NAME", {"key": value, ...})`
-    (sslam.fingerprints.codeindex gives each entry its own unit). Iterating it makes the whole table a dependency."""
-
-    def __init__(self, name: str, entries: dict[str, Any]) -> None:
-        caller = sys._getframe(1).f_code.co_filename   # the defining module, also when it runs as __main__
-        self._unit = f"{module_name(Path(caller)) or caller}:{name}"
-        self._entries = dict(entries)
-
-    def _note(self, key: Any) -> None:
-        if _RECORDER is not None:
-            _RECORDER.note_lookup(self._unit, key if isinstance(key, str) else WHOLE_REGISTRY)
-
-    def __getitem__(self, key: str) -> Any:
-        self._note(key)
-        return self._entries[key]
-
-    def __contains__(self, key: object) -> bool:
-        self._note(key)
-        return key in self._entries
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self._note(key)
-        return self._entries.get(key, default)
-
-    def __iter__(self):
-        self._note(None)
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        self._note(None)
-        return len(self._entries)
-
-    def __repr__(self) -> str:
-        return f"Registry({self._unit}, {len(self._entries)} entries)"
 
 
 _RECORDER: CodeRecorder | None = None
@@ -245,15 +228,15 @@ def start_recording_if_asked() -> None:
         _RECORDER.install()
 
 
-def compiled(module: Any) -> Any:
-    """`torch.compile(module)`, told to the recorder: the compiler traces the module's Python code without
-    running it, so the job's record then covers every unit of every module that the module's own module
-    imports (a static over-approximation, as for a job that never ran)."""
-    import torch
-
+def stop_tracing() -> None:
+    """From here on the job runs code it has already run (see the module docstring): tracing stops, the record
+    is still written when the command succeeds."""
     if _RECORDER is not None:
-        _RECORDER.compiled_modules.add(type(module).__module__)
-    return torch.compile(module)
+        _RECORDER.uninstall()
+
+
+def is_tracing() -> bool:
+    return _RECORDER is not None and _RECORDER.tracing
 
 
 def finish_recording() -> None:
@@ -272,45 +255,4 @@ def job_fingerprint(*entry_modules: str) -> str:
     given = os.environ.get(FINGERPRINT_ENVIRONMENT)
     if given:
         return given
-    from sslam.fingerprints.codeindex import PackageIndex
-
     return "static-" + PackageIndex().static_fingerprint(*(entry_modules or ("sslam.cli",)))
-
-
-# ---------------------------------------------------------------------------------- parse time
-
-@dataclass
-class ScheduledFingerprint:
-    value: str                                   # the rule's params.code
-    changed: list[str] = field(default_factory=list)   # recorded units whose code changed (or vanished)
-    recorded: bool = False                       # False: the job never ran (static fingerprint)
-
-
-def read_record(path: str | Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT or record.get("version") != RECORD_VERSION:
-        return None
-    if not isinstance(record.get("units"), dict) or not isinstance(record.get("fingerprint"), str):
-        return None
-    return record
-
-
-def scheduled_fingerprint(record_path: str | Path, entry_module: str, index=None) -> ScheduledFingerprint:
-    """The fingerprint a job is scheduled with now (see the module docstring); `index` is a shared
-    sslam.fingerprints.codeindex.PackageIndex so that one parse reads every module once."""
-    from sslam.fingerprints.codeindex import PackageIndex, digest
-
-    index = index or PackageIndex()
-    record = read_record(record_path)
-    if record is None:
-        return ScheduledFingerprint("static-" + index.static_fingerprint(entry_module))
-    units: dict[str, str | None] = record["units"]
-    now = {unit: index.digest_of(unit) for unit in units}
-    changed = sorted(unit for unit, value in units.items() if now[unit] != value)
-    if not changed:
-        return ScheduledFingerprint(record["fingerprint"], recorded=True)
-    value = digest("\n".join(f"{unit} {now[unit]}" for unit in sorted(units)))
-    return ScheduledFingerprint(value, changed, recorded=True)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from sslam.runtime.configuration import check_ranges, from_dict
 from sslam.runtime.errors import ConfigError
-from sslam.fingerprints.recorder import Registry
+from sslam.fingerprints import Registry
 
 # "all" = average every teacher layer (12 for ViT-B); an int k = the last k layers.
 LayerCount = int | Literal["all"]

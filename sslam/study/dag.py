@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from sslam.fingerprints import Scheduler
 from sslam.runtime.configuration import from_dict, load_yaml, section
 from sslam.runtime.errors import ConfigError
 from sslam.tables.models import DEFAULT_BASELINES, RANDOM, SEPARATOR, STAGE1, parse_model_id
@@ -64,7 +65,7 @@ class Study:
     def __init__(self, config: dict[str, Any], check_data_roots: bool = True) -> None:
         validate_against_schema(config)
         self.config = config
-        self._index = None                             # sslam.fingerprints.codeindex.PackageIndex, built on first use
+        self.scheduler = Scheduler()                   # compares the jobs' code records with today's code
         self._shards: dict[str, list[str]] = {}
         study = config["study"]
         self.name: str = study["name"]
@@ -417,13 +418,8 @@ class Study:
 
     # ------------------------------------------------------------------ code fingerprints
     def fingerprint(self, job: str, record: str) -> str:
-        """The fingerprint a job is scheduled with (sslam.fingerprints.recorder), from its code record `record`."""
-        from sslam.fingerprints.codeindex import PackageIndex
-        from sslam.fingerprints.recorder import scheduled_fingerprint
-
-        if self._index is None:
-            self._index = PackageIndex()
-        scheduled = scheduled_fingerprint(record, JOB_MODULES[job], self._index)
+        """The fingerprint a job is scheduled with (sslam.fingerprints.Scheduler), from its code record `record`."""
+        scheduled = self.scheduler.scheduled(record, JOB_MODULES[job])
         if scheduled.changed and record not in self.changed_code:
             # `snakemake -n` thereby says, per re-scheduled job, which of the functions it ran changed.
             self.changed_code[record] = scheduled.changed

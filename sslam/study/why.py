@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sslam.fingerprints.codeindex import PackageIndex
-from sslam.fingerprints.recorder import scheduled_fingerprint
 from sslam.study.dag import Study
 
 
@@ -20,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Which finished jobs a code change re-schedules, and which of the functions they executed changed."""
     study = Study.from_file(args.config, check_data_roots=False)
-    index = PackageIndex()
+    scheduler = study.scheduler
     records = sorted(Path(study.results).glob("**/*.code.json"))
     if not records:
         print(f"no code records under {study.results}: nothing has run yet")
@@ -28,17 +26,22 @@ def run(args: argparse.Namespace) -> int:
     stale = 0
     for path in records:
         job = str(path).removesuffix(".code.json")
-        scheduled = scheduled_fingerprint(path, "sslam.cli", index)
+        scheduled = scheduler.scheduled(path, "sslam.cli")
         if not scheduled.recorded:
             stale += 1
-            print(f"{job}: unreadable code record (the job re-runs)")
+            print(f"{job}: no code record this version can read (unfinished, damaged, or made under other "
+                  "digest rules): the job re-runs")
         elif scheduled.changed:
             stale += 1
-            print(f"{job}: {len(scheduled.changed)} changed")
+            old_rules = " (a record of digest rules 1: module paths are part of its digests, so code that only " \
+                        "moved counts as changed)" if scheduled.rules == 1 else ""
+            print(f"{job}: {len(scheduled.changed)} changed{old_rules}")
+            index = scheduler.index(scheduled.rules)
             for unit in scheduled.changed:
                 print(f"    {unit}" + ("  (removed)" if index.digest_of(unit) is None else ""))
         elif args.all:
-            print(f"{job}: unchanged")
+            moved = f" ({len(scheduled.moved)} unit(s) moved)" if scheduled.moved else ""
+            print(f"{job}: unchanged{moved}")
     print(f"{stale} of {len(records)} recorded jobs ran code that has changed since; snakemake re-runs them "
           f"and what depends on them")
     return 0

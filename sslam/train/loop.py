@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from sslam.runtime.errors import SslamError
 from sslam.model.teacher import ema_decay
 from sslam.runtime.progress import Progress
-from sslam.fingerprints.recorder import compiled
+from sslam.fingerprints import compiled
 from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree, any_rank
@@ -53,7 +53,7 @@ class RunIdentity:
     decoder_config: dict
     config: dict = field(default_factory=dict)  # every config section that shaped the run, for the record
     input: dict | None = None  # {norm_mean, norm_std, target_length} of the training input, for extraction
-    fingerprint: str | None = None              # the job's code fingerprint (sslam.fingerprints.recorder.job_fingerprint)
+    fingerprint: str | None = None              # the job's code fingerprint (sslam.fingerprints.job_fingerprint)
 
 
 class Pretrainer:

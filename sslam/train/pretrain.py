@@ -28,7 +28,7 @@ import torch
 from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
 from sslam.runtime.device import DEVICE_CHOICES, banner
 from sslam.runtime.errors import ConfigError, SslamError
-from sslam.fingerprints.recorder import job_fingerprint
+from sslam.fingerprints import job_fingerprint
 from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals, discard_state
 from sslam.runtime.tracking import CHECKPOINT_TAG, JobTracker, results_relative
 from sslam.train.config import TrainConfig, train_config_for_stage

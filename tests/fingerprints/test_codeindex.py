@@ -1,7 +1,7 @@
 """sslam.fingerprints.codeindex: units, their digests on the normalised syntax tree, and the data their code reads."""
 from __future__ import annotations
 
-from sslam.fingerprints.codeindex import MODULE_UNIT, ModuleIndex, PackageIndex
+from sslam.fingerprints.codeindex import DIGEST_RULES, MODULE_UNIT, ModuleIndex, PackageIndex, Rules
 
 SOURCE = '''"""A module docstring."""
 import math
@@ -108,3 +108,30 @@ def test_static_fingerprint_covers_what_a_module_imports():
     assert "sslam.tables.layouts" in modules and "sslam.runtime.configuration" in modules
     assert not any(name.startswith(("sslam.model", "sslam.objective", "sslam.train")) for name in modules)
     assert index.static_fingerprint("sslam.tables.aggregate") == PackageIndex().static_fingerprint("sslam.tables.aggregate")
+
+
+def test_the_digest_rules_are_pinned():
+    """Records hold digests: if this fails, the digest rules changed. Keep the old rules computable (records made
+    under them are compared under them), add the new ones as DIGEST_RULES + 1, and update these pins."""
+    pinned = {"scaled": "a08aff5a287fbcf9", "Settings": "f14dda668e89e74d", "=FACTOR": "f3d9f0f37a1a96f1",
+              MODULE_UNIT: "f5f997cd9cce1e6d"}
+    for version in (1, DIGEST_RULES):
+        digests = ModuleIndex.parse("sslam.fake", SOURCE, Rules(version)).digests
+        assert {unit: digests[unit] for unit in pinned} == pinned, version
+
+
+def test_rules_2_make_package_imports_references():
+    rules_1 = ModuleIndex.parse("sslam.fake", SOURCE, Rules(1))
+    rules_2 = ModuleIndex.parse("sslam.fake", SOURCE, Rules(2))
+    assert "=ConfigError" in rules_1.digests and "=ConfigError" not in rules_2.digests   # a reference, not content
+    assert rules_2.imports["ConfigError"] == ("sslam.runtime.errors", "ConfigError")
+    inside = SOURCE.replace("def unused():\n    return LIMIT", "def unused():\n    from sslam.runtime.errors import "
+                            "ConfigError\n\n    return LIMIT")
+    moved = inside.replace("sslam.runtime.errors", "sslam.runtime.problems")
+    assert ModuleIndex.parse("sslam.fake", inside).digests["unused"] == \
+        ModuleIndex.parse("sslam.fake", moved).digests["unused"] == rules_2.digests["unused"]
+    assert "@sslam.runtime.errors:ConfigError" in ModuleIndex.parse("sslam.fake", inside).reads["unused"]
+    helped = SOURCE.replace("return value * factor", 'parser.add_argument("--f", help="a factor")\n    return value * factor')
+    rehelped = helped.replace('help="a factor"', 'help="the factor, explained better"')
+    assert ModuleIndex.parse("sslam.fake", helped).digests["scaled"] == ModuleIndex.parse("sslam.fake", rehelped).digests["scaled"]
+    assert Rules(1) != Rules(2) and DIGEST_RULES == 2

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sslam.fingerprints.codeindex import PackageIndex
-from sslam.fingerprints.recorder import read_record, scheduled_fingerprint
+from sslam.fingerprints import Scheduler, read_record
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A job in miniature: the parent runs one package function, a forked worker (as a DataLoader worker would)
 # another one, then the CLI's success path writes the record.
@@ -22,7 +21,7 @@ JOB = """
 import multiprocessing
 import sslam
 from sslam.objective.config import floor_count, resolve_layer_count
-from sslam.fingerprints.recorder import finish_recording
+from sslam.fingerprints import finish_recording
 
 def work():
     floor_count(3.0)
@@ -55,7 +54,7 @@ import fractions, xml.dom.minidom            # first imports: run without the tr
 assert sys.gettrace() is tracer, "the tracer was not put back"
 from sslam.objective.config import resolve_layer_count
 resolve_layer_count("all", 4, "x")
-from sslam.fingerprints.recorder import finish_recording
+from sslam.fingerprints import finish_recording
 finish_recording()
 """
     units = run_job(package_copy, tmp_path / "job.code.json", job=job)["units"]
@@ -80,10 +79,7 @@ def test_the_fingerprint_changes_exactly_when_recorded_code_changes(package_copy
     original = config.read_text()
 
     def scheduled() -> tuple[str, list[str]]:
-        from sslam.fingerprints.codeindex import ModuleIndex
-
-        index = PackageIndex({"sslam.objective.config": config.read_text()})
-        result = scheduled_fingerprint(path, "sslam.objective.config", index)
+        result = Scheduler({"sslam.objective.config": config.read_text()}).scheduled(path, "sslam.objective.config")
         return result.value, result.changed
 
     assert scheduled() == ("P0", [])
@@ -99,11 +95,11 @@ def test_the_fingerprint_changes_exactly_when_recorded_code_changes(package_copy
 
 
 def test_a_missing_or_damaged_record_gives_the_static_fingerprint(tmp_path):
-    index = PackageIndex()
-    missing = scheduled_fingerprint(tmp_path / "none.code.json", "sslam.tables.aggregate", index)
+    scheduler = Scheduler()
+    missing = scheduler.scheduled(tmp_path / "none.code.json", "sslam.tables.aggregate")
     (tmp_path / "bad.code.json").write_text("{not json")
-    damaged = scheduled_fingerprint(tmp_path / "bad.code.json", "sslam.tables.aggregate", index)
-    assert missing.value == damaged.value == "static-" + index.static_fingerprint("sslam.tables.aggregate")
+    damaged = scheduler.scheduled(tmp_path / "bad.code.json", "sslam.tables.aggregate")
+    assert missing.value == damaged.value == "static-" + scheduler.index().static_fingerprint("sslam.tables.aggregate")
     assert read_record(tmp_path / "bad.code.json") is None and not missing.recorded
 
 
