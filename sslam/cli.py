@@ -30,7 +30,7 @@ COMMANDS = Registry("COMMANDS", {
     "convert": "sslam.model.checkpoints.convert",
     "export": "sslam.model.checkpoints.export",
     "tables": "sslam.tables.aggregate",
-    "track": "sslam.runtime.tracking",
+    "track": "sslam.runtime.mlflow_tracking",
     "doctor": "sslam.runtime.doctor",
     "plan": "sslam.study.plan",
     "why": "sslam.study.why",

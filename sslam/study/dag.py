@@ -37,7 +37,7 @@ DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "nod
 # The module a job's command runs: what a never-run job's static fingerprint covers.
 JOB_MODULES = {"synth": "sslam.data.synthetic", "manifest": "sslam.data.commands", "cache": "sslam.data.cache",
                "pretrain": "sslam.train.pretrain", "evaluate": "sslam.evaluation.run",
-               "tables": "sslam.tables.aggregate", "track": "sslam.runtime.tracking", "polyphony": "sslam.data.polyphony"}
+               "tables": "sslam.tables.aggregate", "track": "sslam.runtime.mlflow_tracking", "polyphony": "sslam.data.polyphony"}
 
 
 def validate_against_schema(config: dict[str, Any]) -> None:

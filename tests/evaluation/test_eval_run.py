@@ -8,7 +8,7 @@ import torch
 
 from sslam.cli import main
 from sslam.runtime.configuration import load_yaml
-from sslam.evaluation.run import code_hash, load_backbone
+from sslam.evaluation.run import load_backbone
 
 from eval_helpers import POLY, TINY_ENCODER, read_metrics, save_checkpoint
 
@@ -30,7 +30,7 @@ def test_probe_from_a_checkpoint_writes_well_formed_metrics(write_config, tmp_pa
     assert metrics["value"] == pytest.approx(sum(scored) / len(scored))
     assert metrics["classes_without_positives"] == len(metrics["per_class"]) - len(scored)
     assert metrics["selection"]["policy"] == "last"
-    # (not compared with code_hash() now: the package may be edited while the test runs)
+    # (not compared with a fingerprint computed now: the package may be edited while the test runs)
     assert metrics["code_hash"].startswith("static-") and int(metrics["code_hash"].removeprefix("static-"), 16) >= 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]

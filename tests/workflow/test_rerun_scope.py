@@ -81,7 +81,7 @@ MUTATIONS = [
     ("a dataclass default (the objective's SRL aggregation)", "sslam/objective/config.py",
      '    srl_aggregation: SrlAggregation = "mean"', '    srl_aggregation: SrlAggregation = "max"',
      downstream_of(*PRETRAINED)),
-    ("the tracking store's set-up (a side channel: no result re-runs)", "sslam/runtime/tracking.py",
+    ("the tracking store's set-up (a side channel: no result re-runs)", "sslam/runtime/mlflow_tracking.py",
      '    found = store.call("get_experiment_by_name", experiment)',
      '    found = store.call("get_experiment_by_name", str(experiment))', {("track_init", ""), ("log_tables", "")}),
     ("a comment only", "sslam/objective/source_retention.py",

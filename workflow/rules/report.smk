@@ -75,5 +75,5 @@ rule log_tables:
         CONDA_ENV
     shell:
         f"{RECORD} {SSLAM} track publish --tracking {{input.tracking}} --results {RESULTS} --config {STUDY_CONFIG} "
-        '--git-commit "$(git rev-parse HEAD 2>/dev/null || echo unknown)" --tag code_hash={params.code} '
+        '--git-commit "$(git rev-parse HEAD 2>/dev/null || echo unknown)" --tag code={params.code} '
         "--done {output.done} {input.files} > {log} 2>&1"

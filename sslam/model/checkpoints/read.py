@@ -35,7 +35,7 @@ import torch
 from safetensors import safe_open
 
 from sslam.runtime.configuration import from_dict
-from sslam.runtime.errors import SslamError
+from sslam.runtime.errors import SslamError, first_line
 from sslam.model.checkpoints.types import CheckpointError, LoadedCheckpoint, UnsafeCheckpointError
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.encoder import AudioEncoder, sincos_table
@@ -205,7 +205,7 @@ def _read_safetensors(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
             metadata = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # SafetensorError, OSError...: a truncated or corrupt file
-        raise CheckpointError(f"cannot read {path} as safetensors (truncated or corrupt?): {_first_line(error)}") from error
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or corrupt?): {first_line(error)}") from error
     if "sslam_encoder_config" in metadata:
         known = {**_read_json(metadata["sslam_encoder_config"], f"{path} metadata sslam_encoder_config"), **known}
     else:
@@ -227,7 +227,7 @@ def _read_torch_file(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
         raise UnsafeCheckpointError(str(error)) from None
     except Exception as error:  # a truncated, corrupt or non-torch file: report it as a user error
         raise CheckpointError(f"cannot read {path} as a torch checkpoint (truncated or corrupt?): "
-                              f"{_first_line(error)}") from error
+                              f"{first_line(error)}") from error
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == "sslam":
@@ -264,7 +264,7 @@ def read_checkpoint(
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as error:
         # Entries of the wrong kind deep inside a file of a known layout: still one line, never a traceback.
-        raise CheckpointError(f"{path}: malformed checkpoint ({type(error).__name__}: {_first_line(error)})") from error
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(error).__name__}: {first_line(error)})") from error
     loaded.meta["path"] = str(path)
     check_weights(loaded, str(path))
     regenerate_pos_table(loaded.student, loaded.encoder_config, str(path))
@@ -326,11 +326,6 @@ def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
         kinds = ", ".join(f"{count} {dtype}" for dtype, count in sorted(converted.items()))
         log.warning("%s: converted %s weight tensor(s) to float32", source, kinds)
 
-
-def _first_line(error: BaseException) -> str:
-    """Library errors can span lines (torch's zip reader, safetensors); the user gets one."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_which(which: str) -> None:
