@@ -127,3 +127,53 @@ def test_manifest_cells_of_the_wrong_type_are_one_line(tmp_path):
     pd.DataFrame({"clip_id": ["a"], "path": ["a.wav"], "fold": ["first"]}).to_csv(path, sep="\t", index=False)
     with pytest.raises(ManifestError, match="malformed manifest"):
         read_manifest(path)
+
+
+# --- odd sample rates (issue 18.1) ---------------------------------------------------------------------------
+def test_odd_sample_rates_cache_in_bounded_memory(tmp_path):
+    """9 good clips + a 19-kB WAV at 48,017 Hz (a prime) + one at 767,999 Hz: torchaudio's kernel for them would
+    take 6 and 98 GB; under a 1-GiB address-space budget the build caches all 11 clips."""
+    from bombs import odd_rate_manifest
+    from capped import cli_body, run_capped
+
+    manifest = odd_rate_manifest(tmp_path / "audio", odd_rates=(48017, 767999))
+    shard = tmp_path / "shard.h5"
+    run = run_capped(cli_body("cache", "build", "--manifest", manifest, "--out", shard, "--target-length", 64),
+                     preamble="import sslam.data.cache, sslam.cli")
+    assert run.returncode == 0, run.describe()
+    assert "11 clips cached, 0 skipped" in run.stdout, run.describe()
+    assert run.growth < 2**30, run.describe()
+
+
+def test_a_clip_the_resampler_cannot_hold_is_a_recorded_skip(tmp_path, monkeypatch, capsys):
+    """Whatever the resampler raises for one file (here torch's out-of-memory error) costs that file only."""
+    import torchaudio
+
+    from bombs import tone_file
+
+    real_resample = torchaudio.functional.resample
+
+    def short_of_memory(waveform, orig, new, *args, **kwargs):
+        if orig == 44100:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3075520000 bytes.")
+        return real_resample(waveform, orig, new, *args, **kwargs)
+
+    monkeypatch.setattr(torchaudio.functional, "resample", short_of_memory)
+    paths = [tone_file(tmp_path / f"good{i}.wav", 22050, 0.5, 300.0 * (i + 1)) for i in range(9)]
+    paths.append(tone_file(tmp_path / "greedy.wav", 44100, 0.5))
+    manifest = write_manifest_of(paths, tmp_path / "manifest.tsv")
+    assert main(["cache", "build", "--manifest", str(manifest), "--out", str(tmp_path / "s.h5"), "--target-length",
+                 "64", "--max-failure-fraction", "0.2"]) == 0
+    skips = pd.read_csv(tmp_path / "s.skips.tsv", sep="\t")
+    assert skips.clip_id.tolist() == ["greedy"]
+    assert "cannot resample 44100 Hz to 16000 Hz" in skips.reason[0] and "allocate memory" in skips.reason[0]
+    assert "9 clips cached, 1 skipped" in capsys.readouterr().out
+
+
+def write_manifest_of(paths, target):
+    from sslam.data.manifest import Manifest
+
+    table = pd.DataFrame({"clip_id": [p.stem for p in paths], "path": [str(p) for p in paths],
+                          "split": ["unlabeled"] * len(paths)})
+    write_manifest(Manifest(table), target)
+    return target
