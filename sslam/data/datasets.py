@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from sslam.audio.front_end import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
 from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
-from sslam.data.shards import check_shard_settings
+from sslam.data.shards import check_layout, check_shard_settings
 from sslam.runtime.errors import CacheError
 
 if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset reads a manifest
@@ -94,8 +94,10 @@ class FbankDataset(Dataset):
         index_parts, columns = [], {}
         for shard_number, path in enumerate(self.shard_paths):
             with _open_complete(path) as shard:
+                # Declared sizes are checked against what the file stores before anything is allocated per row.
+                num_rows = check_layout(shard, path)
                 self._check_compatible(path, shard, first=shard_number == 0)
-                keep = np.ones(len(shard["fbank"]), dtype=bool)
+                keep = np.ones(num_rows, dtype=bool)
                 split = shard["split"].asstr()[()]
                 fold = shard["fold"][()]
                 if splits is not None:
