@@ -50,9 +50,13 @@ def normalisation_stats(shard_paths: Sequence[str | Path]) -> tuple[float, float
     total = total_sq = count = 0.0
     for path in shard_paths:
         with _open_complete(Path(path)) as shard:
-            total += float(shard.attrs["stat_sum"])
-            total_sq += float(shard.attrs["stat_sumsq"])
-            count += float(shard.attrs["stat_count"])
+            try:
+                total += float(shard.attrs["stat_sum"])
+                total_sq += float(shard.attrs["stat_sumsq"])
+                count += float(shard.attrs["stat_count"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise CacheError(f"{path}: no normalisation sums (stat_sum, stat_sumsq, stat_count) in the shard: "
+                                 f"{error}; rebuild it or give norm_mean and norm_std") from error
     if count == 0:
         raise CacheError(f"no train/unlabeled frames in {len(shard_paths)} shard(s): cannot compute mean/std")
     mean = total / count
@@ -122,7 +126,7 @@ class FbankDataset(Dataset):
 
     def _check_compatible(self, path: Path, shard: h5py.File, first: bool) -> None:
         """All shards of one dataset must agree on shape, classes and front end."""
-        signature = (tuple(shard["fbank"].shape[1:]), shard.attrs["classes"], shard.attrs["front_end"])
+        signature = (tuple(shard["fbank"].shape[1:]), shard.attrs.get("classes", "[]"), shard.attrs.get("front_end"))
         if first:
             self._signature = signature
             self.target_length, self.num_mel_bins = signature[0]

@@ -213,3 +213,12 @@ def test_sizes_a_shard_states_must_agree(eight_shards, tmp_path, change, message
     with pytest.raises(CacheError, match=message):
         FbankDataset([shard_path], 0.0, 1.0, labelled=True)
     assert any(message in problem for problem in verify_shard(shard_path))
+
+
+def test_a_shard_without_its_attributes_is_one_line(eight_shards, tmp_path):
+    shard_path = shutil.copy(eight_shards[2], tmp_path / "bare.h5")
+    with h5py.File(shard_path, "r+") as shard:
+        del shard.attrs["stat_sum"], shard.attrs["front_end"]
+    with pytest.raises(CacheError, match="no normalisation sums"):
+        FbankDataset([shard_path], None, None, labelled=False)
+    assert len(FbankDataset([shard_path], 0.0, 1.0, labelled=False)) > 0
