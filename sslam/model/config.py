@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import SslamError
+from sslam.runtime.limits import MAX_MEL_BINS, MAX_TIME_PATCHES
 
 
 class ModelInputError(SslamError, ValueError):
@@ -33,8 +34,11 @@ class EncoderConfig:
     drop_path: float = 0.0
 
     def __post_init__(self) -> None:
+        # The positional table is max_time_patches × (num_mel_bins / patch_size) × embed_dim floats, built before
+        # any weight is loaded: a model folder's config.json must not be able to ask for gigabytes of it.
         check_ranges(self, embed_dim=">= 1", depth=">= 1", num_heads=">= 1", mlp_ratio="> 0", patch_size=">= 1",
-                     num_mel_bins=">= 1", max_time_patches=">= 1", norm_eps="> 0", drop_path="[0, 1)")
+                     num_mel_bins=f"[1, {MAX_MEL_BINS}]", max_time_patches=f"[1, {MAX_TIME_PATCHES}]", norm_eps="> 0",
+                     drop_path="[0, 1)")
         if self.embed_dim % self.num_heads:
             raise ModelInputError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % 4:

@@ -285,8 +285,10 @@ def build_encoder(loaded: LoadedCheckpoint, which: str = "student") -> AudioEnco
     source = f"{loaded.meta.get('path')} ({which})"
     if state is None:
         raise CheckpointError(f"{source}: this checkpoint holds no {which} weights")
-    encoder = AudioEncoder(loaded.encoder_config)
-    expected = encoder.state_dict()
+    # Shapes first, on the meta device (nothing allocated): the depth comes from the number of block keys, and
+    # a file of a thousand blocks of empty tensors must not make us build a thousand real blocks.
+    with torch.device("meta"):
+        expected = AudioEncoder(loaded.encoder_config).state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: missing keys {missing}, unexpected keys {unexpected}")
@@ -294,6 +296,7 @@ def build_encoder(loaded: LoadedCheckpoint, which: str = "student") -> AudioEnco
         if value.shape != expected[key].shape:
             raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)} but the model "
                                   f"({loaded.encoder_config}) needs {tuple(expected[key].shape)}")
+    encoder = AudioEncoder(loaded.encoder_config)   # now as large as the weights the file really holds
     encoder.load_state_dict(state)
     return encoder.eval()
 
@@ -313,6 +316,12 @@ def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
             name = f"{part} weight {key!r}"
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
+            stored = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+            if value.numel() * value.element_size() > stored:
+                # A stride-0 or expanded view: a few stored bytes posing as a huge tensor, which every check
+                # below (and the model) would materialise. torch.save never writes one for a real weight.
+                raise CheckpointError(f"{source}: {name} is a {tuple(value.shape)} view of {stored:,} stored bytes "
+                                      "(stride-0 or expanded tensor); weights must store every element")
             if not value.is_floating_point():
                 raise CheckpointError(f"{source}: {name} has dtype {str(value.dtype).removeprefix('torch.')}; "
                                       "weights must be floating point (refusing to cast it into garbage)")
