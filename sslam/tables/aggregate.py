@@ -20,7 +20,7 @@ import pandas as pd
 
 from sslam.runtime.configuration import load_yaml, section
 from sslam.runtime.errors import SslamError
-from sslam.runtime.io import atomic_write_text
+from sslam.runtime.io import atomic_folder, atomic_write_text
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
 from sslam.tables.render import Decorator, significance_tables, write_table
@@ -130,7 +130,18 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
                 replicates: int | None = None) -> list[Path]:
     """Write every table, the significance tables, the per-run and per-cell CSVs and the plots; return the paths.
 
-    `replicates` overrides study.tables.significance.replicates (0 = no significance)."""
+    `replicates` overrides study.tables.significance.replicates (0 = no significance). The files are written
+    into a staging folder that replaces `out_dir` as a whole at the end (sslam.runtime.io.atomic_folder): a
+    killed or failed run leaves the previous set of tables as it was, never a mixture of old and new."""
+    out_dir = Path(out_dir)
+    with atomic_folder(out_dir) as staging:
+        written = _write_tables(config, metrics, staging, pretrain_metrics, audioset_polyphony, replicates)
+    return [out_dir / path.relative_to(staging) for path in written]
+
+
+def _write_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: Path,
+                  pretrain_metrics: list[str | Path], audioset_polyphony: str | Path | None,
+                  replicates: int | None) -> list[Path]:
     from sslam.tables import plots  # matplotlib is slow to import: only when tables are really made
 
     settings = tables_config(config)
@@ -140,8 +151,6 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
         significance = replace(settings.significance, enabled=False) if replicates == 0 else \
             replace(settings.significance, replicates=replicates)
         settings = replace(settings, significance=significance)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = sorted((read_result(path) for path in metrics), key=lambda r: (r.benchmark, r.regime, r.model, r.seed))
     runs = runs_frame(results, settings.percent)
     summary = summarise(runs)
