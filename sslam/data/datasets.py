@@ -26,6 +26,7 @@ from sslam.audio.front_end import DEFAULT_FRONT_END, FrontEndConfig, fit_length,
 from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
 from sslam.data.shards import check_layout, check_shard_settings
 from sslam.runtime.errors import CacheError
+from sslam.runtime.io import missing_file
 
 if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset reads a manifest
     from sslam.data.manifest import Manifest
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset re
 
 def _open_complete(path: Path) -> h5py.File:
     if not path.is_file():
-        raise CacheError(f"cache shard not found: {path}")
+        raise CacheError(missing_file(path, "cache shard"))
     try:
         shard = h5py.File(path, "r")
     except OSError as error:

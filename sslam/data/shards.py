@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from sslam.runtime.errors import CacheError
+from sslam.runtime.io import missing_file
 from sslam.runtime.limits import MAX_MEL_BINS, MAX_TARGET_LENGTH
 from sslam.audio.config import FrontEndConfig
 
@@ -153,7 +154,7 @@ def check_shard_settings(paths: Sequence[str | Path], front_end: FrontEndConfig 
     paths = [Path(path) for path in paths]
     for path in paths:
         if not path.is_file():
-            raise CacheError(f"cache shard not found: {path}")
+            raise CacheError(missing_file(path, "cache shard"))
         try:
             with h5py.File(path, "r") as shard:
                 attrs = dict(shard.attrs)
@@ -288,7 +289,7 @@ def verify_shard(path: str | Path, manifest: Manifest | None = None, front_end: 
     unless `quick` (then the first and the last: catches a truncated file, not a flipped byte)."""
     path = Path(path)
     if not path.is_file():
-        return ["file not found"]
+        return ["a folder, not a shard file" if path.is_dir() else "file not found"]
     try:
         with h5py.File(path, "r") as shard:
             return _problems_in(shard, manifest, front_end, target_length, quick)

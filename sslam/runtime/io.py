@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sslam.runtime.errors import DiskFullError, OutputPathError
+from sslam.runtime.errors import DiskFullError, OutputPathError, SslamError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -31,6 +31,8 @@ def atomic_path(target: str | Path, keep_previous: str | Path | None = None) -> 
     is left untouched.
     """
     target = Path(target)
+    if target.is_dir():  # os.replace would fail only after the whole content was written
+        raise OutputPathError(errno.EISDIR, f"cannot write {target}: it is a folder")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -142,6 +144,27 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.symlink(os.readlink(source), target)
     else:
         link(str(source), str(target))
+
+
+def read_text(path: str | Path, what: str, error: type[SslamError] = SslamError) -> str:
+    """The UTF-8 text of a file the user named, or `error` in one line: missing (`WHAT not found: PATH`), a
+    folder, unreadable (permissions...) or not text (a binary file), never a traceback."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not a text file (byte {problem.start} is not UTF-8); is this the {what}?") from problem
+    except OSError as problem:
+        raise error(f"cannot read {what} {path}: {problem.strerror or problem}") from problem
+
+
+def missing_file(path: str | Path, what: str) -> str:
+    """Why `path` is not a readable file, in words: a folder, or not there."""
+    return f"{what} {path} is a folder, not a file" if Path(path).is_dir() else f"{what} not found: {path}"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from sslam.runtime.configuration import load_yaml, section
 from sslam.runtime.errors import SslamError
-from sslam.runtime.io import atomic_folder, atomic_write_text
+from sslam.runtime.io import atomic_folder, atomic_write_text, read_text
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
 from sslam.tables.render import Decorator, significance_tables, write_table
@@ -57,10 +57,8 @@ def read_result(path: str | Path) -> RunResult:
     """Parse one metrics.json (written by `sslam finetune` / `sslam probe`); clear error when malformed."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise SslamError(f"metrics file not found: {path}") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(read_text(path, "metrics file"))
+    except json.JSONDecodeError as error:
         raise SslamError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict):
         raise SslamError(f"{path}: expected a JSON object")

@@ -177,3 +177,42 @@ def write_manifest_of(paths, target):
                           "split": ["unlabeled"] * len(paths)})
     write_manifest(Manifest(table), target)
     return target
+
+
+# --- a folder, a binary file or broken YAML where a file is expected (issue 18.8) ------------------------------
+@pytest.fixture
+def odd_inputs(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "binary.yaml").write_bytes(b"\x00\xff\xfe\x89PNG binary")
+    (tmp_path / "broken.yaml").write_text("study: [\n")
+    (tmp_path / "ok.yaml").write_text("study: {name: t}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("command, arguments, words", [
+    ("plan", ["--config", "folder"], "config file folder is a folder, not a file"),
+    ("tables", ["--config", "folder", "--metrics", "m.json", "--out", "t"], "config file folder is a folder"),
+    ("cache", ["build", "--manifest", "m.tsv", "--out", "s.h5", "--target-length", "8", "--config", "folder"],
+     "config file folder is a folder"),
+    ("plan", ["--config", "binary.yaml"], "binary.yaml: not a text file (byte 1 is not UTF-8)"),
+    ("plan", ["--config", "broken.yaml"], "broken.yaml is not valid YAML (line 2, column 1): while parsing"),
+    ("cache", ["build", "--manifest", "folder", "--out", "s.h5", "--target-length", "8"], "manifest folder is a folder"),
+    ("tables", ["--config", "ok.yaml", "--metrics", "folder", "--out", "t"], "metrics file folder is a folder"),
+    ("tables", ["--config", "ok.yaml", "--metrics", "binary.yaml", "--out", "t"], "not a text file"),
+    ("tables", ["--config", "ok.yaml", "--metrics", "m.json", "--out", "ok.yaml"], "a file of that name is in the way"),
+    ("polyphony", ["--ontology", "binary.yaml", "--segments", "binary.yaml", "--out", "p.json"], "not a text file"),
+])
+def test_a_folder_or_binary_file_where_a_file_is_expected_is_one_line(odd_inputs, capsys, monkeypatch, command,
+                                                                      arguments, words):
+    monkeypatch.chdir(odd_inputs)
+    (odd_inputs / "m.json").write_text('{"benchmark": "b", "regime": "linear", "variant": "SSLAM", "seed": 0, '
+                                       '"metric": "map", "value": 0.5}')
+    assert main([command, *arguments]) == 1
+    assert words in one_error_line(capsys, command)
+
+
+def test_a_shard_written_where_a_folder_is_is_one_line(tiny_corpus, tmp_path, capsys):
+    (tmp_path / "shard.h5").mkdir()
+    assert main(["cache", "build", "--manifest", str(tiny_corpus["mono"]), "--out", str(tmp_path / "shard.h5"),
+                 "--target-length", str(TARGET)]) == 1
+    assert "it is a folder" in one_error_line(capsys, "cache")
