@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))   # the bomb builders and the capped runner are the tests' own
 
-from bombs import (bytearray_pickle, deflated_checkpoint, max_length_folder, odd_rate_manifest,  # noqa: E402
-                   row_bomb_shard, stride_zero_checkpoint)
+from bombs import (array_pickle, bytearray_pickle, deep_checkpoint, deflated_checkpoint,  # noqa: E402
+                   legacy_storage_bomb, max_length_folder, odd_rate_manifest, row_bomb_shard, stride_zero_checkpoint)
 from capped import cli_body, run_capped  # noqa: E402
 
 READ_CHECKPOINT = """
@@ -77,6 +77,10 @@ def build(folder: Path) -> dict[str, tuple[str, str]]:
             path=str(bytearray_pickle(folder / "bytes.pt")))),
         "deflated .pt (4000x4000 zeros)": (read, READ_CHECKPOINT.format(
             path=str(deflated_checkpoint(folder / "deflated.pt", encoder)))),
+        "numpy _reconstruct((2**31,))": (read, READ_CHECKPOINT.format(path=str(array_pickle(folder / "array.pt")))),
+        "legacy .pt, a 40-GB storage": (read, READ_CHECKPOINT.format(
+            path=str(legacy_storage_bomb(folder / "legacy.pt")))),
+        "1000 blocks of empty tensors": (read, READ_CHECKPOINT.format(path=str(deep_checkpoint(folder / "deep.pt")))),
     }
 
 
