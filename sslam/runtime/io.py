@@ -80,6 +80,8 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
     SET_RECORD) that the new set no longer has are dropped with it. On any error the staging folder is removed
     and `target` is untouched."""
     target = Path(target)
+    if target.is_symlink() and target.is_dir():
+        target = target.resolve()          # swap the folder the link points to; the link stays valid
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists() and not target.is_dir():
@@ -92,8 +94,10 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
             raise DiskFullError(error.errno, f"no space left on the device (or quota) for {target}; "
                                 "nothing was written") from error
         raise OutputPathError(error.errno, f"cannot write {target}: {error.strerror or error}") from error
+    swapping = False
     try:
         yield staging
+        swapping = True
         written = sorted(entry.name for entry in staging.iterdir())
         if target.is_dir():
             ours = set(_set_record(target))
@@ -112,10 +116,14 @@ def atomic_folder(target: str | Path) -> Iterator[Path]:
         _fsync_directory(target.parent)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, OSError) and not isinstance(error, (DiskFullError, OutputPathError)) and \
-                error.errno in _FULL:
-            raise DiskFullError(error.errno, f"no space left on the device (or quota) while writing {target}; "
-                                "the previous version was kept") from error
+        if isinstance(error, OSError) and not isinstance(error, SslamError):
+            if not swapping and error.errno not in _FULL:
+                raise               # the caller's own error, from inside the block
+            if error.errno in _FULL:
+                raise DiskFullError(error.errno, f"no space left on the device (or quota) while writing {target}; "
+                                    "the previous version was kept") from error
+            raise OutputPathError(error.errno, f"cannot replace {target}: {error.strerror or error}; the previous "
+                                  "version was kept") from error
         raise
     for leftover in target.parent.iterdir():  # staging folders of killed runs
         if leftover.name.startswith(f".{target.name}.") and leftover.suffix in (".tmp", ".old") and leftover.is_dir():

@@ -92,3 +92,16 @@ def test_tables_a_smaller_study_no_longer_makes_are_removed_and_other_files_stay
 def write(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_an_output_folder_given_as_a_link_stays_a_link(tmp_path):
+    files = metrics_files(tmp_path / "eval", 0.0)
+    real = tmp_path / "store" / "tables"
+    real.mkdir(parents=True)
+    link = tmp_path / "tables"
+    link.symlink_to(real)
+    config = write(tmp_path / "a.yaml", study_config(tmp_path))
+    for _ in range(2):
+        assert sslam_main(["tables", "--config", str(config), "--metrics", *map(str, files), "--out", str(link),
+                           "--replicates", "0"]) == 0
+    assert link.is_symlink() and (real / "table2.md").is_file()
