@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import SslamError
-from sslam.runtime.limits import MAX_MEL_BINS, MAX_TIME_PATCHES
+from sslam.runtime.limits import MAX_MEL_BINS, MAX_POSITION_TABLE_ELEMENTS, MAX_TIME_PATCHES
 
 
 class ModelInputError(SslamError, ValueError):
@@ -44,6 +44,11 @@ class EncoderConfig:
         if self.embed_dim % 4:
             # The 2-D sin-cos table splits the channels into 2 axes × (sin, cos).
             raise ModelInputError(f"embed_dim {self.embed_dim} must be divisible by 4 for the 2-D sin-cos table")
+        table = self.max_time_patches * (self.num_mel_bins // self.patch_size) * self.embed_dim
+        if table > MAX_POSITION_TABLE_ELEMENTS:
+            raise ModelInputError(f"a positional table of {self.max_time_patches} × {self.num_mel_bins // self.patch_size} "
+                                  f"patches × {self.embed_dim} channels is {table:,} elements, more than "
+                                  f"{MAX_POSITION_TABLE_ELEMENTS:,}")
         if self.num_mel_bins % self.patch_size:
             raise ModelInputError(
                 f"num_mel_bins {self.num_mel_bins} is not a multiple of patch_size {self.patch_size}"

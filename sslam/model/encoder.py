@@ -152,8 +152,7 @@ class AudioEncoder(nn.Module):
         if not 0.0 <= rate < 1.0:
             raise ModelInputError(f"drop_path must be in [0, 1), got {rate}")
         self.config.drop_path = rate
-        # On the CPU explicitly: read.build_encoder makes a shape-only copy on the meta device (no data to list).
-        rates = torch.linspace(0.0, rate, len(self.blocks), device="cpu").tolist() if self.blocks else []
+        rates = torch.linspace(0.0, rate, len(self.blocks)).tolist() if self.blocks else []
         for block, block_rate in zip(self.blocks, rates):
             block.drop_path.rate = block_rate
 

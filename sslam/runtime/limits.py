@@ -34,6 +34,10 @@ MAX_MEL_BINS = 1024
 # is max_time_patches × freq_patches × embed_dim floats. 4,096 time patches of 16 frames are 655 s of audio,
 # more than the longest whole-file decode; the official models use 768.
 MAX_TIME_PATCHES = 4096
+# Elements of that positional table (max_time_patches × freq_patches × embed_dim): the width comes from a
+# weight the file really stores, but the table costs ~1,000 × more per channel than that weight. ViT-B at
+# 768 time patches: 4.7 M; ViT-L at 4,096 time patches and 128 mel bins: 2^25 exactly.
+MAX_POSITION_TABLE_ELEMENTS = 2**25
 # Frames per input window a checkpoint or model folder may state (`target_length`): each window is padded
 # to it. The longest window any positional table within MAX_TIME_PATCHES can take (16-frame patches).
 MAX_TARGET_LENGTH = MAX_TIME_PATCHES * 16

@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sslam.cli import main as cli_main
+from sslam.runtime.errors import SslamError
 from sslam.runtime.configuration import to_dict
 from sslam.data.cache import front_end_json
 from sslam.audio.config import FrontEndConfig
@@ -532,3 +533,24 @@ def test_the_size_guards_keep_every_real_checkpoint_readable(tmp_path, tiny_conf
     legacy = tmp_path / "legacy.pt"
     torch.save(own_checkpoint(encoder), legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(read_checkpoint(legacy).student["patch_embed.weight"], encoder.state_dict()["patch_embed.weight"])
+
+
+@pytest.mark.parametrize("changes", [{}, {"qkv_bias": False}, {"mlp_ratio": 2.5, "depth": 3}])
+def test_the_shapes_compared_before_building_are_the_models(tiny_config, changes):
+    from dataclasses import replace
+
+    from sslam.model.checkpoints.read import encoder_state_shapes
+
+    config = replace(tiny_config, **changes)
+    assert encoder_state_shapes(config) == {key: tuple(value.shape) for key, value in
+                                            AudioEncoder(config).state_dict().items()}
+
+
+def test_a_positional_table_beyond_its_limit_is_refused(tiny_config):
+    from dataclasses import asdict
+
+    from sslam.runtime.configuration import from_dict
+
+    with pytest.raises(SslamError, match="positional table of 4096 × 64 patches"):
+        from_dict(EncoderConfig, {**asdict(tiny_config), "embed_dim": 1024, "num_heads": 16, "max_time_patches": 4096,
+                                  "num_mel_bins": 1024}, where="model.encoder")
