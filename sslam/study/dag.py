@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class Study:
         study = config["study"]
         self.name: str = study["name"]
         self.results: str = study["results"]
+        _check_path_for_rules("study.results", self.results)
         self.seeds: list[int] = study["seeds"]
         self.variants: list[str] = study["variants"]
         self.benchmarks: list[str] = study["benchmarks"]
@@ -406,9 +408,10 @@ class Study:
         another dataset (the polyphony bins train on poly)."""
         test, train = self.benchmark_datasets(benchmark)
         checkpoint = self.checkpoint(model) or RANDOM_BASELINE
-        arguments = f"--checkpoint {checkpoint} --shards {' '.join(self.shard_paths(test))}"
+        # Pasted into a shell command: every path quoted (shlex.quote leaves plain paths, hence old records, as they are).
+        arguments = f"--checkpoint {shlex.quote(checkpoint)} --shards {' '.join(map(shlex.quote, self.shard_paths(test)))}"
         if train != test:
-            arguments += f" --train-shards {' '.join(self.shard_paths(train))}"
+            arguments += f" --train-shards {' '.join(map(shlex.quote, self.shard_paths(train)))}"
         return arguments
 
     def evaluation_settings(self, benchmark: str) -> str:
@@ -427,6 +430,20 @@ class Study:
                                                          if len(scheduled.changed) > 6 else "")
             print(f"code changed for {record.removesuffix('.code.json')}: {shown}", file=sys.stderr)
         return scheduled.value
+
+
+# Snakemake reads braces in an output path as wildcards, and a rule's log and shell lines end at a line break:
+# these are the characters a path the rules write under cannot hold (spaces, quotes, non-ASCII letters can).
+_UNWORKABLE_PATH_CHARACTERS = {"{": "a brace", "}": "a brace", "\n": "a line break", "\r": "a line break",
+                               "\0": "a NUL byte"}
+
+
+def _check_path_for_rules(key: str, path: str) -> None:
+    """ConfigError (one line) for a path the workflow cannot write under, before any job starts."""
+    for character, what in _UNWORKABLE_PATH_CHARACTERS.items():
+        if character in path:
+            raise ConfigError(f"{key}: {path!r} contains {what}, which Snakemake cannot take in an output path; "
+                              "choose another folder name")
 
 
 def one_of(names: list[str]) -> str:

@@ -200,3 +200,20 @@ def test_a_planted_evaluation_state_is_refused_in_one_line(write_config, tmp_pat
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_shard_declaring_a_billion_rows_is_one_line_not_an_oom_kill(write_config, cache_dir, tmp_path):
+    """Issue 18.2: `sslam probe` on a 2-MB shard whose fbank declares 10^9 rows reached 22 GB RSS; now it stops with
+    one line before allocating anything per row (run under a 1-GiB address-space budget)."""
+    from bombs import row_bomb_shard
+    from capped import cli_body, run_capped
+
+    bomb = row_bomb_shard(cache_dir / "cache" / "poly" / "shard-000-of-001.h5", tmp_path / "shard-000-of-001.h5")
+    config = write_config({"poly": POLY})
+    run = run_capped(cli_body("probe", "--config", config, "--benchmark", "poly", "--random-init", "--shards", bomb,
+                              "--out", tmp_path / "out"),
+                     preamble="import sslam.evaluation.run, sslam.cli")
+    assert run.returncode == 1, run.describe()
+    errors = [line for line in run.stderr.splitlines() if line.startswith("sslam probe: error:")]
+    assert len(errors) == 1 and "declares 1000000000 clips but stores" in errors[0], run.describe()
+    assert "Traceback" not in run.stderr and run.growth < 2**30, run.describe()

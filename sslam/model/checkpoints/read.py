@@ -285,17 +285,39 @@ def build_encoder(loaded: LoadedCheckpoint, which: str = "student") -> AudioEnco
     source = f"{loaded.meta.get('path')} ({which})"
     if state is None:
         raise CheckpointError(f"{source}: this checkpoint holds no {which} weights")
-    encoder = AudioEncoder(loaded.encoder_config)
-    expected = encoder.state_dict()
+    # Shapes first, before anything is built: the depth comes from the number of block keys, and a file of a
+    # thousand blocks of empty tensors must not make us build a thousand real blocks.
+    expected = encoder_state_shapes(loaded.encoder_config)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: missing keys {missing}, unexpected keys {unexpected}")
     for key, value in state.items():
-        if value.shape != expected[key].shape:
+        if tuple(value.shape) != expected[key]:
             raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)} but the model "
-                                  f"({loaded.encoder_config}) needs {tuple(expected[key].shape)}")
+                                  f"({loaded.encoder_config}) needs {expected[key]}")
+    encoder = AudioEncoder(loaded.encoder_config)   # now as large as the weights the file really holds
     encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def encoder_state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every entry of `AudioEncoder(config).state_dict()`, without building it (a test holds the
+    two equal). Weights that match these shapes are as large as the model, so building it after the comparison
+    costs what the file holds; building it first would cost whatever depth and width the keys claim."""
+    dim, hidden, patch = config.embed_dim, config.mlp_hidden_dim, config.patch_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "pos_embed": (1, config.max_time_patches * config.freq_patches, dim),
+        "cls_token": (1, 1, dim), "patch_embed.weight": (dim, 1, patch, patch), "patch_embed.bias": (dim,),
+        "pre_norm.weight": (dim,), "pre_norm.bias": (dim,),
+    }
+    block = {"attn.qkv.weight": (3 * dim, dim), "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
+             "norm1.weight": (dim,), "norm1.bias": (dim,), "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
+             "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,)}
+    if config.qkv_bias:
+        block["attn.qkv.bias"] = (3 * dim,)
+    for index in range(config.depth):
+        shapes.update({f"blocks.{index}.{name}": shape for name, shape in block.items()})
+    return shapes
 
 
 def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
@@ -313,6 +335,12 @@ def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
             name = f"{part} weight {key!r}"
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
+            stored = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+            if value.numel() * value.element_size() > stored:
+                # A stride-0 or expanded view: a few stored bytes posing as a huge tensor, which every check
+                # below (and the model) would materialise. torch.save never writes one for a real weight.
+                raise CheckpointError(f"{source}: {name} is a {tuple(value.shape)} view of {stored:,} stored bytes "
+                                      "(stride-0 or expanded tensor); weights must store every element")
             if not value.is_floating_point():
                 raise CheckpointError(f"{source}: {name} has dtype {str(value.dtype).removeprefix('torch.')}; "
                                       "weights must be floating point (refusing to cast it into garbage)")
