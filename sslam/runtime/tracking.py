@@ -68,8 +68,12 @@ class Publisher(Protocol):
 # --------------------------------------------------------------------------------------------- where
 def resolve_tracking(tracking_file: str | Path | None) -> dict[str, Any] | None:
     """Return {"uri", "experiment_id", "parent_run_id", ...} or None when tracking is off. A relative SQLite
-    URI is resolved against the tracking.json's folder; MLFLOW_TRACKING_URI wins, as given."""
+    URI is resolved against the tracking.json's folder; MLFLOW_TRACKING_URI wins, as given. A tracking.json
+    that is named but not there yet (a job that started before `sslam track init` wrote it) means: keep the run
+    record in the job folder, for `sslam track replay`."""
     info: dict[str, Any] = {}
+    if tracking_file and not Path(tracking_file).exists() and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return {"uri": None, "deferred": True, "tracking_file": str(tracking_file)}
     if tracking_file and Path(tracking_file).is_file():
         try:
             info = json.loads(Path(tracking_file).read_text())

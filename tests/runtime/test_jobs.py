@@ -71,3 +71,13 @@ def test_other_ranks_keep_no_record(tmp_path):
     with Job(tmp_path / "job", "sslam.runtime.jobs", "cpu", run_name="r", job="pretrain", main=False) as job:
         assert job.tracker is None and job.metrics is None
     assert not (tmp_path / "job").exists()
+
+
+def test_a_job_that_starts_before_the_store_is_set_up_keeps_its_run_record(tmp_path):
+    """The workflow names tracking.json as a parameter, not an input: a job may start before `sslam track init` has
+    written it; its record then waits in its folder for `sslam track replay` (docs/tracking.md)."""
+    with Job(tmp_path / "job", "sslam.runtime.jobs", "cpu", run_name="r", job="evaluate",
+             tracking=tmp_path / "mlflow" / "tracking.json") as job:
+        job.metrics.write({"step": 1, "map": 0.5})
+    (run,) = json.loads((tmp_path / "job" / PENDING_NAME).read_text())["runs"]
+    assert run["status"] == "FINISHED" and run["metrics"][0][:2] == ["map", 0.5]

@@ -79,7 +79,8 @@ onstart:
     STUDY.write_config(STUDY_CONFIG)
 
 
-def tracking_side_channel(inputs):
-    """A job's inputs with tracking.json marked ancient: the job waits for the store to exist, but a re-run of
-    track_init (its code changed) never re-runs a result; `log_tables` sends every run again instead."""
-    return {**inputs, "tracking": ancient(inputs["tracking"])}
+# Jobs name tracking.json as a parameter, not an input: tracking is a side channel, so the store's set-up never
+# re-runs a result. A job that starts before `track_init` has written it keeps its run record in its folder, and
+# `log_tables` publishes every kept record (docs/tracking.md). (An input marked ancient would do worse: Snakemake
+# would skip the code checks of every job below a `track_init` that has to run.)
+TRACKING = STUDY.tracking_file

@@ -11,7 +11,7 @@ EVAL = JobFolder("eval/{model}/{benchmark}/{regime}/seed{seed}", log="eval/{mode
 rule evaluate:
     """One model on one benchmark, in one regime, with one seed."""
     input:
-        unpack(lambda wildcards: tracking_side_channel(STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark))),
+        unpack(lambda wildcards: STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark)),
     output:
         metrics=EVAL / "metrics.json",
         predictions=EVAL / "predictions.npz",
@@ -23,6 +23,7 @@ rule evaluate:
         seed=r"\d+",
     params:
         code=code("evaluate", EVAL / "metrics.json"),
+        tracking=TRACKING,
         settings=lambda wildcards: STUDY.evaluation_settings(wildcards.benchmark),
         command=lambda wildcards: REGIME_COMMAND[wildcards.regime],
         arguments=lambda wildcards: STUDY.evaluation_arguments(wildcards.model, wildcards.benchmark),
@@ -40,4 +41,4 @@ rule evaluate:
     shell:
         f"{RECORD} {{params.env}} {SSLAM} {{params.command}} --config {q(STUDY_CONFIG)} --benchmark {{wildcards.benchmark}} "
         "{params.arguments} --seed {wildcards.seed} --variant {wildcards.model} {params.device} "
-        '--out "$(dirname {output.metrics:q})" --tracking {input.tracking:q} --no-progress > {log:q} 2>&1'
+        '--out "$(dirname {output.metrics:q})" --tracking {params.tracking:q} --no-progress > {log:q} 2>&1'

@@ -34,7 +34,7 @@ rule pretrain:
     """Stage 1 (model `stage1`), or Stage 2 of one variant (MB-UA, MB-PMA, MB-UA-PMA, SSLAM or a study-defined
     ablation) starting from the Stage-1 student and teacher."""
     input:
-        unpack(lambda wildcards: tracking_side_channel(STUDY.pretrain_inputs(wildcards.model))),
+        unpack(lambda wildcards: STUDY.pretrain_inputs(wildcards.model)),
     output:
         checkpoint=PRETRAIN / "checkpoint.pt",
         metrics=PRETRAIN / "metrics.jsonl",
@@ -43,6 +43,7 @@ rule pretrain:
         model=one_of(STUDY.pretrained_models),
     params:
         code=code("pretrain", PRETRAIN / "checkpoint.pt"),
+        tracking=TRACKING,
         settings=lambda wildcards: STUDY.pretrain_settings(wildcards.model),
         stage=lambda wildcards: STUDY.pretrain_arguments(wildcards.model),
         init=lambda wildcards, input: f"--init {q(input.init)}" if "init" in input.keys() else "",
@@ -60,5 +61,5 @@ rule pretrain:
         CONDA_ENV
     shell:
         f"{RECORD} {{params.env}} {{params.launch}} pretrain --config {q(STUDY_CONFIG)} {{params.stage}} {{params.init}} "
-        '--out "$(dirname {output.checkpoint:q})" --shards {input.shards:q} --tracking {input.tracking:q} '
+        '--out "$(dirname {output.checkpoint:q})" --shards {input.shards:q} --tracking {params.tracking:q} '
         "{params.device} --resume --no-progress > {log:q} 2>&1"
