@@ -57,7 +57,6 @@ SUMMARIES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION)
-    from sslam import __version__
 
     parser.add_argument("--version", action="version", version=f"sslam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -87,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+from sslam import __version__
 from sslam.runtime.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
 
 if __name__ == "__main__":

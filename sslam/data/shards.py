@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import h5py
 import numpy as np
 
+from sslam.audio.config import FrontEndConfig
 from sslam.runtime.errors import CacheError
 from sslam.runtime.io import missing_file
 from sslam.runtime.limits import MAX_MEL_BINS, MAX_TARGET_LENGTH
-from sslam.audio.config import FrontEndConfig
 
 if TYPE_CHECKING:  # the manifest module loads pandas, which a training or evaluation job never needs
     from sslam.data.manifest import Manifest

@@ -28,13 +28,16 @@ from typing import Any
 import torch
 
 from sslam import __version__
-from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
-from sslam.runtime.device import DEVICE_CHOICES, resolve_device
-from sslam.runtime.errors import ConfigError
+from sslam.audio.config import FrontEndConfig
+from sslam.data.config import DatasetConfig
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
 from sslam.evaluation.resume import EvaluationState, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
+from sslam.model.encoder import AudioEncoder, EncoderConfig
+from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
+from sslam.runtime.device import DEVICE_CHOICES, resolve_device
+from sslam.runtime.errors import ConfigError
 from sslam.runtime.io import atomic_path, atomic_write_json
 from sslam.runtime.jobs import Job
 from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE
@@ -77,8 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def dataset_config(config: dict[str, Any], dataset: str):
     """The dataset's `datasets.<name>` entry (norm constants, shard count, target length)."""
-    from sslam.data.config import DatasetConfig
-
     settings = section(config, f"datasets.{dataset}", default=None)
     if not isinstance(settings, dict) or not settings:
         raise ConfigError(f"dataset {dataset!r} is not configured under datasets:")
@@ -98,7 +99,6 @@ def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
 def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> None:
     """Refuse shards built with another front end, target length or shard count than the config (one line)."""
     from sslam.data.shards import check_shard_settings
-    from sslam.audio.config import FrontEndConfig
 
     settings = dataset_config(config, dataset)
     front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
@@ -107,8 +107,6 @@ def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> Non
 
 def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Encoder from a checkpoint file, or a randomly initialised one ('random[:section]')."""
-    from sslam.model.encoder import AudioEncoder, EncoderConfig
-
     if spec == RANDOM_INIT or spec.startswith(RANDOM_INIT + ":"):
         where = spec.partition(":")[2] or DEFAULT_ENCODER_SECTION
         encoder_config = from_dict(EncoderConfig, section(config, where), where=where)

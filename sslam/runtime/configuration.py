@@ -16,13 +16,12 @@ from typing import Any, TypeVar
 import yaml
 
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.io import read_text
 
 T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    from sslam.runtime.io import read_text
-
     path = Path(path)
     text = read_text(path, "config file", ConfigError)    # a folder, a binary file...: one line each
     try:

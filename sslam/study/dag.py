@@ -21,10 +21,17 @@ from typing import Any
 
 import yaml
 
+from sslam.audio.config import FrontEndConfig
+from sslam.data.config import CacheConfig, DatasetConfig, study_shard_paths
+from sslam.evaluation.config import BenchmarkConfig
 from sslam.fingerprints import Scheduler
+from sslam.model.config import DecoderConfig, EncoderConfig
+from sslam.objective.config import VARIANT_PRESETS, stage1_variant_config, variant_config
 from sslam.runtime.configuration import from_dict, load_yaml, section
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.io import atomic_write_text
 from sslam.tables.models import DEFAULT_BASELINES, RANDOM, SEPARATOR, STAGE1, parse_model_id
+from sslam.train.config import train_config_for_stage
 
 SCHEMA = Path(__file__).with_name("schema.yaml")
 # Model ids (their grammar: sslam.tables.models): stage1 (the EAT-style baseline), a Stage-2 variant (SSLAM),
@@ -94,8 +101,6 @@ class Study:
     # ------------------------------------------------------------------ validation
     def _check_references(self) -> None:
         """Cross-references the schema cannot express: names that must exist elsewhere in the config."""
-        from sslam.objective.config import VARIANT_PRESETS
-
         config = self.config
         datasets, benchmarks = config["datasets"], section(config, "evaluation.benchmarks")
         defined = set(section(config, "variants") or {})
@@ -135,14 +140,8 @@ class Study:
     def _build_sections(self) -> dict[str, Any]:
         """Build each section's own dataclass (as the jobs will), so an unknown, mistyped or out-of-range
         key fails now instead of hours later inside a job."""
-        from sslam.data.config import CacheConfig, DatasetConfig
         from sslam.data.synthetic import SyntheticConfig
-        from sslam.evaluation.config import BenchmarkConfig
-        from sslam.audio.config import FrontEndConfig
-        from sslam.model.config import DecoderConfig, EncoderConfig
-        from sslam.objective.config import stage1_variant_config, variant_config
         from sslam.tables.layouts import table_specs, tables_config
-        from sslam.train.config import train_config_for_stage
 
         config = self.config
         for where, dataclass in [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
@@ -216,8 +215,6 @@ class Study:
         return f"{self.results}/data/{dataset}/manifest.tsv"
 
     def shard_paths(self, dataset: str) -> list[str]:
-        from sslam.data.config import study_shard_paths
-
         if dataset not in self._shards:  # asked for by every evaluation job of a parse
             self._shards[dataset] = [str(path) for path in
                                      study_shard_paths(self.results, dataset, self.datasets[dataset].shards)]
@@ -353,8 +350,6 @@ class Study:
     def write_config(self, path: str | Path) -> None:
         """The effective config (with any --config overrides), rewritten only when its content changed so
         that its modification time stays put."""
-        from sslam.runtime.io import atomic_write_text
-
         text = yaml.safe_dump(dict(self.config), sort_keys=False)
         path = Path(path)
         if not (path.is_file() and path.read_text() == text):
@@ -374,7 +369,7 @@ class Study:
         return inputs
 
     def pretrain_inputs(self, model: str) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset)}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset), "tracking": self.tracking_file}
         if self.lineage(model)[0] != STAGE1:
             inputs["init"] = self.init_of(model)
         return inputs
@@ -396,7 +391,7 @@ class Study:
 
     def evaluation_inputs(self, model: str, benchmark: str) -> dict[str, Any]:
         test, train = self.benchmark_datasets(benchmark)
-        inputs: dict[str, Any] = {"shards": self.shard_paths(test)}
+        inputs: dict[str, Any] = {"tracking": self.tracking_file, "shards": self.shard_paths(test)}
         if self.checkpoint(model) is not None:
             inputs["checkpoint"] = self.checkpoint(model)
         if train != test:

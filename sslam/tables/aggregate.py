@@ -18,12 +18,13 @@ from typing import Any
 
 import pandas as pd
 
+from sslam import __version__
 from sslam.runtime.configuration import load_yaml, section
 from sslam.runtime.errors import SslamError
 from sslam.runtime.io import atomic_folder, atomic_write_text, read_text
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
-from sslam.tables.render import Decorator, significance_tables, write_table
+from sslam.tables.render import Decorator, metric_label, significance_tables, write_table
 from sslam.tables.significance import OVERALL, Bootstrap
 
 PREDICTIONS = "predictions.npz"   # the per-clip predictions beside a metrics.json when it names none
@@ -208,7 +209,6 @@ def write_study_page(config: dict[str, Any], path: Path) -> Path:
 
     import yaml
 
-    from sslam import __version__
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
@@ -227,8 +227,6 @@ def write_study_page(config: dict[str, Any], path: Path) -> Path:
 
 
 def _metric_label(summary: pd.DataFrame, spec, percent: bool) -> str:
-    from sslam.tables.render import metric_label
-
     metrics = summary[summary.benchmark.isin(spec.benchmarks)].metric.unique().tolist()
     return metric_label(metrics[0], percent) if len(metrics) == 1 else "score"
 

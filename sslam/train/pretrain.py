@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from sslam.audio.config import FrontEndConfig
+from sslam.data.config import DatasetConfig
 from sslam.model.checkpoints.read import read_checkpoint
+from sslam.model.decoder import DecoderConfig
+from sslam.model.encoder import EncoderConfig
+from sslam.objective.config import stage1_variant_config, variant_config
+from sslam.objective.pretraining import PretrainingObjective
 from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
 from sslam.runtime.device import DEVICE_CHOICES
 from sslam.runtime.errors import ConfigError, SslamError
@@ -65,8 +71,6 @@ def objective_config(config: dict[str, Any], variant: str | None, stage: int = 2
     """Stage 2: `objective` + variant preset + `variants.<variant>`; Stage 1: `objective`, or with a Stage-1
     variant `objective` + `stage1_variants.<variant>` (the teacher's EMA schedule is in neither: the
     training stage, pretrain.stageK.ema_*, owns it)."""
-    from sslam.objective.config import stage1_variant_config, variant_config
-
     base = section(config, "objective")
     if stage == 1 and variant:
         return stage1_variant_config(variant, base, (config.get("stage1_variants") or {}).get(variant))
@@ -76,8 +80,6 @@ def objective_config(config: dict[str, Any], variant: str | None, stage: int = 2
 
 def pretrain_dataset_config(config: dict[str, Any]):
     """(name, DatasetConfig) of study.pretrain_dataset."""
-    from sslam.data.config import DatasetConfig
-
     name = section(config, "study.pretrain_dataset", default="")
     if not name:
         raise ConfigError("study.pretrain_dataset is not set")
@@ -102,7 +104,6 @@ def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):
     missing = [str(p) for p in shard_paths if not Path(p).is_file()]
     if missing:
         raise SslamError(f"cache shard(s) not found: {', '.join(missing)} (run `sslam cache build` first)")
-    from sslam.audio.config import FrontEndConfig
 
     _, dataset = pretrain_dataset_config(config)
     # Shards built with another front end, target length or shard count are refused here, before any step.
@@ -121,9 +122,6 @@ def build_objective(config: dict[str, Any], stage: int, variant: str | None, see
                     norm_stats: tuple[float, float]):
     """The PretrainingObjective of the study's model/objective/variant config (weights from the global
     torch RNG; masks, mixing positions and decoder noise from its own generators seeded from `seed`)."""
-    from sslam.model.decoder import DecoderConfig
-    from sslam.model.encoder import EncoderConfig
-    from sslam.objective.pretraining import PretrainingObjective
 
     encoder_cfg = from_dict(EncoderConfig, section(config, "model.encoder"), "model.encoder")
     decoder_cfg = from_dict(DecoderConfig, section(config, "model.decoder"), "model.decoder")

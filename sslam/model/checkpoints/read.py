@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from sslam.runtime.configuration import from_dict
-from sslam.runtime.errors import SslamError, first_line
+from sslam.model.checkpoints.routes import resolve_checkpoint  # hf: ids and model folders -> one weights file
 from sslam.model.checkpoints.types import CheckpointError, LoadedCheckpoint, UnsafeCheckpointError
+from sslam.model.checkpoints.unpickler import RefusedPickleError, find_setting, restricted_torch_load
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.encoder import AudioEncoder, sincos_table
-from sslam.model.checkpoints.unpickler import RefusedPickleError, find_setting, restricted_torch_load
-
+from sslam.runtime.configuration import from_dict
+from sslam.runtime.errors import SslamError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +252,6 @@ def read_checkpoint(
     """Read any supported checkpoint: a file, an hf: id or a model folder (sslam.model.checkpoints.routes). `num_heads`/
     `num_mel_bins` fill in what tensor shapes cannot tell for foreign files without a config (defaults:
     width/64 heads, 128 mel bins)."""
-    from sslam.model.checkpoints.routes import resolve_checkpoint  # hf: ids and model folders -> one weights file
-
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
