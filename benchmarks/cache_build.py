@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sslam.audio import load_raw_fbank
+from sslam.audio.front_end import load_raw_fbank
 from sslam.data.cache import build_shard
 from sslam.data.manifest import read_manifest
 from sslam.data.synthetic import write_unlabeled_clips

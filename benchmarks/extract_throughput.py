@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from sslam.data.synthetic import write_unlabeled_clips
-from sslam.device import resolve_device
-from sslam.embeddings import Embedder
+from sslam.runtime.device import resolve_device
+from sslam.embeddings.api import Embedder
 from sslam.model.config import EncoderConfig
-from sslam.model.export import random_encoder
-from sslam.model.extract import NpyWriter, collect_inputs, extract_files
-from sslam.model.hub import InputSettings
+from sslam.model.checkpoints.export import random_encoder
+from sslam.embeddings.extract import NpyWriter, collect_inputs, extract_files
+from sslam.model.checkpoints.settings import InputSettings
 
 class Stopwatch:
     """Seconds spent inside the wrapped callables (the rest of a run is waiting for decoded batches)."""

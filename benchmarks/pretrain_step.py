@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from sslam.model import DecoderConfig, EncoderConfig
 from sslam.objective.config import ObjectiveConfig
 from sslam.objective.pretraining import PretrainingObjective
-from sslam.plan import GPUS, pretraining_step_flops
+from sslam.study.plan import GPUS, pretraining_step_flops
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext
 from sslam.train.loop import Pretrainer, RunIdentity
@@ -54,7 +54,7 @@ class RandomClips(Dataset):
 
 
 def step_flops(objective: PretrainingObjective, batch: int, num_frames: int) -> dict[str, int]:
-    """Model FLOPs of one update of `objective` on `batch` clips (sslam.plan owns the count)."""
+    """Model FLOPs of one update of `objective` on `batch` clips (sslam.study.plan owns the count)."""
     return pretraining_step_flops(objective.student.config, objective.decoder.config, objective.config,
                                   objective.stage, batch, num_frames)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslam.configuration import from_dict, load_yaml, section
+from sslam.data.config import study_shard_paths
 from sslam.data.datasets import FbankDataset, normalisation_stats
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.heads import pool_features
@@ -32,14 +32,14 @@ from sslam.evaluation.logistic import Standardiser, choose_l2, fit_logistic
 from sslam.evaluation.metrics import score
 from sslam.evaluation.protocols import plan_rounds
 from sslam.evaluation.training import batch_loader
+from sslam.model.checkpoints.read import load_encoder
+from sslam.model.encoder import AudioEncoder, EncoderConfig
+from sslam.runtime.configuration import from_dict, load_yaml, section
 
 POOLINGS = ("mean", "time")
 
 
 def encoders(results: Path, config: dict, random_seeds: list[int]):
-    from sslam.model.checkpoints import load_encoder
-    from sslam.model.encoder import AudioEncoder, EncoderConfig
-
     shape = from_dict(EncoderConfig, section(config, "model.encoder"), where="model.encoder")
     for seed in random_seeds:
         torch.manual_seed(seed)                       # as `sslam probe --checkpoint random --seed S` does
@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = load_yaml(args.config)
-    from sslam.data.config import study_shard_paths
 
     datasets = section(config, "datasets")
     shards = {name: [str(p) for p in study_shard_paths(args.results, name, entry.get("shards", 1))]

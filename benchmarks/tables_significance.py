@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslam.configuration import load_yaml
+from sslam.runtime.configuration import load_yaml
 from sslam.tables.aggregate import make_tables, read_result
 from sslam.tables.significance import Bootstrap, SignificanceConfig, weighted_metric
 

@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 import sys  # noqa: E402
 
-# A workflow job records the package code it executes (sslam/provenance.py); the recorder must be in
+# A workflow job records the package code it executes (sslam/fingerprints/); the recorder must be in
 # place before any other module of the package is imported, so that module bodies count too.
-from sslam.provenance import start_recording_if_asked as _start_recording_if_asked  # noqa: E402
+from sslam.fingerprints import start_recording_if_asked as _start_recording_if_asked  # noqa: E402
 
 _start_recording_if_asked()
 
@@ -28,5 +28,5 @@ def lazy_exports(module: str, exports: dict[str, str]):
 
 
 # `sslam.load_encoder(...)` / `sslam.encode(...)`: the embeddings API (docs/embeddings.md).
-__getattr__ = lazy_exports(__name__, {name: "sslam.embeddings" for name in
+__getattr__ = lazy_exports(__name__, {name: "sslam.embeddings.api" for name in
                                       ("load_encoder", "encode", "Embedder", "ClipEmbedding")})

@@ -1,4 +1,4 @@
-"""The `sslam` command line: argument parsing and dispatch, nothing else.
+"""The `sslam` command line: argument parsing and dispatch to the module that owns each command.
 
 Each subcommand lives in the module that owns its work; that module exposes
 ``add_arguments(parser, command)`` and ``run(args) -> int | None`` (``args.command`` holds the
@@ -12,36 +12,56 @@ import argparse
 import importlib
 import sys
 
-from sslam.provenance import Registry, finish_recording
+from sslam.fingerprints import Registry, finish_recording
 
-# subcommand -> (module, one-line help); a Registry, so that a job depends on its own entry only.
+DESCRIPTION = ("SSLAM (self-supervised learning from audio mixtures): the study's jobs, frozen embeddings, "
+               "checkpoints and tables. `sslam COMMAND --help` explains a command.")
+
+# subcommand -> the module that runs it; a Registry, so that a job depends on its own entry only.
 COMMANDS = Registry("COMMANDS", {
-    "manifest": ("sslam.data.commands", "build the canonical manifest of a dataset from its on-disk layout"),
-    "synth": ("sslam.data.synthetic", "write the embedded synthetic corpus (audio + canonical manifests)"),
-    "cache": ("sslam.data.cache", "build or verify HDF5 spectrogram cache shards"),
-    "polyphony": ("sslam.data.polyphony", "AudioSet polyphony analysis (paper Appendix B.1, Figure 3)"),
-    "pretrain": ("sslam.train.pretrain", "Stage 1 / Stage 2 self-supervised pretraining"),
-    "finetune": ("sslam.evaluation.run", "fine-tune a pretrained encoder on a benchmark"),
-    "probe": ("sslam.evaluation.run", "linear-probe a frozen pretrained encoder on a benchmark"),
-    "extract": ("sslam.model.extract", "extract frozen features from audio files"),
-    "convert": ("sslam.model.checkpoints", "convert a checkpoint (fairseq, HF, own) to safetensors"),
-    "export": ("sslam.model.export", "export an encoder as a Hugging Face-style folder or ONNX (or a random init)"),
-    "tables": ("sslam.tables.aggregate", "aggregate metrics.json files into the paper's tables and plots"),
-    "track": ("sslam.tracking", "MLflow helpers: initialise the study store, log a finished job"),
-    "doctor": ("sslam.doctor", "check torch, CUDA, the driver and the GPUs: matmul, bf16 autocast, NCCL"),
-    "plan": ("sslam.plan", "what a study costs before it is submitted: jobs, GPU-hours, cache disk, GPU memory"),
-    "why": ("sslam.study", "which finished jobs a code change re-runs, and which functions they ran changed"),
+    "manifest": "sslam.data.commands",
+    "synth": "sslam.data.synthetic",
+    "cache": "sslam.data.cache",
+    "polyphony": "sslam.data.polyphony",
+    "pretrain": "sslam.train.pretrain",
+    "finetune": "sslam.evaluation.run",
+    "probe": "sslam.evaluation.run",
+    "extract": "sslam.embeddings.extract",
+    "convert": "sslam.model.checkpoints.convert",
+    "export": "sslam.model.checkpoints.export",
+    "tables": "sslam.tables.aggregate",
+    "track": "sslam.runtime.mlflow_tracking",
+    "doctor": "sslam.runtime.doctor",
+    "plan": "sslam.study.plan",
+    "why": "sslam.study.why",
 })
+# subcommand -> its one line in `sslam --help` (read only as help text: editing it re-runs no job).
+SUMMARIES = {
+    "manifest": "build the canonical manifest of a dataset from its on-disk layout",
+    "synth": "write the embedded synthetic corpus (audio + canonical manifests)",
+    "cache": "build or verify HDF5 spectrogram cache shards",
+    "polyphony": "AudioSet polyphony analysis (paper Appendix B.1, Figure 3)",
+    "pretrain": "Stage 1 / Stage 2 self-supervised pretraining",
+    "finetune": "fine-tune a pretrained encoder on a benchmark",
+    "probe": "linear-probe a frozen pretrained encoder on a benchmark",
+    "extract": "extract frozen features from audio files",
+    "convert": "convert a checkpoint (fairseq, HF, own) to safetensors",
+    "export": "export an encoder as a Hugging Face-style folder or ONNX (or a random init)",
+    "tables": "aggregate metrics.json files into the paper's tables and plots",
+    "track": "MLflow helpers: initialise the study store, log a finished job",
+    "doctor": "check torch, CUDA, the driver and the GPUs: matmul, bf16 autocast, NCCL",
+    "plan": "what a study costs before it is submitted: jobs, GPU-hours, cache disk, GPU memory",
+    "why": "which finished jobs a code change re-runs, and which functions they ran changed",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslam", description=__doc__.splitlines()[0])
-    from sslam import __version__
+    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION)
 
     parser.add_argument("--version", action="version", version=f"sslam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+    for name in COMMANDS:
+        sub.add_parser(name, help=SUMMARIES[name], add_help=False)
     return parser
 
 
@@ -51,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().parse_args(argv)  # prints usage / errors and exits
         return 2
     name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"sslam {name}", description=COMMANDS[name][1])
+    module = importlib.import_module(COMMANDS[name])
+    sub = argparse.ArgumentParser(prog=f"sslam {name}", description=SUMMARIES[name])
     module.add_arguments(sub, name)
     args = sub.parse_args(argv[1:])
     args.command = name
@@ -62,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslam {name}: error: {error}", file=sys.stderr)
         return 1
     if code == 0:
-        finish_recording()  # the workflow's record of the code this job executed (sslam/provenance.py)
+        finish_recording()  # the workflow's record of the code this job executed (sslam/fingerprints/recorder.py)
     return code
 
 
-from sslam.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
+from sslam import __version__
+from sslam.runtime.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
 
 if __name__ == "__main__":
     sys.exit(main())

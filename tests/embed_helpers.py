@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from sslam.configuration import to_dict
+from sslam.runtime.configuration import to_dict
 from sslam.model import AudioEncoder, EncoderConfig
 
 # 3 heads of 16, 64 mel bins (4 frequency patches), windows of up to 24 time patches (3.84 s).

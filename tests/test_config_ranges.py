@@ -6,12 +6,12 @@ import typing
 import pytest
 
 from sslam.cli import main
-from sslam.configuration import from_dict
+from sslam.runtime.configuration import from_dict
 from sslam.data.config import CacheConfig, DatasetConfig
 from sslam.data.synthetic import SyntheticConfig
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
-from sslam.front_end import FrontEndConfig
+from sslam.audio.config import FrontEndConfig
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.objective.config import ObjectiveConfig
 from sslam.train.config import TrainConfig

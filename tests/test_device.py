@@ -1,4 +1,4 @@
-"""sslam.device and `sslam doctor` on this CPU-only machine: CUDA asked for but missing is one clear line."""
+"""sslam.runtime.device and `sslam doctor` on this CPU-only machine: CUDA asked for but missing is one clear line."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslam.device import DeviceError, banner, resolve_device
+from sslam.runtime.device import DeviceError, banner, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")

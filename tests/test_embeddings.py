@@ -8,10 +8,10 @@ import soundfile
 import torch
 
 from embed_helpers import TINY, TRAINED_INPUT, tiny_encoder, write_project_checkpoint
-from sslam.audio import fit_length, load_raw_fbank, normalise
-from sslam.embeddings import Embedder, encode, load_encoder
-from sslam.errors import SslamError
-from sslam.model.hub import InputSettings
+from sslam.audio.front_end import fit_length, load_raw_fbank, normalise
+from sslam.embeddings.api import Embedder, encode, load_encoder
+from sslam.runtime.errors import SslamError
+from sslam.model.checkpoints.settings import InputSettings
 
 RATE = 16000
 WINDOW = 192  # frames (1.92 s): a 30-s clip spans 16 windows
@@ -112,5 +112,5 @@ def test_bfloat16_autocast_and_settings_validation(model):
         Embedder(model.encoder, model.settings, dtype="float16")
     with pytest.raises(SslamError, match="clips of one length"):
         model.timestamp_embeddings([torch.randn(RATE), torch.randn(2 * RATE)])
-    # silent or very short benchmark clips are embedded, not refused (files are checked by sslam.audio)
+    # silent or very short benchmark clips are embedded, not refused (files are checked by sslam.audio.front_end)
     assert model.scene_embeddings(torch.zeros(2, 100)).shape == (2, TINY["embed_dim"])

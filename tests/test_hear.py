@@ -1,4 +1,4 @@
-"""The HEAR 2021 API (sslam.hear): its contract in-process, and the official validator (`hear-validator`
+"""The HEAR 2021 API (sslam.embeddings.hear): its contract in-process, and the official validator (`hear-validator`
 from hearvalidator, which imports tensorflow) run in its own cached environment, on a project checkpoint and
 on a checkpoint in EAT's Hugging Face layout reached through an hf: id and the hub cache."""
 import math
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sslam
-import sslam.hear as hear
+import sslam.embeddings.hear as hear
 from embed_helpers import EAT_REPO, TINY, TRAINED_INPUT, tiny_encoder, write_hub_cache, write_project_checkpoint
 from validator_envs import ensure_environment, environment_variables
 
@@ -51,7 +51,7 @@ def test_official_hear_validator_passes(tmp_path, hear_environment, layout):
         write_hub_cache(tmp_path / "hub", encoder)
         model, extra = f"hf:{EAT_REPO}", {"HF_HUB_CACHE": str(tmp_path / "hub")}
     validator = hear_environment / "bin" / "hear-validator"  # hearvalidator's console script
-    command = [str(validator), "sslam.hear", "--model", model, "--device", "cpu"]
+    command = [str(validator), "sslam.embeddings.hear", "--model", model, "--device", "cpu"]
     result = subprocess.run(command, env=environment_variables(REPO, **extra), capture_output=True, text=True,
                             timeout=900, cwd=tmp_path)
     print(result.stdout)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.objective.config import ObjectiveConfig
-from sslam.plan import GPUS, format_plan, plan_study, pretraining_step_flops
-from sslam.study import Study
+from sslam.study.plan import GPUS, dataset_clips, format_plan, plan_study, pretraining_step_flops
+from sslam.study.resources import Executor
+from sslam.study.dag import Study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,12 +44,25 @@ def test_plan_of_the_demo(demo_study):
     slower = plan_study(demo_study, "H100", 0.175)
     assert slower.gpu_hours == pytest.approx(2 * plan.gpu_hours)
     assert all(job.peak_memory_gib < GPUS["H100"][1] for job in plan.jobs)
-    assert demo_study.planned_runtime("pretrain", {"model": "stage1"}) == 10  # tiny jobs get the floor
+    assert Executor(demo_study).planned_runtime("pretrain", {"model": "stage1"}) == 10  # tiny jobs get the floor
     assert "total:" in format_plan(plan)
 
 
+def test_the_demo_plan_sizes_the_embedded_corpus_from_its_config(tmp_path):
+    """Before `sslam synth` has run, the mono benchmark's size is clips per class × the configured corpus's
+    classes (15 instrument families, 14 tones), so the plan follows a corpus change rather than assuming one."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["study"]["results"] = str(tmp_path)             # no manifest there: the sizes come from the config
+    per_class = config["synthetic"].get("mono_clips_per_class", 10)
+    mono = next(name for name, entry in config["datasets"].items()
+                if entry.get("adapter") == "synthetic" and entry.get("options", {}).get("set") == "mono")
+    for corpus, classes in (("instruments", 15), ("tones", 14)):
+        config["synthetic"]["corpus"] = corpus
+        assert dataset_clips(Study(config), mono) == ({"train": per_class * classes}, False)
+
+
 def test_the_paper_plan_runs_without_data_and_without_torch():
-    program = ("import sys; from sslam.plan import plan_study; from sslam.study import Study; "
+    program = ("import sys; from sslam.study.plan import plan_study; from sslam.study.dag import Study; "
                "p = plan_study(Study.from_file('config/config.yaml', check_data_roots=False)); "
                "print(round(p.gpu_hours), 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, check=True)
@@ -67,7 +81,7 @@ def test_runtime_auto_asks_for_the_planned_time_of_each_job():
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["study"]["resources"]["evaluate"]["runtime"] = "auto"
     study = Study(config, check_data_roots=False)
-    runtime = study.job_resources("evaluate")["runtime"]
+    runtime = Executor(study).job_resources("evaluate")["runtime"]
 
     class Wildcards(dict):
         def items(self):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sslam.errors import ConfigError
-from sslam.study import RANDOM_BASELINE, STAGE1, Study, one_of, record_path
+from sslam.runtime.errors import ConfigError
+from sslam.study.resources import Executor
+from sslam.study.dag import RANDOM_BASELINE, STAGE1, Study, one_of, record_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,17 +55,17 @@ def test_job_arguments(demo):
     random = study.evaluation_arguments(RANDOM_BASELINE, "synth_polyphony")
     assert random.startswith("--checkpoint random ") and "--train-shards" in random
     assert "checkpoint" not in study.evaluation_inputs(RANDOM_BASELINE, "synth_mono")
-    assert study.device_argument("evaluate") == "--device cpu"
+    assert Executor(study).device_argument("evaluate") == "--device cpu"
 
 
 def test_gpu_jobs_say_so_and_multi_gpu_uses_torchrun(demo):
     demo["study"]["resources"]["pretrain"].update(gpu=4, threads=32)
     study = Study(demo)
-    assert study.device_argument("pretrain") == "--device cuda"
-    assert study.job_resources("pretrain")["gpu"] == 4
-    assert "--nproc-per-node=4" in study.launcher("pretrain", "python")
-    assert study.thread_environment("pretrain") == "OMP_NUM_THREADS=8 MKL_NUM_THREADS=8"
-    assert "gpu" not in study.job_resources("cache")
+    assert Executor(study).device_argument("pretrain") == "--device cuda"
+    assert Executor(study).job_resources("pretrain")["gpu"] == 4
+    assert "--nproc-per-node=4" in Executor(study).launcher("pretrain", "python")
+    assert Executor(study).thread_environment("pretrain") == "OMP_NUM_THREADS=8 MKL_NUM_THREADS=8"
+    assert "gpu" not in Executor(study).job_resources("cache")
 
 
 def test_a_given_stage1_checkpoint_replaces_stage1_training(demo):
@@ -101,7 +102,7 @@ def test_missing_data_roots_fail_unless_not_checked(demo, tmp_path):
 
 
 def test_building_the_study_does_not_import_torch():
-    program = ("import sys; from sslam.study import Study; Study.from_file('config/config.yaml', check_data_roots=False); "
+    program = ("import sys; from sslam.study.dag import Study; Study.from_file('config/config.yaml', check_data_roots=False); "
                "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
@@ -148,12 +149,12 @@ def test_stage1_variants_have_their_own_stage2_descendants(demo):
 def test_multi_node_pretraining_runs_one_torchrun_per_node(demo):
     demo["study"]["resources"]["pretrain"].update(gpu=4, nodes=2, threads=32)
     study = Study(demo)
-    command = study.launcher("pretrain", '"$SSLAM_PYTHON"')
+    command = Executor(study).launcher("pretrain", '"$SSLAM_PYTHON"')
     assert command.startswith("TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 srun --nodes=2 ")
     assert "--nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d" in command
     assert '--rdzv-endpoint=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29500' in command
     assert command.endswith("-m sslam.cli")
-    resources = study.job_resources("pretrain")
+    resources = Executor(study).job_resources("pretrain")
     assert resources["nodes"] == resources["tasks"] == 2 and "gpu" not in resources
     assert resources["slurm_extra"] == "'--signal=USR1@300 --gpus-per-node=4 --ntasks-per-node=1'"
     with pytest.raises(ConfigError, match="nodes"):

@@ -1,6 +1,6 @@
-"""The X-ARES encoder (sslam.xares.SSLAMEncoder): its contract in-process, and X-ARES's own
+"""The X-ARES encoder (sslam.embeddings.xares.SSLAMEncoder): its contract in-process, and X-ARES's own
 `check_audio_encoder` (xares pulls transformers and more, so it runs in its own cached environment), found
-the way `python -m xares.run sslam/xares.py ...` finds it, on a project checkpoint and on a checkpoint in
+the way `python -m xares.run sslam/embeddings/xares.py ...` finds it, on a project checkpoint and on a checkpoint in
 EAT's Hugging Face layout."""
 import json
 import subprocess
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import sslam
-import sslam.xares
+import sslam.embeddings.xares
 from embed_helpers import EAT_REPO, TINY, tiny_encoder, write_hub_cache, write_project_checkpoint
-from sslam.embeddings import CHECKPOINT_ENVIRONMENT
-from sslam.xares import SSLAMEncoder
+from sslam.embeddings.api import CHECKPOINT_ENVIRONMENT
+from sslam.embeddings.xares import SSLAMEncoder
 from validator_envs import ensure_environment, environment_variables
 
 REPO = Path(sslam.__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ def test_encoder_contract(tmp_path):
     assert frames.shape == (2, 20, TINY["embed_dim"])  # 311 frames -> 20 time patches of 160 ms
     assert encoder(torch.randn(16000)).shape == (1, 7, TINY["embed_dim"])  # 1-D input is one clip
     # X-ARES picks the class as the only module attribute whose name ends in "Encoder"
-    assert [name for name in dir(sslam.xares) if name.endswith("Encoder")] == ["SSLAMEncoder"]
+    assert [name for name in dir(sslam.embeddings.xares) if name.endswith("Encoder")] == ["SSLAMEncoder"]
 
 
 def test_no_arguments_uses_the_environment_or_a_warned_random_vit_b(tmp_path, monkeypatch):
@@ -51,7 +51,7 @@ CHECK = """
 import json, sys
 from xares.audio_encoder_checker import check_audio_encoder
 from xares.utils import attr_from_py_path
-encoder_class = attr_from_py_path("sslam/xares.py", endswith="Encoder")  # what python -m xares.run does
+encoder_class = attr_from_py_path("sslam/embeddings/xares.py", endswith="Encoder")  # what python -m xares.run does
 print(json.dumps({"class": encoder_class.__name__,
                   "with_checkpoint": check_audio_encoder(encoder_class(sys.argv[1])),
                   "without_arguments": check_audio_encoder(encoder_class())}))

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
-from sslam.configuration import from_dict, load_yaml, section
+from sslam.runtime.configuration import from_dict, load_yaml, section
 from sslam.data.adapters import ADAPTERS, get_adapter
 from sslam.data.config import DatasetConfig
 from sslam.data.manifest import Manifest, write_manifest
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 
 def _check_options(name: str, build, options: dict[str, Any], where: str) -> None:

@@ -1,6 +1,6 @@
 """The data layer's typed settings: one `datasets.<name>` entry and the `cache` section.
 
-Torch-free on purpose: the study model (sslam.study) builds them when the workflow is parsed.
+Torch-free on purpose: the study model (sslam.study.dag) builds them when the workflow is parsed.
 """
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslam.configuration import check_ranges
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import check_ranges
+from sslam.runtime.errors import ConfigError
+from sslam.runtime.limits import MAX_TARGET_LENGTH
 
 
 @dataclass
@@ -31,7 +32,9 @@ class DatasetConfig:
     shards: int = 1
 
     def __post_init__(self) -> None:
-        check_ranges(self, target_length=">= 1", norm_mean="(-inf, inf)", norm_std="> 0", shards=">= 1")
+        # target_length within the limit every shard reader checks (sslam.runtime.limits).
+        check_ranges(self, target_length=f"[1, {MAX_TARGET_LENGTH}]", norm_mean="(-inf, inf)", norm_std="> 0",
+                     shards=">= 1")
 
 
 @dataclass

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 
 SOUNDFONT_NAME = "TimGM6mb.sf2"
 RENDER_RATE = 48000                 # what midirenderer writes (stereo, 16-bit); checked on every render

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from sslam.errors import ManifestError
-from sslam.io import atomic_path
+from sslam.runtime.errors import ManifestError
+from sslam.runtime.io import atomic_path, missing_file
 
 COLUMNS = ["clip_id", "path", "split", "fold", "labels", "sample_rate", "duration"]
 LABEL_SEPARATOR = ";"
@@ -115,7 +115,7 @@ def classes_path(manifest_path: str | Path) -> Path:
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:
-    """Write `<path>` and its class list, each atomically (sslam.io.atomic_path)."""
+    """Write `<path>` and its class list, each atomically (sslam.runtime.io.atomic_path)."""
     manifest.validate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def read_class_list(path: Path) -> tuple[list[str], list[str]]:
 def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
+        raise ManifestError(missing_file(path, "manifest"))
     if path.stat().st_size == 0:
         raise ManifestError(f"{path}: empty file (0 bytes), not a manifest: rebuild it with `sslam manifest`")
     try:

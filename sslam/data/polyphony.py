@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sslam.data.adapters.audioset import OntologyNode, read_ontology, read_segments
-from sslam.errors import ConfigError, ManifestError
+from sslam.runtime.errors import ConfigError, ManifestError
 
 GROUPINGS = ("components", "greedy")
 

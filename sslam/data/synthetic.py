@@ -44,9 +44,10 @@ import numpy as np
 import pandas as pd
 import soundfile
 
-from sslam.configuration import check_ranges, from_dict, load_yaml, section
+from sslam.data import instruments
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest, write_manifest
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import check_ranges, from_dict, load_yaml, section
+from sslam.runtime.errors import ConfigError
 
 SET_NAMES = ("pretrain", "mono", "poly", "polyphony")
 
@@ -94,9 +95,7 @@ class SyntheticConfig:
             raise ConfigError(f"synthetic.polyphony_max_events must be in 1..{classes} (distinct classes of corpus "
                               f"{self.corpus})")
         if self.corpus == "instruments":
-            from sslam.data.instruments import check_config
-
-            check_config(self)
+            instruments.check_config(self)
         if self.mono_folds < 1:
             raise ConfigError("synthetic.mono_folds must be >= 1")
         if self.odd_format_every == 1 or self.odd_format_every < 0:
@@ -271,15 +270,26 @@ CLASS_IDS = tuple(event.label_id for event in EVENT_CLASSES)
 def corpus_classes(config: SyntheticConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(class ids, class names) of the configured corpus, in the order of its classes file."""
     if config.corpus == "instruments":
-        from sslam.data.instruments import CLASS_IDS as INSTRUMENT_IDS, CLASS_NAMES
-
-        return INSTRUMENT_IDS, CLASS_NAMES
+        return instruments.CLASS_IDS, instruments.CLASS_NAMES
     return CLASS_IDS, tuple(event.name for event in EVENT_CLASSES)
 
 
 def num_classes(config: SyntheticConfig) -> int:
     """How many classes the configured corpus has (the mono set holds mono_clips_per_class of each)."""
     return len(corpus_classes(config)[0])
+
+
+def set_sizes(name: str, config: SyntheticConfig) -> dict[str, int]:
+    """{split: clips} that set `name` of the configured corpus will hold, without drawing or rendering it: what
+    `sslam plan` reads before the corpus exists (the tests hold it equal to the generated manifests). Splits
+    without clips are left out, as a manifest's split counts leave them out."""
+    sizes = {"pretrain": {"unlabeled": config.pretrain_clips},
+             "mono": {"train": config.mono_clips_per_class * num_classes(config)},
+             "poly": {"train": config.poly_train_clips, "test": config.poly_test_clips},
+             "polyphony": {"test": config.polyphony_clips}}
+    if name not in sizes:
+        raise ConfigError(f"unknown synthetic set {name!r}; known: {', '.join(SET_NAMES)}")
+    return {split: count for split, count in sizes[name].items() if count > 0}
 
 
 def make_event(label: str | int, rng: np.random.Generator, sample_rate: int = 16000) -> np.ndarray:
@@ -356,8 +366,6 @@ def generate_set(name: str, config: SyntheticConfig, out_dir: str | Path) -> Pat
     (set_dir / "audio").mkdir(parents=True, exist_ok=True)
     set_index = SET_NAMES.index(name)
     if config.corpus == "instruments":
-        from sslam.data import instruments
-
         plan = instruments.set_plan(name, config, np.random.default_rng([config.seed, set_index]))
         clips = instruments.set_audio(plan, config, set_index, lambda index: _file_format(index, config))
     else:
@@ -400,9 +408,7 @@ def generate_corpus(config: SyntheticConfig, out_dir: str | Path, sets=SET_NAMES
     """Write every requested set; returns {set name: manifest path}. The instrument corpus also records what
     it was rendered from (soundfont digest, renderer version) in `out_dir/instruments.json`."""
     if config.corpus == "instruments":
-        from sslam.data.instruments import write_source_description
-
-        write_source_description(out_dir)
+        instruments.write_source_description(out_dir)
     return {name: generate_set(name, config, out_dir) for name in sets}
 
 

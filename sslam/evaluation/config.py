@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from sslam.configuration import check_ranges
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import check_ranges
+from sslam.runtime.errors import ConfigError
 
 
 @dataclass

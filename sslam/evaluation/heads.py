@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 HEAD_INIT_STD = 0.02
 

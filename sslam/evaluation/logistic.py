@@ -28,9 +28,6 @@ kept and the interrupted one starts again on resume (seconds of work).
 """
 from __future__ import annotations
 
-import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,13 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 from sslam.evaluation.config import LinearProbeConfig
 from sslam.evaluation.heads import pool_features
 from sslam.evaluation.training import Interrupted, autocast, batch_loader
-from sslam.progress import Progress
-
-log = logging.getLogger(__name__)
+from sslam.runtime.progress import Progress
 
 BIAS_L2 = 1e-8
 # scipy's own relative-decrease stop is set far below what the gradient criterion needs, so that the fit
@@ -219,55 +214,6 @@ def extract_features(encoder: torch.nn.Module, dataset, pooling: str, head_norm:
     return np.concatenate(features), np.concatenate(targets)
 
 
-def run_lbfgs_round(encoder: torch.nn.Module, round_, settings, log_record=None, resume=None):
-    """`sslam.evaluation.rounds.run_round` for `solver: lbfgs` (same inputs, same RoundOutcome)."""
-    from sslam.evaluation.protocols import RoundResult
-    from sslam.evaluation.rounds import RoundOutcome, bin_values, load_round
-    from sslam.snapshots import Preempted
-
-    benchmark, regime = settings.benchmark, settings.regime
-    stop_signals = resume.stop if resume is not None else None
-    stop = (lambda: stop_signals.requested) if stop_signals is not None else None
-    train, test, _ = load_round(round_, settings)
-    started = time.perf_counter()
-    batches = math.ceil(len(train) / regime.batch_size) + math.ceil(len(test) / regime.batch_size)
-    progress = Progress(batches, f"{settings.regime_name} {round_.name} features", unit="batch", rate_unit="clips",
-                        rate_per_unit=regime.batch_size, bar=settings.progress_bar)
-    try:
-        extract = dict(pooling=regime.pooling, head_norm=regime.head_norm, batch_size=regime.batch_size,
-                       device=settings.device, precision=regime.precision, num_workers=benchmark.num_workers,
-                       stop=stop, progress=progress)
-        with progress:
-            train_x, train_y = extract_features(encoder, train, **extract)
-            test_x, test_y = extract_features(encoder, test, **extract)
-        standardise = Standardiser.of(train_x, encoder.config.norm_eps)
-        train_x, test_x = standardise(train_x), standardise(test_x)
-        l2, cv_losses = choose_l2(train_x, train_y, benchmark.task, regime, settings.seed, stop)
-        fitted = fit_logistic(train_x, train_y, benchmark.task, l2, regime.max_iter, regime.tolerance, stop)
-    except Interrupted as stopped:
-        if resume is not None and resume.save is not None:
-            resume.save(None)       # nothing of this round is kept: it starts again on resume
-        raise Preempted(f"{round_.name}: {stopped}") from None
-    if not fitted.converged:
-        log.warning("%s: the L-BFGS probe stopped after %d iterations with max |gradient| %.3g > %.3g (%s)",
-                    round_.name, fitted.iterations, fitted.gradient_max, regime.tolerance, fitted.message)
-    # No wall time in here: the record is part of the scores that a resumed run must reproduce bit for bit.
-    solver = {"name": "lbfgs", **fitted.record(), "cv_loss": {f"{k:g}": v for k, v in cv_losses.items()},
-              "tolerance": regime.tolerance}
-    log.info("%s: L-BFGS probe, l2 %g, %d iterations, max |gradient| %.2g, %.1f s", round_.name, fitted.l2,
-             fitted.iterations, fitted.gradient_max, time.perf_counter() - started)
-    if log_record is not None:   # one line per round, written once the round can no longer be interrupted
-        log_record({"round": round_.name, "step": fitted.iterations, "loss": fitted.loss, "l2": fitted.l2,
-                    "gradient_max": fitted.gradient_max, "converged": float(fitted.converged),
-                    **{f"cv_loss/{k:g}": v for k, v in cv_losses.items()}})
-    scores = fitted.scores(test_x).astype(np.float32)
-    selection = {"policy": "last", "requested": regime.selection, "step": fitted.iterations,
-                 "epoch": float(fitted.evaluations), "solver": solver}
-    result = RoundResult(round_, test_y.astype(np.float32), scores, bin_values(test, benchmark.bin_column),
-                         selection, fitted.iterations, float(fitted.evaluations), len(train), list(test.clip_ids))
-    return RoundOutcome(train.classes, result)
-
-
 def solver_summary(selections: list[dict[str, Any]]) -> dict[str, Any] | None:
     """metrics.json `solver`: whether every round's fit converged, and each round's iterations and penalty."""
     fits = [selection["solver"] for selection in selections if isinstance(selection.get("solver"), dict)]
@@ -279,4 +225,4 @@ def solver_summary(selections: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 __all__ = ["BIAS_L2", "LogisticFit", "Standardiser", "choose_l2", "cv_folds", "data_loss", "extract_features",
-           "fit_logistic", "probabilities", "run_lbfgs_round", "solver_summary"]
+           "fit_logistic", "probabilities", "solver_summary"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 
 
 def average_precision(positives: np.ndarray, scores: np.ndarray) -> float:

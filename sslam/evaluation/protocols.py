@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation import metrics as metric_functions
 

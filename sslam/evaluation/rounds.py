@@ -7,6 +7,9 @@ given that state back, it continues exactly where it stopped.
 """
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,15 +18,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
 from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
+from sslam.evaluation.logistic import Standardiser, choose_l2, extract_features, fit_logistic
 from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
 from sslam.evaluation.selection import selection_policy
 from sslam.evaluation.training import Fitter, Interrupted, TrainingData, predict, steps_per_epoch
-from sslam.progress import Progress
-from sslam.snapshots import Preempted, StopSignals
+from sslam.runtime.progress import Progress
+from sslam.runtime.snapshots import Preempted, StopSignals
+
+logger = logging.getLogger(__name__)
 
 BIN_COLUMNS = ("polyphony_bin", "polyphony")   # looked up in this order by bin_column: auto
 
@@ -107,13 +113,57 @@ def build_classifier(encoder: torch.nn.Module, num_classes: int, settings: Round
     return EncoderClassifier(encoder, head, frozen_backbone=linear, backbone_train_mode=backbone_train_mode)
 
 
+def run_lbfgs_round(encoder: torch.nn.Module, round_, settings, log_record=None, resume=None):
+    """`run_round` for `solver: lbfgs` (same inputs, same RoundOutcome): the converged probe of
+    sslam.evaluation.logistic, features extracted once, then L-BFGS."""
+    benchmark, regime = settings.benchmark, settings.regime
+    stop_signals = resume.stop if resume is not None else None
+    stop = (lambda: stop_signals.requested) if stop_signals is not None else None
+    train, test, _ = load_round(round_, settings)
+    started = time.perf_counter()
+    batches = math.ceil(len(train) / regime.batch_size) + math.ceil(len(test) / regime.batch_size)
+    progress = Progress(batches, f"{settings.regime_name} {round_.name} features", unit="batch", rate_unit="clips",
+                        rate_per_unit=regime.batch_size, bar=settings.progress_bar)
+    try:
+        extract = dict(pooling=regime.pooling, head_norm=regime.head_norm, batch_size=regime.batch_size,
+                       device=settings.device, precision=regime.precision, num_workers=benchmark.num_workers,
+                       stop=stop, progress=progress)
+        with progress:
+            train_x, train_y = extract_features(encoder, train, **extract)
+            test_x, test_y = extract_features(encoder, test, **extract)
+        standardise = Standardiser.of(train_x, encoder.config.norm_eps)
+        train_x, test_x = standardise(train_x), standardise(test_x)
+        l2, cv_losses = choose_l2(train_x, train_y, benchmark.task, regime, settings.seed, stop)
+        fitted = fit_logistic(train_x, train_y, benchmark.task, l2, regime.max_iter, regime.tolerance, stop)
+    except Interrupted as stopped:
+        if resume is not None and resume.save is not None:
+            resume.save(None)       # nothing of this round is kept: it starts again on resume
+        raise Preempted(f"{round_.name}: {stopped}") from None
+    if not fitted.converged:
+        logger.warning("%s: the L-BFGS probe stopped after %d iterations with max |gradient| %.3g > %.3g (%s)",
+                    round_.name, fitted.iterations, fitted.gradient_max, regime.tolerance, fitted.message)
+    # No wall time in here: the record is part of the scores that a resumed run must reproduce bit for bit.
+    solver = {"name": "lbfgs", **fitted.record(), "cv_loss": {f"{k:g}": v for k, v in cv_losses.items()},
+              "tolerance": regime.tolerance}
+    logger.info("%s: L-BFGS probe, l2 %g, %d iterations, max |gradient| %.2g, %.1f s", round_.name, fitted.l2,
+             fitted.iterations, fitted.gradient_max, time.perf_counter() - started)
+    if log_record is not None:   # one line per round, written once the round can no longer be interrupted
+        log_record({"round": round_.name, "step": fitted.iterations, "loss": fitted.loss, "l2": fitted.l2,
+                    "gradient_max": fitted.gradient_max, "converged": float(fitted.converged),
+                    **{f"cv_loss/{k:g}": v for k, v in cv_losses.items()}})
+    scores = fitted.scores(test_x).astype(np.float32)
+    selection = {"policy": "last", "requested": regime.selection, "step": fitted.iterations,
+                 "epoch": float(fitted.evaluations), "solver": solver}
+    result = RoundResult(round_, test_y.astype(np.float32), scores, bin_values(test, benchmark.bin_column),
+                         selection, fitted.iterations, float(fitted.evaluations), len(train), list(test.clip_ids))
+    return RoundOutcome(train.classes, result)
+
+
 def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
               log: Callable[[dict[str, Any]], None] | None = None, resume: RoundResume | None = None
               ) -> RoundOutcome:
     benchmark, regime, resume = settings.benchmark, settings.regime, resume or RoundResume()
     if settings.regime_name == "linear" and getattr(regime, "solver", "adamw") == "lbfgs":
-        from sslam.evaluation.logistic import run_lbfgs_round  # the converged probe: features once, then L-BFGS
-
         return run_lbfgs_round(encoder, round_, settings, log, resume)
     train, test, policy = load_round(round_, settings)
     torch.manual_seed(settings.seed)

@@ -1,5 +1,5 @@
 """The downstream lr schedule: warm-up from `min_lr` to the peak, cosine back to `min_lr` (fairseq's cosine
-scheduler, `sslam.schedules.warmup_cosine`), and how it is applied to the layer-decay parameter groups.
+scheduler, `sslam.runtime.schedules.warmup_cosine`), and how it is applied to the layer-decay parameter groups.
 
 `layer_decay_schedule` (RegimeConfig) picks the rule for a group whose factor is s (block i of d: 0.65^(d−i)):
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sslam.errors import ConfigError
-from sslam.schedules import warmup_cosine
+from sslam.runtime.errors import ConfigError
+from sslam.runtime.schedules import warmup_cosine
 
 LAYER_DECAY_RULES = ("official", "scaled")
 

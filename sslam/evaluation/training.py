@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import RegimeConfig
 from sslam.evaluation.heads import EncoderClassifier, layer_decay_groups
 from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
-from sslam.progress import Progress
-from sslam.provenance import compiled
-from sslam.snapshots import StopSignals, capture_rng_state, restore_rng_state
+from sslam.runtime.progress import Progress
+from sslam.fingerprints import compiled
+from sslam.runtime.snapshots import StopSignals, capture_rng_state, restore_rng_state
 
 __all__ = ["Fitter", "FitResult", "Interrupted", "LearningRateSchedule", "TrainingData", "classification_loss",
            "epoch_loader", "fit", "predict", "steps_per_epoch"]

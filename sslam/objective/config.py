@@ -16,9 +16,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sslam.configuration import check_ranges, from_dict
-from sslam.errors import ConfigError
-from sslam.provenance import Registry
+from sslam.runtime.configuration import check_ranges, from_dict
+from sslam.runtime.errors import ConfigError
+from sslam.fingerprints import Registry
 
 # "all" = average every teacher layer (12 for ViT-B); an int k = the last k layers.
 LayerCount = int | Literal["all"]

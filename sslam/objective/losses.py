@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.objective.config import LossWeighting
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.objective.config import floor_count
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.objective.config import MixMode, MixOp
 from sslam.objective.targets import TeacherTargets
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.decoder import Decoder2d
 from sslam.model.encoder import AudioEncoder, gather_tokens

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 from sslam.tables.models import STAGE1
 
 OVERALL = "overall"      # the column of a run's headline number (the bins use their label)

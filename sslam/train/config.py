@@ -10,8 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sslam.configuration import check_ranges, from_dict, section
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import check_ranges, from_dict, section
+from sslam.runtime.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported only where a dtype is needed: the study config validates without it
     import torch

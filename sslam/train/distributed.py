@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from sslam.errors import ConfigError
+from sslam.runtime.device import resolve_device
+from sslam.runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,8 @@ class DistributedContext:
 
 
 def init_distributed(device: str | None = None) -> DistributedContext:
-    """Join the torchrun process group if there is one; pick the device with `sslam.device.resolve_device`
+    """Join the torchrun process group if there is one; pick the device with `sslam.runtime.device.resolve_device`
     ("auto"/None = CUDA when it works; "cuda" without a usable GPU is one DeviceError line, within seconds)."""
-    from sslam.device import resolve_device
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -19,14 +19,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 from sslam.model.teacher import ema_decay
-from sslam.progress import Progress
-from sslam.provenance import compiled
-from sslam.snapshots import Preempted, StopSignals
+from sslam.runtime.progress import Progress
+from sslam.fingerprints import compiled
+from sslam.runtime.jobs import MetricsLog
+from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree, any_rank
-from sslam.train.metrics import MetricsLog, Throughput
+from sslam.train.metrics import Throughput
 from sslam.train.optim import build_optimizer
 from sslam.train.schedule import build_scheduler
 from sslam.train.state import (atomic_torch_save, capture_rng_state, job_mismatch, project_checkpoint,
@@ -53,7 +54,7 @@ class RunIdentity:
     decoder_config: dict
     config: dict = field(default_factory=dict)  # every config section that shaped the run, for the record
     input: dict | None = None  # {norm_mean, norm_std, target_length} of the training input, for extraction
-    fingerprint: str | None = None              # the job's code fingerprint (sslam.provenance.job_fingerprint)
+    fingerprint: str | None = None              # the job's code fingerprint (sslam.fingerprints.job_fingerprint)
 
 
 class Pretrainer:
@@ -194,7 +195,7 @@ class Pretrainer:
 
     def run(self) -> dict[str, float]:
         """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see
-        `sslam.snapshots.StopSignals`) the state is written after the current update and `Preempted` raised."""
+        `sslam.runtime.snapshots.StopSignals`) the state is written after the current update and `Preempted` raised."""
         config, autocast_dtype = self.config, self.config.autocast_dtype(self.device.type)
         model = self._model()
         batches = self._batches()
@@ -208,7 +209,7 @@ class Pretrainer:
             if self._metrics_to_restore is not None:  # also when the log itself is gone (a re-run job)
                 self.metrics.restore(self._metrics_to_restore, self.step)
             else:
-                self.metrics.truncate_after(self.step)  # the steps after the snapshot are re-done and re-logged
+                self.metrics.restore(self.metrics.lines(), self.step)  # the steps after the snapshot are re-done
         progress = self._progress()
         throughput, last = Throughput(), {}
         try:
@@ -228,7 +229,7 @@ class Pretrainer:
                             "epoch": self.batches_consumed / self.sampler.batches_per_epoch}
                     window = self._window = _Window()
                     if self.context.is_main:
-                        self.metrics.write(self.step, last)
+                        self.metrics.write({"step": self.step, **last})
                 if progress is not None:
                     progress.update(1, **({"loss": last["loss"], "lr": lr} if last else {}))
                 saved = self.step % config.checkpoint_every == 0 or self.step == config.steps

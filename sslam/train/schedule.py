@@ -1,6 +1,6 @@
 """The pretraining learning-rate schedule: linear warm-up from 0, then cosine down to `min_lr`.
 
-The formula is `sslam.schedules.warmup_cosine` (shared with fine-tuning); this module fixes pretraining's
+The formula is `sslam.runtime.schedules.warmup_cosine` (shared with fine-tuning); this module fixes pretraining's
 warm-up start (0, fairseq's `warmup_init_lr`) and wraps it as a `LambdaLR`. Step convention: the update with
 0-based index k runs at `learning_rate(k)`, so the very first update has lr 0.
 (The teacher's EMA decay schedule lives with the teacher: `sslam.model.teacher.ema_decay`.)
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sslam.schedules import warmup_cosine
+from sslam.runtime.schedules import warmup_cosine
 
 
 def learning_rate(step: int, peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:

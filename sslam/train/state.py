@@ -3,15 +3,15 @@
 `DIR/state/last.pt` is a project-format checkpoint (docs/architecture.md) plus the training-state keys
 "optimizer", "scheduler", "rng", "data", "config" and "job" (the code fingerprint and the settings that define
 the run). Files, atomic writes, the fallback to `last.prev.pt` and the weights_only reading are
-`sslam.snapshots`' (shared with downstream training); this module knows what a pretraining snapshot holds.
+`sslam.runtime.snapshots`' (shared with downstream training); this module knows what a pretraining snapshot holds.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from sslam.snapshots import (SnapshotError, atomic_torch_save, capture_rng_state, job_mismatch,  # noqa: F401
-                             load_latest, restore_rng_state, save_state, state_paths)
+from sslam.runtime.snapshots import (SnapshotError, atomic_torch_save, capture_rng_state, job_mismatch,  # noqa: F401
+                                     load_latest, restore_rng_state, save_state, state_paths)
 
 FORMAT, VERSION = "sslam", 1
 

@@ -10,7 +10,7 @@ import soundfile
 from sslam.cli import main
 from sslam.data.adapters.audioset import build_audioset, download_command, read_segments
 from sslam.data.manifest import read_manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 SHARED = Path("/work/shared/data")
 needs_shared = pytest.mark.skipif(not (SHARED / "audioset").is_dir(), reason="shared AudioSet metadata not present")

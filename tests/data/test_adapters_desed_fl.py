@@ -4,7 +4,7 @@ import pytest
 import soundfile
 
 from sslam.data.adapters.desed_fl import DESED_CLASSES, build_desed_fl
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 HEADER = "filename\tonset\toffset\tevent_label\n"
 

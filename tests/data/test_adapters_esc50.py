@@ -4,7 +4,7 @@ import pytest
 import soundfile
 
 from sslam.data.adapters.esc50 import build_esc50
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 META_HEADER = "filename,fold,target,category,esc10,src_file,take\n"
 # (filename, fold, target, category, esc10); targets deliberately not in file order

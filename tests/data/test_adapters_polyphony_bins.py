@@ -4,7 +4,7 @@ import pytest
 
 from sslam.data.adapters.polyphony_bins import add_polyphony_bins, build_polyphony_bins, polyphony_bin, polyphony_bins
 from sslam.data.manifest import Manifest, read_manifest, write_manifest
-from sslam.errors import ConfigError, ManifestError
+from sslam.runtime.errors import ConfigError, ManifestError
 
 
 def test_paper_bins():

@@ -6,7 +6,7 @@ import pytest
 import soundfile
 
 from sslam.data.adapters.spass import build_spass
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 SHARED = Path("/work/shared/data/sslam_manifests")
 

@@ -4,7 +4,7 @@ import pytest
 import soundfile
 
 from sslam.data.adapters.speech_commands import KS1_KEYWORDS, build_ks1, build_ks2
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 RATE = 16000
 

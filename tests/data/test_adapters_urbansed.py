@@ -4,7 +4,7 @@ import pytest
 import soundfile
 
 from sslam.data.adapters.urbansed import CLASSES, build_urbansed
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 # split folder -> {soundscape name: [(onset, offset, class), ...]}
 SOUNDSCAPES = {

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 import sslam.data.cache as cache_module
-from sslam.audio import FrontEndConfig, fit_length, load_raw_fbank
+from sslam.audio.front_end import FrontEndConfig, fit_length, load_raw_fbank
 from sslam.cli import main
 from sslam.data.cache import CacheConfig, build_shard, verify_shard, verify_shard_set
 from sslam.data.manifest import Manifest, read_manifest, write_manifest
-from sslam.errors import CacheError
+from sslam.runtime.errors import CacheError
 
 TARGET = 80   # frames; the tiny corpus has 1-s clips (98 frames), so every clip is truncated
 

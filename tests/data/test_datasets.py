@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from sslam.audio import fit_length, load_raw_fbank
+from sslam.audio.front_end import fit_length, load_raw_fbank
 from sslam.data.cache import build_shard
 from sslam.data.datasets import FbankDataset, OnTheFlyDataset, normalisation_stats
 from sslam.data.manifest import read_manifest
-from sslam.errors import CacheError
+from sslam.runtime.errors import CacheError
 
 TARGET = 120   # longer than the tiny corpus's 98-frame clips: items end in padding
 

@@ -12,13 +12,13 @@ import pytest
 import soundfile
 import yaml
 
-from sslam.audio import load_raw_fbank
+from sslam.audio.front_end import load_raw_fbank
 from sslam.cli import main
-from sslam.configuration import from_dict
+from sslam.runtime.configuration import from_dict
 from sslam.data import instruments
 from sslam.data.manifest import read_manifest
-from sslam.data.synthetic import SET_NAMES, SyntheticConfig, generate_corpus, generate_set, num_classes
-from sslam.errors import ConfigError, SslamError
+from sslam.data.synthetic import SET_NAMES, SyntheticConfig, generate_corpus, generate_set, num_classes, set_sizes
+from sslam.runtime.errors import ConfigError, SslamError
 
 # Half-second clips and a handful of each: the whole corpus renders in a few seconds.
 TINY = dict(corpus="instruments", clip_seconds=0.5, pretrain_clips=4, mono_clips_per_class=2, mono_folds=2,
@@ -76,6 +76,15 @@ def test_sets_follow_the_synthetic_contract(corpus):
 
     assert list(polyphony.table["polyphony"]) == [len(polyphony.labels_of(r)) for r in range(len(polyphony))]
     assert set(polyphony.table["split"]) == {"test"}
+
+
+def test_set_sizes_are_the_rendered_manifests_split_counts(corpus):
+    """What `sslam plan` reads before the corpus exists: the instrument corpus's own 15 classes, not 14."""
+    config = SyntheticConfig(**TINY, poly_test_by_polyphony=True)
+    for name in SET_NAMES:
+        counts = read_manifest(corpus[name]).table["split"].value_counts()
+        assert set_sizes(name, config) == {str(split): int(count) for split, count in counts.items()}
+    assert set_sizes("mono", config) == {"train": TINY["mono_clips_per_class"] * 15}
 
 
 def test_files_are_16_bit_with_the_renderers_own_format_among_them(corpus):

@@ -11,7 +11,7 @@ from sslam.data.adapters.fairseq import MIN_SAMPLE_SIZE, build_fairseq, export_f
 from sslam.data.commands import build_manifest
 from sslam.data.config import DatasetConfig
 from sslam.data.manifest import Manifest, read_manifest
-from sslam.errors import ConfigError, ManifestError
+from sslam.runtime.errors import ConfigError, ManifestError
 
 SHARED = Path("/work/shared/data/sslam_manifests")
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared reference manifests not present")

@@ -8,12 +8,13 @@ import pytest
 import soundfile
 import yaml
 
-from sslam.audio import load_raw_fbank
+from sslam.audio.front_end import load_raw_fbank
 from sslam.cli import main
-from sslam.configuration import from_dict
+from sslam.runtime.configuration import from_dict
 from sslam.data.manifest import read_manifest
-from sslam.data.synthetic import CLASS_IDS, EVENT_CLASSES, SET_NAMES, SyntheticConfig, generate_set, make_event
-from sslam.errors import ConfigError
+from sslam.data.synthetic import (CLASS_IDS, EVENT_CLASSES, SET_NAMES, SyntheticConfig, generate_set, make_event,
+                                  set_sizes)
+from sslam.runtime.errors import ConfigError
 
 
 def folder_digest(folder) -> str:
@@ -64,6 +65,16 @@ def test_sets_follow_the_contract(tiny_corpus, tiny):
     assert set(polyphony.table["split"]) == {"test"}
     for manifest in (pretrain, mono, poly, polyphony):
         assert manifest.classes == list(CLASS_IDS)
+
+
+def test_set_sizes_are_the_generated_manifests_split_counts(tiny_corpus, tiny):
+    config = SyntheticConfig(**tiny)
+    for name in SET_NAMES:
+        counts = read_manifest(tiny_corpus[name]).table["split"].value_counts()
+        assert set_sizes(name, config) == {str(split): int(count) for split, count in counts.items()}
+    assert set_sizes("poly", SyntheticConfig(**{**tiny, "poly_test_clips": 0})) == {"train": tiny["poly_train_clips"]}
+    with pytest.raises(ConfigError, match="unknown synthetic set"):
+        set_sizes("mixtures", config)
 
 
 def test_files_are_real_16_bit_audio_with_a_few_odd_formats(tiny_corpus, tiny):

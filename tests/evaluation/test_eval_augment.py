@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sslam.audio import waveform_to_fbank
+from sslam.audio.front_end import waveform_to_fbank
 from sslam.evaluation.augment import (TrainingAugmentation, keyword_noise, mixup, roll_and_gain,
                                       spec_augment)
 

@@ -1,8 +1,8 @@
 """BenchmarkConfig: defaults are the official values, the paper's variants are named options."""
 import pytest
 
-from sslam.configuration import from_dict
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict
+from sslam.runtime.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig, FinetuneConfig, LinearProbeConfig
 
 

@@ -9,8 +9,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from sslam.cli import main
-from sslam.configuration import from_dict
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict
+from sslam.runtime.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig, LinearProbeConfig
 from sslam.evaluation.heads import pool_features
 from sslam.evaluation.logistic import BIAS_L2, choose_l2, cv_folds, fit_logistic

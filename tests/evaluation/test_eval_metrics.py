@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, average_precision_score
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 from sslam.evaluation.metrics import accuracy, average_precision, mean_average_precision, per_bin, score
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslam.snapshots import PREEMPTED_EXIT_CODE
+from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[2]
 BOOKKEEPING = ("wall_time_s", "resumed")  # the only keys an interrupted run may differ in

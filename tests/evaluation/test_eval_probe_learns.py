@@ -84,9 +84,9 @@ def test_batch_feature_norm_separates_features_with_a_large_common_part():
 
 
 def test_feature_norm_rejects_unknown_values():
-    from sslam.errors import ConfigError
+    from sslam.runtime.errors import ConfigError
     with pytest.raises(ConfigError):
         ClassificationHead(32, 2, feature_norm="group")
-    from sslam.configuration import from_dict
+    from sslam.runtime.configuration import from_dict
     with pytest.raises(ConfigError):
         from_dict(LinearProbeConfig, {"feature_norm": "group"}, where="linear")

@@ -2,7 +2,7 @@
 import pytest
 
 from sslam.data.datasets import FbankDataset
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import DataLeakError, check_no_leak, plan_rounds
 

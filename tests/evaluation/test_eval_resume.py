@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from sslam.configuration import from_dict, load_yaml
+from sslam.runtime.configuration import from_dict, load_yaml
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import plan_rounds
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
 from sslam.model.encoder import AudioEncoder, EncoderConfig
-from sslam.snapshots import Preempted
+from sslam.runtime.snapshots import Preempted
 
 from eval_helpers import POLY, TINY_ENCODER
 

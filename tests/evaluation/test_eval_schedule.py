@@ -15,7 +15,7 @@ from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
 from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
 from sslam.evaluation.training import Fitter, TrainingData
 from sslam.model.encoder import AudioEncoder, EncoderConfig
-from sslam.schedules import warmup_cosine
+from sslam.runtime.schedules import warmup_cosine
 from sslam.train.schedule import learning_rate
 
 STEPS = (0, 2000, 4000, 22000, 39999, 40000)
@@ -74,7 +74,7 @@ def test_the_loop_trains_every_group_at_its_scheduled_lr():
 
 
 def test_one_schedule_formula_for_pretraining_and_fine_tuning():
-    # Pretraining warms up from 0, fine-tuning from min_lr; both are sslam.schedules.warmup_cosine.
+    # Pretraining warms up from 0, fine-tuning from min_lr; both are sslam.runtime.schedules.warmup_cosine.
     for step in (0, 3, 10, 55, 110, 200):
         assert learning_rate(step, 1e-3, 10, 110, 1e-5) == warmup_cosine(step, 1e-3, 10, 110, 1e-5, 0.0)
         assert LearningRateSchedule(1e-3, 1e-6, 10, 110)(step) == warmup_cosine(step, 1e-3, 10, 110, 1e-6, 1e-6)

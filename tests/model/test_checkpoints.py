@@ -10,9 +10,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sslam.cli import main as cli_main
-from sslam.configuration import to_dict
+from sslam.runtime.configuration import to_dict
 from sslam.model import AudioEncoder, Decoder2d, DecoderConfig, EMATeacher
-from sslam.model.checkpoints import CheckpointError, load_encoder, read_checkpoint
+from sslam.model.checkpoints.types import CheckpointError
+from sslam.model.checkpoints.read import load_encoder, read_checkpoint
 
 FRAMES = 64
 
@@ -225,7 +226,7 @@ def test_bad_files_raise_clear_errors(tmp_path):
 
 
 def test_default_decoder_config_is_inferred_from_official_shapes():
-    from sslam.model.checkpoints import infer_decoder_config
+    from sslam.model.checkpoints.read import infer_decoder_config
     state = Decoder2d(DecoderConfig(), 768).state_dict()
     assert infer_decoder_config(state) == DecoderConfig()
 

@@ -9,11 +9,11 @@ import yaml
 
 from embed_helpers import TINY, TRAINED_INPUT, same_outputs, tiny_encoder, write_project_checkpoint
 from sslam.cli import main as cli_main
-from sslam.embeddings import load_encoder as load_embedder
+from sslam.embeddings.api import load_encoder as load_embedder
 from sslam.model import EncoderConfig
-from sslam.model.checkpoints import load_encoder, read_checkpoint
-from sslam.model.export import random_encoder
-from sslam.model.hub import input_settings
+from sslam.model.checkpoints.read import load_encoder, read_checkpoint
+from sslam.model.checkpoints.export import random_encoder
+from sslam.model.checkpoints.settings import input_settings
 
 
 def test_onnx_export_matches_onnxruntime_for_other_batch_and_time_sizes(tmp_path):

@@ -6,9 +6,11 @@ from embed_helpers import (EAT_REPO, EAT_REVISION, TINY, TRAINED_INPUT, same_out
                            write_hub_cache, write_project_checkpoint)
 from sslam.cli import main as cli_main
 from sslam.model import EncoderConfig
-from sslam.model.checkpoints import CheckpointError, load_encoder, read_checkpoint
-from sslam.model.export import save_pretrained
-from sslam.model.hub import InputSettings, default_input, input_settings, resolve_checkpoint
+from sslam.model.checkpoints.types import CheckpointError
+from sslam.model.checkpoints.read import load_encoder, read_checkpoint
+from sslam.model.checkpoints.export import save_pretrained
+from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
+from sslam.model.checkpoints.routes import resolve_checkpoint
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
 

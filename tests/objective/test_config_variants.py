@@ -1,8 +1,8 @@
 """ObjectiveConfig defaults, validation and the four variant presets (paper §4.3, Tables 2-3)."""
 import pytest
 
-from sslam.configuration import from_dict
-from sslam.errors import ConfigError
+from sslam.runtime.configuration import from_dict
+from sslam.runtime.errors import ConfigError
 from sslam.objective.config import ObjectiveConfig, resolve_layer_count, variant_config
 
 
@@ -78,7 +78,7 @@ def test_a_new_variant_starts_from_a_named_preset():
 def test_a_new_variant_without_a_known_base_is_refused():
     import pytest
 
-    from sslam.errors import ConfigError
+    from sslam.runtime.errors import ConfigError
     from sslam.objective.config import variant_config
 
     with pytest.raises(ConfigError, match="base: <one of those>"):

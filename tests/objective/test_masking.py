@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.objective.masking import block_pattern, clone_masks, inverse_block_mask, keep_index, num_block_centres
 
 OFFICIAL_GRID = (64, 8)

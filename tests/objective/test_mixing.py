@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from sslam.audio import normalise, waveform_to_fbank
-from sslam.errors import ConfigError
+from sslam.audio.front_end import normalise, waveform_to_fbank
+from sslam.runtime.errors import ConfigError
 from sslam.objective.mixing import (
     MixRegions,
     all_regions_mixed,

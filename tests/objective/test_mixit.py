@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.model.teacher import ema_decay
 from sslam.objective.config import VARIANT_PRESETS, ObjectiveConfig, variant_config
 from sslam.objective.losses import d2v_loss

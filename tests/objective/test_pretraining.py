@@ -158,7 +158,7 @@ def test_global_target_layers_per_half(tiny_encoder_cfg, tiny_decoder_cfg):
 
 
 def test_waveform_mean_mixing_needs_the_normalisation(tiny_encoder_cfg, tiny_decoder_cfg):
-    from sslam.errors import ConfigError
+    from sslam.runtime.errors import ConfigError
 
     with pytest.raises(ConfigError, match="norm_stats"):
         tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM", mix_op="waveform_mean")

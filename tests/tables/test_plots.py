@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sslam.errors import SslamError
+from sslam.runtime.errors import SslamError
 from sslam.tables.layouts import TableSpec
 from sslam.tables.plots import (audioset_polyphony_figure, log_ticks, polyphony_figure, pretrain_figure,
                                 readable_log_axis, run_model)

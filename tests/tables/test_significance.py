@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 from tables_helpers import multilabel, noisy_scores, one_hot, write_run
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.tables.aggregate import read_result
 from sslam.tables.significance import (Bootstrap, SignificanceConfig, load_predictions, PredictionsError,
                                        resampling_counts, weighted_accuracy, weighted_map)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from sslam.cli import main as sslam_main
-from sslam.errors import ConfigError, SslamError
+from sslam.runtime.errors import ConfigError, SslamError
 from sslam.tables.aggregate import make_tables, read_result
 from sslam.tables.layouts import table_specs
 from sslam.tables.models import default_label, model_order, parse_model_id

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from sslam.cli import main as cli_main
-from sslam.model.checkpoints import read_checkpoint
+from sslam.model.checkpoints.read import read_checkpoint
 
 from train_helpers import NUM_FRAMES, tiny_study
 
@@ -11,7 +11,7 @@ from train_helpers import NUM_FRAMES, tiny_study
 def test_pretraining_checkpoint_stores_norm_stats_and_target_length(tmp_path):
     import h5py
 
-    from sslam.embeddings import load_encoder
+    from sslam.embeddings.api import load_encoder
 
     config = tiny_study(tmp_path)
     out = tmp_path / "stage1"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sslam.model.checkpoints import read_checkpoint
+from sslam.model.checkpoints.read import read_checkpoint
 
 from train_helpers import REPO, cli_env, read_metrics, run_sslam, tiny_study
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sslam.cli import main
-from sslam.snapshots import PREEMPTED_EXIT_CODE
+from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE
 from train_helpers import cli_env, read_metrics, run_sslam, sslam_command, tiny_study, REPO
 
 STEPS, EVERY = 120, 30

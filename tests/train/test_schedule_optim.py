@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 from sslam.model.encoder import AudioEncoder, EncoderConfig
 from sslam.model.teacher import ema_decay
 from sslam.train.config import TrainConfig, train_config_for_stage

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from sslam.data.shards import front_end_json
-from sslam.front_end import FrontEndConfig
+from sslam.audio.config import FrontEndConfig
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_FRAMES, NUM_BINS = 64, 32  # 4 × 2 patches of 16: a handful of tokens keeps every step cheap

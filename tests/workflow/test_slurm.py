@@ -189,7 +189,7 @@ def test_multi_node_launch_form_runs_under_srun(slurm_cluster, tmp_path):
     sys.path.insert(0, str(REPO / "tests" / "train"))
     from train_helpers import tiny_study
 
-    from sslam.study import torchrun_across_nodes
+    from sslam.study.resources import torchrun_across_nodes
 
     config = tiny_study(tmp_path, stage1={"steps": 2, "checkpoint_every": 2, "batch_size": 2})
     out = tmp_path / "ddp"

@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 
 from sslam.data.manifest import Manifest
-from sslam.errors import ConfigError
+from sslam.runtime.errors import ConfigError
 
 # adapter name -> (module, function); docs/manifest.md has one section per entry
 ADAPTERS: dict[str, tuple[str, str]] = {

@@ -18,7 +18,7 @@ import pandas as pd
 
 from sslam.data.adapters.common import add_audio_info, finish, join_labels, require_dir
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 DESED_CLASSES = [
     "Alarm_bell_ringing", "Blender", "Cat", "Dishes", "Dog",

@@ -12,7 +12,7 @@ import pandas as pd
 
 from sslam.data.adapters.common import add_audio_info, finish, require_dir, require_file
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 META_COLUMNS = ["filename", "fold", "target", "category", "esc10", "src_file", "take"]
 NUM_FOLDS = 5

@@ -14,7 +14,7 @@ import pandas as pd
 
 from sslam.data.adapters.common import finish, require_dir
 from sslam.data.manifest import Manifest, read_manifest
-from sslam.errors import ConfigError, ManifestError
+from sslam.runtime.errors import ConfigError, ManifestError
 
 PAPER_MAX_BIN = 14
 NO_BIN = ""

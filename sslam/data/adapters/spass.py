@@ -13,7 +13,7 @@ from pathlib import Path
 from sslam.data.adapters.common import add_audio_info, distinct_label_count, finish, require_dir
 from sslam.data.adapters.fairseq import build_fairseq
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 SCENES = ("market", "park", "square", "street", "waterfront")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 import soundfile
 
-from sslam.data.adapters.common import add_audio_info, finish, require_dir
+from sslam.data.adapters.common import add_audio_info, finish, read_lines, require_dir
 from sslam.data.manifest import Manifest
-from sslam.errors import ManifestError
+from sslam.runtime.errors import ManifestError
 
 KS1_KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SILENCE = "_silence_"
@@ -36,9 +36,7 @@ SILENCE_SPLIT_FRACTIONS = (("train", 0.8), ("valid", 0.1), ("test", 0.1))
 
 
 def _read_list(path: Path) -> set[str]:
-    if not path.is_file():
-        raise ManifestError(f"Speech Commands split list not found: {path}")
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    return {line.strip() for line in read_lines(path, "Speech Commands split list") if line.strip()}
 
 
 def _word_files(root: Path) -> pd.DataFrame:
