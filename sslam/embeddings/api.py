@@ -45,6 +45,7 @@ from sslam.model.checkpoints.export import random_encoder, save_pretrained
 from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
 
 CHECKPOINT_ENVIRONMENT = "SSLAM_CHECKPOINT"
+RANDOM = "random"  # the one spelling that asks for a randomly initialised encoder
 LONG_AUDIO = ("window", "truncate")
 GRANULARITIES = ("all", "frame", "utterance", "timestamp")
 DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
@@ -268,21 +269,32 @@ class Embedder(nn.Module):
         return save_pretrained(self.encoder, folder, self.settings)
 
 
+def checkpoint_spec(spec: str | Path | None) -> str | Path:
+    """The checkpoint to load: `spec`, else $SSLAM_CHECKPOINT. A forgotten checkpoint is an error, never a
+    silent random network: a benchmark run would score one without anyone noticing."""
+    spec = spec or os.environ.get(CHECKPOINT_ENVIRONMENT) or None
+    if spec is None:
+        raise SslamError(f"no checkpoint given and ${CHECKPOINT_ENVIRONMENT} is unset: name a checkpoint (a file, "
+                         f"hf:OWNER/NAME or a model folder), or {RANDOM!r} for a randomly initialised ViT-B/16")
+    return spec
+
+
 def load_encoder(spec: str | Path | None = None, which: str = "student", *, device: str | None = "auto",
                  window: int | None = None, hop: int | None = None, long_audio: str = "window",
                  batch_size: int = 16, dtype: str | None = None, norm_mean: float | None = None,
                  norm_std: float | None = None, num_heads: int | None = None,
                  num_mel_bins: int | None = None) -> Embedder:
     """An `Embedder` for a checkpoint: a file, ``hf:OWNER/NAME[@REV][:FILE]`` or a model folder
-    (docs/checkpoints.md). None: the checkpoint named by $SSLAM_CHECKPOINT, else a random-init ViT-B (with
-    a warning: its embeddings carry no information). The window defaults to the length the checkpoint
-    was trained with; norm_mean/norm_std override the statistics it records."""
+    (docs/checkpoints.md). None or "": the checkpoint named by $SSLAM_CHECKPOINT; neither given is an error.
+    "random" (only when asked for by name) is a randomly initialised ViT-B/16, whose embeddings carry no
+    information. The window defaults to the length the checkpoint was trained with; norm_mean/norm_std
+    override the statistics it records."""
     from sslam.runtime.device import resolve_device
 
-    spec = spec or os.environ.get(CHECKPOINT_ENVIRONMENT) or None
-    if spec is None:
-        warnings.warn(f"no checkpoint given and ${CHECKPOINT_ENVIRONMENT} is unset: using a randomly initialised "
-                      "ViT-B/16, whose embeddings carry no information", stacklevel=2)
+    spec = checkpoint_spec(spec)
+    if str(spec) == RANDOM:
+        warnings.warn("checkpoint 'random': a randomly initialised ViT-B/16, whose embeddings carry no information",
+                      stacklevel=2)
         encoder = random_encoder()
         settings = default_input(encoder.config, source="random init")
     else:
@@ -307,4 +319,4 @@ def encode(model: Embedder, audio: Any, sample_rate: int | None = None) -> list[
     return model.embed(audio, sample_rate)
 
 
-__all__ = ["CHECKPOINT_ENVIRONMENT", "ClipEmbedding", "Embedder", "encode", "load_encoder"]
+__all__ = ["CHECKPOINT_ENVIRONMENT", "RANDOM", "ClipEmbedding", "Embedder", "encode", "load_encoder"]

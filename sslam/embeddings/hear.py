@@ -20,8 +20,8 @@ from sslam.embeddings.api import Embedder, load_encoder
 
 def load_model(model_file_path: str = "", **options: Any) -> Embedder:
     """A torch Module with `sample_rate` (16000), `scene_embedding_size` and `timestamp_embedding_size`.
-    `model_file_path`: any checkpoint route (file, hf: id, model folder); "" = $SSLAM_CHECKPOINT, else a
-    random-init ViT-B with a warning. `options` go to `sslam.embeddings.load_encoder` (window, hop...)."""
+    `model_file_path`: any checkpoint route (file, hf: id, model folder) or "random"; "" = $SSLAM_CHECKPOINT,
+    and an error when that is unset too. `options` go to `sslam.embeddings.load_encoder` (window, hop...)."""
     return load_encoder(model_file_path or None, **options)
 
 

@@ -6,8 +6,8 @@
     encoder = SSLAMEncoder("hf:ta012/SSLAM_pretrain")
     frames = encoder(waveform)                                # (B, T) at 16 kHz -> (B, T', 768), 160 ms hop
 
-X-ARES builds the encoder with no arguments: the checkpoint then comes from $SSLAM_CHECKPOINT, else a
-random-init ViT-B is used with a warning. X-ARES finds the class as the one module attribute whose name
+X-ARES builds the encoder with no arguments: the checkpoint then comes from $SSLAM_CHECKPOINT, and an unset
+one is an error (a random ViT-B only when the variable says "random"). X-ARES finds the class as the one module attribute whose name
 ends in "Encoder", so this module must define no other.
 """
 from __future__ import annotations
