@@ -18,10 +18,13 @@ truncate` keeps the first window only, and says so.
 
 Granularities (D = encoder width, N = P·F_p patch tokens over the P time patches the windows span):
   all        (1+N, D)  the scene vector (CLS, pooled over windows) first, then every patch token
-  frame      (N, D)    patch tokens only, time-major
-  utterance  (D,)      the scene vector
+  cls        (D,)      the scene vector (EAT's name: utterance)
+  mean       (D,)      the mean of the patch tokens that hold audio
+  patch      (N, D)    patch tokens only, time-major (EAT's name: frame)
   timestamp  (T, D)    one vector per 160 ms time patch holding audio (mean over frequency patches)
-For a clip that fits one window, all/frame/utterance equal the official EAT/SSLAM extractor's output.
+For a clip that fits one window, all/patch/cls equal the official EAT/SSLAM extractor's output.
+`--layer` picks the hidden state: -1 (default) the last block's output, N block N's (0 = the first block's
+input), "4,8,12" several, "all" every one (depth + 1); several layers put a layer axis first: (L, ...).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sslam.audio.front_end import FrontEndConfig, load_raw_fbank
-from sslam.embeddings.api import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder
+from sslam.embeddings.api import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder, token_name
 from sslam.runtime.errors import AudioError, SslamError
 from sslam.runtime.io import atomic_path, atomic_write_json
 from sslam.runtime.progress import Progress
@@ -199,8 +202,16 @@ class Hdf5Writer:
         self.file.close()
 
 
+# Settings that earlier versions did not record, with the value those versions used: an output written
+# before the key existed is compared as if it recorded it.
+SETTINGS_BEFORE = {"layers": "last"}
+
+
 def check_settings(previous: dict | None, settings: dict[str, Any], out: Path) -> None:
-    if previous is None or previous == settings:
+    if previous is None:
+        return
+    previous = {**{k: v for k, v in SETTINGS_BEFORE.items() if k in settings}, **previous}
+    if previous == settings:
         return
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     shown = ", ".join(f"{k} {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
@@ -233,8 +244,7 @@ def extract_files(model: Embedder, inputs: list[AudioInput], writer: NpyWriter |
                   granularity: str = "all", num_workers: int = 0, batch_size: int = 16,
                   show_progress: bool | None = None) -> dict[str, int]:
     """Embed every input and hand the results to `writer`; returns counts of written/skipped/truncated."""
-    if granularity not in GRANULARITIES:
-        raise SslamError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    token_name(granularity)  # a bad name is one line before any work
     loader = DataLoader(_DecodedAudio([item.path for item in inputs], model.front_end), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_as_list)
     counts = {"written": 0, "skipped": 0, "truncated": 0}
@@ -287,7 +297,14 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (npy) or .h5 file (hdf5)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="npy")
     parser.add_argument("--overwrite", action="store_true", help="re-extract keys already in --out")
-    parser.add_argument("--granularity", choices=GRANULARITIES, default="all")
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="all",
+                        help="what of each layer is written: all (1+N, D) = cls then the patch tokens; cls (D,); mean "
+                             "(D,) of the patch tokens holding audio; patch (N, D); timestamp (T, D), one vector per "
+                             "160 ms; utterance = cls and frame = patch, as EAT names them (default: %(default)s)")
+    parser.add_argument("--layer", default="-1",
+                        help="which hidden state: -1 the last block's output, N block N's (0 = the first block's "
+                             "input), a comma-separated list, or 'all' (depth + 1 layers); several put a layer axis "
+                             "first (default: %(default)s)")
     parser.add_argument("--target-length", type=int, default=None,
                         help="window in frames, a multiple of 16 (default: what the checkpoint was trained with, "
                              "else 1024)")
@@ -310,6 +327,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--num-mel-bins", type=int, default=None, help="foreign files only (default: 128)")
 
 
+def layers_setting(model: Embedder) -> str | int | list[int]:
+    """How the layers are recorded: "last" for the last block's output (what every earlier version wrote), else
+    the layer numbers (0..depth), a list when the outputs have a layer axis."""
+    depth = model.encoder.config.depth
+    if not model.stacked:
+        return "last" if model.layers[0] == depth else model.layers[0]
+    return list(model.layers)
+
+
 def run(args: argparse.Namespace) -> int:
     from sslam.runtime.device import resolve_device
 
@@ -325,8 +351,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_encoder(args.checkpoint, args.which, device=str(device), window=args.target_length,
                          hop=args.hop_length, long_audio=args.long_audio, batch_size=args.batch_size,
                          dtype=args.dtype, norm_mean=args.norm_mean, norm_std=args.norm_std,
-                         num_heads=args.num_heads, num_mel_bins=args.num_mel_bins)
+                         num_heads=args.num_heads, num_mel_bins=args.num_mel_bins, layers=args.layer)
     settings = {"checkpoint": str(args.checkpoint), "which": args.which, "granularity": args.granularity,
+                "layers": layers_setting(model),
                 "window": model.window, "hop": model.hop, "long_audio": args.long_audio,
                 "norm_mean": model.settings.norm_mean, "norm_std": model.settings.norm_std, "dtype": args.dtype,
                 "freq_patches": model.encoder.config.freq_patches, "patch_ms": model.patch_ms}
