@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -112,9 +113,30 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--num-mel-bins", type=int, default=None, help="foreign files only (default: 128)")
 
 
+def check_output(out: Path, output_format: str) -> None:
+    """Refuse, before any work, an --out that the export could only fail on at its end."""
+    if output_format == "onnx":
+        if out.is_dir():
+            raise SslamError(f"--out {out} is a folder; ONNX export writes one file: give a file name (e.g. "
+                             f"{out / 'sslam.onnx'})")
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as error:
+            raise SslamError(f"ONNX export needs onnx and onnxscript ({error}): pip install 'sslam[embeddings]'"
+                             ) from error
+    elif out.exists() and not out.is_dir():
+        raise SslamError(f"--out {out} exists and is a file; --format pretrained writes a folder "
+                         "(model.safetensors + config.json): name a folder")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise SslamError(f"cannot write {out}: {parent} is not a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.random_init == (args.checkpoint is not None):
         raise SslamError("give either a checkpoint or --random-init")
+    check_output(args.out, args.format)
     if args.random_init:
         raw = section(load_yaml(args.config), "model.encoder", default={}) if args.config else {}
         encoder = random_encoder(from_dict(EncoderConfig, raw, where="model.encoder"), args.seed)
