@@ -104,3 +104,11 @@ def test_an_output_the_export_cannot_write_is_one_line_before_the_work(tmp_path,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert read == [] and list(existing.iterdir()) == []
+
+
+def test_an_exported_config_records_no_local_path(tmp_path):
+    checkpoint = write_project_checkpoint(tmp_path / "deep" / "folder" / "checkpoint.pt", tiny_encoder())
+    assert cli_main(["export", str(checkpoint.resolve()), "--out", str(tmp_path / "exported")]) == 0
+    text = (tmp_path / "exported" / "config.json").read_text()
+    assert json.loads(text)["source"] == "checkpoint.pt (student)"
+    assert str(tmp_path) not in text

@@ -113,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--num-mel-bins", type=int, default=None, help="foreign files only (default: 128)")
 
 
+def portable_name(checkpoint: str) -> str:
+    """How an exported folder names its source: an hf: id as given, a local file or folder by its name only (an
+    absolute path would tell others nothing and this machine's layout to everyone)."""
+    text = str(checkpoint)
+    return text if text.startswith("hf:") else (Path(text).name or text)
+
+
 def check_output(out: Path, output_format: str) -> None:
     """Refuse, before any work, an --out that the export could only fail on at its end."""
     if output_format == "onnx":
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = read_checkpoint(args.checkpoint, num_heads=args.num_heads, num_mel_bins=args.num_mel_bins)
         encoder, settings = build_encoder(loaded, args.which), input_settings(loaded)
-        source = f"{args.checkpoint} ({args.which})"
+        source = f"{portable_name(args.checkpoint)} ({args.which})"
     overrides = {"norm_mean": args.norm_mean, "norm_std": args.norm_std, "target_length": args.target_length}
     if any(value is not None for value in overrides.values()):
         settings = InputSettings(**{**settings.as_dict(), **{k: v for k, v in overrides.items() if v is not None}},
