@@ -14,8 +14,16 @@ import sys
 
 from sslam.fingerprints import Registry, finish_recording
 
-DESCRIPTION = ("SSLAM (self-supervised learning from audio mixtures): the study's jobs, frozen embeddings, "
-               "checkpoints and tables. `sslam COMMAND --help` explains a command.")
+DESCRIPTION = ("Embed audio with SSLAM/EAT encoders, and run the SSLAM study (pretraining, evaluation, tables). "
+               "`sslam COMMAND --help` explains a command and shows its defaults.")
+EPILOG = """common starting points:
+  sslam extract hf:ta012/SSLAM_pretrain clips/ --out feats.h5     embeddings of a folder of audio files
+  sslam extract CKPT clips/ --out feats.h5 --layer all --granularity mean
+  sslam export CKPT --format onnx --out sslam.onnx                 an ONNX encoder
+  make demo                                                        the whole study on synthetic data (CPU)
+  sslam plan --config config/config.yaml --gpu H100                what the paper's study costs
+
+documentation: README.md, docs/embeddings.md (embeddings), docs/checkpoints.md (checkpoints)"""
 
 # subcommand -> the module that runs it; a Registry, so that a job depends on its own entry only.
 COMMANDS = Registry("COMMANDS", {
@@ -56,7 +64,8 @@ SUMMARIES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     from sslam import __version__
 
     parser.add_argument("--version", action="version", version=f"sslam {__version__}")

@@ -366,7 +366,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="text file with one audio path per line (relative to the list's folder)")
     parser.add_argument("--root", type=Path, default=None, help="keys are paths relative to this folder "
                                                                "(default: the inputs' common folder)")
-    parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="searched in folders")
+    parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS),
+                        help="comma-separated file extensions read from folders (default: every format this machine's libsndfile decodes: %(default)s)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (npy) or .h5 file (hdf5)")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
                         help="default: hdf5 when --out ends in .h5/.hdf5, else npy")
@@ -384,14 +385,18 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                              "else 1024)")
     parser.add_argument("--hop-length", type=int, default=None, help="frames between windows (default: the window)")
     parser.add_argument("--long-audio", choices=LONG_AUDIO, default="window",
-                        help="window: embed clips longer than the window whole; truncate: keep the first window")
+                        help="window: embed clips longer than the window whole; truncate: keep the first window (default: "
+                             "%(default)s)")
     parser.add_argument("--norm-mean", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--norm-std", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--which", choices=["student", "teacher"], default="student",
-                        help="student (what the official extractor and fine-tuning use) or EMA teacher")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="bfloat16: autocast (GPU)")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips decoded together = windows per forward")
+                        help="student (what the official extractor and fine-tuning use) or EMA teacher (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N "
+                                                         "(default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="bfloat16: autocast, for GPUs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="clips decoded together, and windows per forward pass (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="decoding processes (default: 0 on the CPU, where the encoder needs every core; "
                              "up to 4 with a GPU)")

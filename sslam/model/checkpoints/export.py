@@ -100,12 +100,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint file, hf:OWNER/NAME[@REV][:FILE] or model folder (docs/checkpoints.md)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (pretrained) or .onnx file")
-    parser.add_argument("--format", choices=FORMATS, default="pretrained")
-    parser.add_argument("--which", choices=["student", "teacher"], default="student")
+    parser.add_argument("--format", choices=FORMATS, default="pretrained",
+                        help="pretrained: a folder with model.safetensors + config.json, readable by every loader here; "
+                             "onnx: one .onnx file, the encoder with dynamic batch and time (default: %(default)s)")
+    parser.add_argument("--which", choices=["student", "teacher"], default="student",
+                        help="which encoder of a pretraining checkpoint: the student or its EMA teacher (default: %(default)s)")
     parser.add_argument("--random-init", action="store_true", help="export a randomly initialised encoder")
     parser.add_argument("--config", type=Path, default=None,
-                        help="with --random-init: study YAML whose model.encoder section sets the architecture")
-    parser.add_argument("--seed", type=int, default=0, help="with --random-init")
+                        help="with --random-init: study YAML whose model.encoder section sets the architecture (default: ViT-B/16)")
+    parser.add_argument("--seed", type=int, default=0, help="with --random-init: the seed of the weights (default: %(default)s)")
     parser.add_argument("--norm-mean", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--norm-std", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--target-length", type=int, default=None, help="default: what the checkpoint records")
