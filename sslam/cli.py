@@ -16,14 +16,11 @@ from sslam.fingerprints import Registry, finish_recording
 
 DESCRIPTION = ("Embed audio with SSLAM/EAT encoders, and run the SSLAM study (pretraining, evaluation, tables). "
                "`sslam COMMAND --help` explains a command and shows its defaults.")
-EPILOG = """common starting points:
-  sslam extract hf:ta012/SSLAM_pretrain clips/ --out feats.h5     embeddings of a folder of audio files
-  sslam extract CKPT clips/ --out feats.h5 --layer all --granularity mean
-  sslam export CKPT --format onnx --out sslam.onnx                 an ONNX encoder
-  make demo                                                        the whole study on synthetic data (CPU)
-  sslam plan --config config/config.yaml --gpu H100                what the paper's study costs
-
-documentation: README.md, docs/embeddings.md (embeddings), docs/checkpoints.md (checkpoints)"""
+EPILOG = ("Common starting points: `sslam extract hf:ta012/SSLAM_pretrain clips/ --out feats.h5` embeds a folder of "
+          "audio files (add `--layer all --granularity mean` for every layer); `sslam export CKPT --format onnx --out "
+          "sslam.onnx` writes an ONNX encoder; `make demo` runs the whole study on synthetic data (CPU, minutes); "
+          "`sslam plan --config config/config.yaml --gpu H100` says what the paper's study costs. Documentation: "
+          "README.md, docs/embeddings.md, docs/checkpoints.md.")
 
 # subcommand -> the module that runs it; a Registry, so that a job depends on its own entry only.
 COMMANDS = Registry("COMMANDS", {
@@ -64,8 +61,7 @@ SUMMARIES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION, epilog=EPILOG)
     from sslam import __version__
 
     parser.add_argument("--version", action="version", version=f"sslam {__version__}")

@@ -47,7 +47,7 @@ from torch import nn
 from sslam.audio.front_end import FrontEndConfig, fit_length, load_raw_fbank, normalise, waveform_to_fbank
 from sslam.runtime.errors import AudioError, SslamError
 from sslam.model.checkpoints.read import build_encoder, read_checkpoint
-from sslam.model.encoder import AudioEncoder
+from sslam.model.encoder import AudioEncoder, hidden_states
 from sslam.model.checkpoints.export import random_encoder, save_pretrained
 from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
 
@@ -309,7 +309,7 @@ class Embedder(nn.Module):
         for first in range(0, len(windows), self.batch_size):
             batch = torch.stack(windows[first: first + self.batch_size]).to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                tokens = self.encoder.forward_layers(batch, self.layers).float()  # (n, L, 1+N, D)
+                tokens = hidden_states(self.encoder, batch, self.layers).float()  # (n, L, 1+N, D)
             cls.append(tokens[:, :, 0])
             patches.append(tokens[:, :, 1:].reshape(*tokens.shape[:2], time_patches, freq_patches, -1))
             if on_windows is not None:

@@ -299,6 +299,16 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+class WindowProgress(Progress):
+    """Progress in windows, whose total is corrected as each file's real length becomes known."""
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
+
 def expected_windows(model: Embedder, path: Path) -> int:
     """The windows a file will give, from its header alone (1 when the header is unreadable: the file is then
     skipped when it is decoded, and the count corrected)."""
@@ -319,7 +329,7 @@ def extract_files(model: Embedder, inputs: list[AudioInput], writer: NpyWriter |
     # Progress counts windows, the unit of work (a 3-min clip is 18 windows, a 1-s clip one), from the files'
     # headers; the count is corrected as each file is decoded, so the ETA stays honest for long files.
     planned = [expected_windows(model, item.path) for item in inputs]
-    progress = Progress(sum(planned), "extract", unit="window", bar=show_progress)
+    progress = WindowProgress(sum(planned), "extract", unit="window", bar=show_progress)
     try:
         for batch in loader:
             decoded = []

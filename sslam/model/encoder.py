@@ -211,30 +211,6 @@ class AudioEncoder(nn.Module):
     def forward(self, x: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_features(x, keep_index)
 
-    def layer_index(self, layer: int) -> int:
-        """A layer number -> 0..depth. Layer 0 is the sequence entering the first block (patch embeddings with
-        their positions, CLS prepended, after the pre-blocks LayerNorm); layer k the output of block k; negative
-        numbers count from the end, so -1 is the last block's output, what `forward` returns."""
-        depth = len(self.blocks)
-        if not -(depth + 1) <= layer <= depth:
-            raise ModelInputError(f"layer {layer} does not exist: this encoder has layers 0..{depth} "
-                                  f"(or -{depth + 1}..-1 counted from the last)")
-        return layer % (depth + 1)
-
-    def forward_layers(self, x: torch.Tensor, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
-        """fbank -> (N, len(layers), 1+L, D): the hidden states of the given layers (see `layer_index`), in the
-        order asked for. The blocks after the deepest layer asked for do not run."""
-        wanted = [self.layer_index(layer) for layer in layers]
-        if not wanted:
-            raise ModelInputError("no layer asked for")
-        seq = self.add_cls_and_norm(self.embed(x))
-        states = {0: seq} if 0 in wanted else {}
-        for number, block in enumerate(self.blocks[: max(wanted)], start=1):
-            seq, _ = block(seq)
-            if number in wanted:  # only what was asked for stays in memory
-                states[number] = seq
-        return torch.stack([states[number] for number in wanted], dim=1)
-
     # ------------------------------------------------------------------ accounting
     def num_parameters(self, include_pos_table: bool = False) -> int:
         """Trainable parameter count; `include_pos_table` adds the fixed sin-cos table, which the
@@ -245,6 +221,34 @@ class AudioEncoder(nn.Module):
     def flops_per_forward(self, num_tokens: int, num_patches: int | None = None) -> int:
         """Forward FLOPs of one sequence (see EncoderConfig.flops_per_forward)."""
         return self.config.flops_per_forward(num_tokens, num_patches)
+
+
+# Module functions rather than AudioEncoder methods: a method would change the class every pretraining and
+# evaluation job records (docs/fingerprints.md) and re-run them all, for code none of them runs.
+def layer_index(encoder: AudioEncoder, layer: int) -> int:
+    """A layer number -> 0..depth. Layer 0 is the sequence entering the first block (patch embeddings with their
+    positions, CLS prepended, after the pre-blocks LayerNorm); layer k the output of block k; negative numbers
+    count from the end, so -1 is the last block's output, what `AudioEncoder.forward` returns."""
+    depth = len(encoder.blocks)
+    if not -(depth + 1) <= layer <= depth:
+        raise ModelInputError(f"layer {layer} does not exist: this encoder has layers 0..{depth} "
+                              f"(or -{depth + 1}..-1 counted from the last)")
+    return layer % (depth + 1)
+
+
+def hidden_states(encoder: AudioEncoder, x: torch.Tensor, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """fbank -> (N, len(layers), 1+L, D): the encoder's hidden states at the given layers (see `layer_index`), in
+    the order asked for; layer -1 is exactly `encoder(x)`. The blocks after the deepest layer asked for do not run."""
+    wanted = [layer_index(encoder, layer) for layer in layers]
+    if not wanted:
+        raise ModelInputError("no layer asked for")
+    seq = encoder.add_cls_and_norm(encoder.embed(x))
+    states = {0: seq} if 0 in wanted else {}
+    for number, block in enumerate(encoder.blocks[: max(wanted)], start=1):
+        seq, _ = block(seq)
+        if number in wanted:  # only what was asked for stays in memory
+            states[number] = seq
+    return torch.stack([states[number] for number in wanted], dim=1)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

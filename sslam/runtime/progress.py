@@ -79,13 +79,6 @@ class Progress:
         if self._last_line is None or now - self._last_line >= self.every_s:
             self._emit(now)
 
-    def set_total(self, total: int | None) -> None:
-        """Correct the total once the work is better known (e.g. a file's real length once it is decoded)."""
-        self.total = total
-        if self._bar is not None:
-            self._bar.total = total
-            self._bar.refresh()
-
     def line(self, now: float | None = None) -> str:
         now = time.perf_counter() if now is None else now
         elapsed = now - self._started
