@@ -1,9 +1,12 @@
 """pyproject.toml in the form setuptools >= 77 reads without deprecation warnings (`make env`, `make demo`):
 an SPDX license string, the license file listed and present, and a build requirement that understands both."""
-import tomllib
 from pathlib import Path
 
+import pytest
+
 import sslam
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 REPO = Path(sslam.__file__).resolve().parents[1]
 
