@@ -265,7 +265,7 @@ def format_plan(plan: StudyPlan) -> str:
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--config", required=True, help="the study YAML")
     parser.add_argument("--gpu", default=DEFAULT_GPU, choices=sorted(GPUS), help=f"accelerator (default {DEFAULT_GPU})")
-    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model-FLOPs utilisation to assume")
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model-FLOPs utilisation to assume (default: %(default)s; benchmarks/device_check.sh measures it)")
     parser.add_argument("--json", help="also write the plan as JSON here")
 
 
