@@ -15,7 +15,7 @@ from sslam.study.plan import GPUS, format_plan, plan_study, pretraining_step_flo
 from sslam.study.resources import Executor
 from sslam.study.dag import Study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from sslam.runtime.progress import Progress
 from sslam.runtime.watch import Watcher, last_progress, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_progress(log: Path, done: int, total: int) -> None:
