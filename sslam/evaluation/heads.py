@@ -10,6 +10,15 @@ matters when the pooled features share a large common part and differ across cli
 small one, as the CLS token of a randomly initialised or briefly pretrained encoder does
 (post-norm blocks, 0.02-std weights: the CLS output varies by <1 % across clips). A 0.02-init
 linear head then sees near-identical inputs, learns only the class bias and predicts one class.
+
+`pooling: attentive` is the patch-token probe: a learned query attends over the patch tokens
+(`AttentivePooling`), so the pooled vector can weight the patches where each sound is, instead of
+the CLS token or a uniform mean. CLS and mean-pool probes can misrepresent what frozen audio
+encoders hold on multi-label sets ("Unmute the Patch Tokens", ICLR 2026), SSLAM's polyphonic case.
+
+`pooling: time` (`pool_features`) keeps the frequency rows of patches apart: the mean over time of each
+row, rows concatenated. It has no parameters, so the converged probe (sslam.evaluation.logistic), which
+extracts features once, reads it as the head does; a learned pooling (`attentive`) it cannot read.
 """
 from __future__ import annotations
 
@@ -23,7 +32,8 @@ from sslam.runtime.errors import ConfigError
 HEAD_INIT_STD = 0.02
 
 
-POOLINGS = ("cls", "mean", "time")
+POOLINGS = ("cls", "mean", "time", "attentive")
+FIXED_POOLINGS = ("cls", "mean", "time")        # no parameters: what features extracted once can be pooled by
 
 
 def pooled_dim(embed_dim: int, pooling: str, freq_patches: int) -> int:
@@ -35,11 +45,14 @@ def pool_features(features: torch.Tensor, pooling: str, freq_patches: int = 1) -
     (N, D); `mean` the mean of the patch tokens (N, D); `time` the mean over time of each frequency row of
     patches, rows concatenated (N, freq_patches·D). A mean over all patches averages the frequency rows
     together, so a linear read-out of it sees the spectral envelope only through what the blocks mixed into
-    every token; `time` keeps the rows apart (the lowest row first)."""
+    every token; `time` keeps the rows apart (the lowest row first). `attentive` has learned parameters:
+    ClassificationHead pools it."""
     if pooling == "cls":
         return features[:, 0]
     if pooling == "mean":
         return features[:, 1:].mean(dim=1)
+    if pooling != "time":
+        raise ConfigError(f"pool_features pools {', '.join(FIXED_POOLINGS)}, not {pooling!r} (a learned pooling)")
     patches = features[:, 1:]
     count, tokens, dim = patches.shape
     if tokens % freq_patches:
@@ -47,17 +60,40 @@ def pool_features(features: torch.Tensor, pooling: str, freq_patches: int = 1) -
     return patches.reshape(count, tokens // freq_patches, freq_patches, dim).mean(dim=1).reshape(count, -1)
 
 
+class AttentivePooling(nn.Module):
+    """Patch tokens (N, L, D) -> (N, D): one learned query attends over the LayerNormed tokens with
+    `num_heads` heads (multi-head cross-attention, the query and the projections trained, the tokens
+    frozen under the linear probe); the heads' outputs are concatenated and projected back to D."""
+
+    def __init__(self, embed_dim: int, num_heads: int, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ConfigError(f"attentive_heads must divide the encoder width {embed_dim}, got {num_heads}")
+        self.token_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.query = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        nn.init.trunc_normal_(self.query, std=HEAD_INIT_STD)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.token_norm(tokens)
+        pooled, _ = self.attention(self.query.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens, tokens,
+                                   need_weights=False)
+        return pooled[:, 0]
+
+
 class ClassificationHead(nn.Module):
     """Encoder features (N, 1+L, D), CLS first -> pooled (`pool_features`) -> logits (N, num_classes)."""
 
     def __init__(self, embed_dim: int, num_classes: int, pooling: str = "cls", norm: bool = True,
-                 norm_eps: float = 1e-6, feature_norm: str = "none", freq_patches: int = 1) -> None:
+                 norm_eps: float = 1e-6, feature_norm: str = "none", freq_patches: int = 1,
+                 attentive_heads: int = 1) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if feature_norm not in ("none", "batch"):
             raise ConfigError(f"feature_norm must be none or batch, got {feature_norm!r}")
         self.pooling, self.freq_patches = pooling, freq_patches
+        self.attentive = AttentivePooling(embed_dim, attentive_heads, norm_eps) if pooling == "attentive" else None
         embed_dim = pooled_dim(embed_dim, pooling, freq_patches)
         # momentum None: the running statistics are the plain average over all training batches.
         # An exponential average (momentum 0.1) still carries 1.5 % of its zero initial mean after
@@ -69,8 +105,13 @@ class ClassificationHead(nn.Module):
         nn.init.trunc_normal_(self.linear.weight, std=HEAD_INIT_STD)
         nn.init.zeros_(self.linear.bias)
 
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        if self.attentive is not None:
+            return self.attentive(features[:, 1:])
+        return pool_features(features, self.pooling, self.freq_patches)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = pool_features(features, self.pooling, self.freq_patches)
+        pooled = self.pool(features)
         if isinstance(self.feature_norm, nn.BatchNorm1d) and self.training and pooled.shape[0] == 1:
             # A batch of one has no spread to standardise with: use the running statistics.
             bn = self.feature_norm

@@ -316,6 +316,9 @@ class Study:
                  for spec in self._table_specs for suffix in ("md", "csv", "tex")}
         files.update({Path(name).name.replace(".", "_"): f"{self.tables_dir}/{name}" for name in SIGNIFICANCE_FILES})
         files["study_md"] = f"{self.tables_dir}/{STUDY_PAGE}"
+        # every Markdown page has an HTML twin (sslam.tables.html): what the report shows inline
+        files.update({key[:-len("_md")] + "_html": str(Path(path).with_suffix(".html"))
+                      for key, path in list(files.items()) if key.endswith("_md")})
         return files
 
     def figure_files(self) -> dict[str, str]:
@@ -369,7 +372,7 @@ class Study:
         return inputs
 
     def pretrain_inputs(self, model: str) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset), "tracking": self.tracking_file}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset)}
         if self.lineage(model)[0] != STAGE1:
             inputs["init"] = self.init_of(model)
         return inputs
@@ -391,7 +394,7 @@ class Study:
 
     def evaluation_inputs(self, model: str, benchmark: str) -> dict[str, Any]:
         test, train = self.benchmark_datasets(benchmark)
-        inputs: dict[str, Any] = {"tracking": self.tracking_file, "shards": self.shard_paths(test)}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(test)}
         if self.checkpoint(model) is not None:
             inputs["checkpoint"] = self.checkpoint(model)
         if train != test:

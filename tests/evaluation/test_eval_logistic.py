@@ -124,13 +124,16 @@ def test_time_pooling_keeps_the_frequency_rows_apart():
     np.testing.assert_allclose(pooled[0, :4], tokens[0, 0::2].mean(0))          # the lowest row first
     np.testing.assert_allclose(pooled[0, 4:], tokens[0, 1::2].mean(0))
     np.testing.assert_allclose(pool_features(features, "mean"), tokens.mean(1))
+    with pytest.raises(ConfigError, match="learned pooling"):                  # attentive: the head pools it
+        pool_features(features, "attentive")
 
 
 def test_a_config_asking_lbfgs_for_what_it_does_not_do_fails_naming_the_keys():
     with pytest.raises(ConfigError, match=r"evaluation\.benchmarks\.b\.linear: .*mixup: 0\.8.*roll: True"):
         from_dict(BenchmarkConfig, {"dataset": "d", "linear": {"solver": "lbfgs"}}, where="evaluation.benchmarks.b")
     for bad, key in (({"l2": []}, "l2"), ({"l2": [0.1, -1.0]}, "l2"), ({"l2_folds": 1}, "l2_folds"),
-                     ({"tolerance": 0.0}, "tolerance"), ({"solver": "sgd"}, "solver")):
+                     ({"tolerance": 0.0}, "tolerance"), ({"solver": "sgd"}, "solver"),
+                     ({"pooling": "attentive"}, "not attentive")):
         with pytest.raises(ConfigError, match=key):
             from_dict(LinearProbeConfig, {**LBFGS, **bad}, where="linear")
     from_dict(LinearProbeConfig, LBFGS, where="linear")                           # the complete set is fine
