@@ -25,14 +25,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The demo prints, every 10 s, one line per running job from its log (step/total, ETA: sslam/runtime/watch.py);
-# its jobs write a progress line every PROGRESS_SECONDS (30 s elsewhere). results/demo is config/demo.yaml's.
+# its jobs write a progress line every PROGRESS_SECONDS (30 s elsewhere). results/demo is config/demo.yaml's,
+# results/demo-long config/demo-long.yaml's.
 PROGRESS_SECONDS ?= 5
 demo: $(STAMP)
 	SSLAM_PROGRESS_SECONDS=$(PROGRESS_SECONDS) $(BIN)/python -m sslam.runtime.watch --logs results/demo/logs -- \
 		$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
 
 demo-long: $(STAMP)
-	$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo-long.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
+	SSLAM_PROGRESS_SECONDS=$(PROGRESS_SECONDS) $(BIN)/python -m sslam.runtime.watch --logs results/demo-long/logs -- \
+		$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo-long.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
