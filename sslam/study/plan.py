@@ -214,14 +214,16 @@ def plan_study(study, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU) -> Study
         num_train = sum(count for split, count in train_clips.items() if split in entry.train_splits) or sum(train_clips.values())
         num_train = num_train * (folds - 1) // folds if folds > 1 else num_train
         num_test = test_clips.get(entry.eval_split, sum(test_clips.values()) // max(1, folds))
+        num_valid = train_clips.get(entry.valid_split, 0) if entry.valid_split else 0
         for regime_name in study.regimes:
             regime = entry.regime(regime_name)
             draws = regime.weighted_sampling or num_train
             per_epoch = max(1, math.ceil(draws / regime.batch_size))
             steps = regime.total_steps(per_epoch) * folds
             train_flops = steps * regime.batch_size * forward * (3 if regime_name == "finetune" else 1)
-            evaluations = 1 if regime.selection == "last" else max(1, steps // folds // per_epoch)
-            total = train_flops + folds * evaluations * num_test * forward
+            # Every evaluation point scores the test and the validation rows (sslam.evaluation.selection).
+            evaluations = regime.evaluation_points(steps // folds, per_epoch)
+            total = train_flops + folds * evaluations * (num_test + num_valid) * forward
             plan.jobs.append(JobCost("evaluate", f"evaluate:{benchmark}:{regime_name}", models, evaluation_gpus, steps,
                                      total / 1e12, gpu_hours(total),
                                      evaluation_memory_gib(encoder, regime_name, regime.batch_size, tokens),
