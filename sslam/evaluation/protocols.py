@@ -72,9 +72,17 @@ def plan_rounds(benchmark: BenchmarkConfig, folds_in_data: Sequence[int] = (),
     missing = sorted(set(folds) - {int(f) for f in folds_in_data}) if len(folds_in_data) else []
     if missing:
         raise ConfigError(f"folds {missing} listed for dataset {test_name!r} have no cached clip")
-    return [Round(f"fold{test_fold}", Subset(train_name, folds=tuple(f for f in folds if f != test_fold)),
-                  Subset(test_name, folds=(test_fold,)), None, test_fold)
-            for test_fold in folds]
+    # A fold's held-out clips (sslam.data.holdout) validate the rounds that train on that fold and are tested
+    # like every other clip of the fold in its own round.
+    has_valid = bool(benchmark.valid_split) and benchmark.valid_split in set(splits_in_training_data)
+    rounds = []
+    for test_fold in folds:
+        training_folds = tuple(f for f in folds if f != test_fold)
+        valid = Subset(train_name, splits=(benchmark.valid_split,), folds=training_folds) if has_valid else None
+        rounds.append(Round(f"fold{test_fold}", Subset(train_name, splits=tuple(benchmark.train_splits),
+                                                       folds=training_folds),
+                            Subset(test_name, folds=(test_fold,)), valid, test_fold))
+    return rounds
 
 
 def check_no_leak(train_ids: Sequence[str], test_ids: Sequence[str], round_name: str) -> None:

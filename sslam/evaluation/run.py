@@ -300,8 +300,9 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else test_shards
     else:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else default_shards(config, train_name)
-    # Train and test clips are both normalised with the TRAINING dataset's constants.
-    train_settings = dataset_config(config, train_name)
+    # Train and test clips are both normalised with the TRAINING dataset's constants, of this regime (Table 8
+    # gives Degrees of Polyphony a fine-tuning pair of its own).
+    norm_mean, norm_std = dataset_config(config, train_name).normalisation(regime_name)
     check_cache(config, benchmark.dataset, test_shards)
     if train_name != benchmark.dataset:
         check_cache(config, train_name, train_shards)
@@ -309,7 +310,7 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         raise ConfigError("--max-steps must be positive")
     linked = None if spec.startswith(RANDOM_INIT) else results_relative(spec, section(config, "study.results", default=""))
     return EvaluationJob(args.benchmark, benchmark, regime_name, encoder, backbone, test_shards, train_shards,
-                         train_settings.norm_mean, train_settings.norm_std, Path(args.out),
+                         norm_mean, norm_std, Path(args.out),
                          args.seed, args.variant, str(device), args.tracking, args.max_steps,
                          progress_bar=args.progress, pretrain_checkpoint=linked)
 
