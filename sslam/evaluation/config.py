@@ -14,6 +14,14 @@ from typing import ClassVar, Literal
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import ConfigError
 
+# The model selections every evaluation job records (sslam.evaluation.selection), and the file beside its
+# metrics.json that holds each one's per-clip test predictions (read by the significance tests).
+SELECTIONS = ("last", "best_on_valid", "best_on_eval")
+
+
+def selection_predictions(name: str) -> str:
+    return f"predictions.{name}.npz"
+
 
 @dataclass
 class RegimeConfig:

@@ -32,11 +32,10 @@ import torch
 from sslam import __version__
 from sslam.audio.config import FrontEndConfig
 from sslam.data.config import DatasetConfig
-from sslam.evaluation.config import BenchmarkConfig
+from sslam.evaluation.config import SELECTIONS, BenchmarkConfig, selection_predictions
 from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions, selection_summary
 from sslam.evaluation.resume import EvaluationState, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
-from sslam.evaluation.selection import SELECTIONS
 from sslam.model.encoder import AudioEncoder, EncoderConfig
 from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
 from sslam.runtime.device import DEVICE_CHOICES, resolve_device
@@ -49,11 +48,6 @@ from sslam.runtime.tracking import (BENCHMARK_TAG, PRETRAIN_CHECKPOINT_TAG, REGI
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.npz"
-
-
-def selection_predictions(name: str) -> str:
-    """The file beside metrics.json with the per-clip test scores of selection `name` (for significance tests)."""
-    return f"predictions.{name}.npz"
 
 REGIME_OF_COMMAND = {"finetune": "finetune", "probe": "linear"}
 RANDOM_INIT = "random"

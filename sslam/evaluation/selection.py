@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sslam.evaluation.config import SELECTIONS
 from sslam.evaluation.metrics import score
 
 Predict = Callable[[Any], tuple[np.ndarray, np.ndarray]]
 
-LAST, BEST_ON_VALID, BEST_ON_EVAL = "last", "best_on_valid", "best_on_eval"
-SELECTIONS = (LAST, BEST_ON_VALID, BEST_ON_EVAL)
+LAST, BEST_ON_VALID, BEST_ON_EVAL = SELECTIONS
 NO_VALID_NOTE = "no validation rows: the last model"
 
 
