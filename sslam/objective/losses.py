@@ -10,7 +10,9 @@ s(x) = Σ_d (pred_d − target_d)² / √D; `term_weights` then decides how the 
   sequences (weight = number of sequences, 96 per half per GPU in Stage 2, 192 in Stage 1). A run
   with another B·C than 12·16 per GPU changes that weight. On top of that, each term carries its own
   `official_factor`, set where the term is defined (the SRL's ×2 lives in source_retention.py).
-* `paper`: Eq. 1, 2 and 4 taken literally: plain means, each with weight 1.
+* `paper`: Eq. 1, 2 and 4 taken literally: plain means, each with its `paper_weight` — 1 for every term,
+  since the paper gives no inter-loss weights; a term's own weight is set where the term is defined (so
+  the SRL's official ×2 has, by design, no effect under `paper`: source_retention.PAPER_SRL_WEIGHT).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class LossTerm:
     count: int                           # masked tokens (local) or sequences (global)
     kind: Literal["local", "global"]
     official_factor: float = 1.0         # the released code's multiplier of this term's loss tensor
+    paper_weight: float = 1.0            # the term's weight under loss_weighting: paper
 
 
 def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,19 +46,21 @@ def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def local_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-               official_factor: float = 1.0) -> LossTerm:
+               official_factor: float = 1.0, paper_weight: float = 1.0) -> LossTerm:
     """Decoder output (N, L, D) vs target (N, L, D), averaged over the masked (True) tokens of (N, L)."""
     if mask.shape != prediction.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match prediction {tuple(prediction.shape)}")
     per_token = d2v_loss(prediction[mask], target[mask])
-    return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local", official_factor=official_factor)
+    return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local", official_factor=official_factor,
+                    paper_weight=paper_weight)
 
 
-def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor, official_factor: float = 1.0) -> LossTerm:
+def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor, official_factor: float = 1.0,
+                paper_weight: float = 1.0) -> LossTerm:
     """Student CLS output (N, D) vs pooled teacher target (N, D), averaged over the N sequences."""
     per_sequence = d2v_loss(cls_prediction, pooled_target)
     return LossTerm(value=per_sequence.mean(), count=per_sequence.numel(), kind="global",
-                    official_factor=official_factor)
+                    official_factor=official_factor, paper_weight=paper_weight)
 
 
 def official_weight(term: LossTerm, num_masked_tokens: int) -> float:
@@ -68,7 +73,7 @@ def official_weight(term: LossTerm, num_masked_tokens: int) -> float:
 def term_weights(terms: dict[str, LossTerm], weighting: LossWeighting, num_masked_tokens: int) -> dict[str, float]:
     """The factor of each term's mean in the total loss (see the module docstring)."""
     if weighting == "paper":
-        return {name: 1.0 for name in terms}
+        return {name: term.paper_weight for name, term in terms.items()}
     if weighting != "official":
         raise ConfigError(f"unknown loss_weighting {weighting!r}; known: official, paper")
     if num_masked_tokens < 1:

@@ -15,7 +15,7 @@ from sslam.study.plan import GPUS, format_plan, plan_study, pretraining_step_flo
 from sslam.study.resources import Executor
 from sslam.study.dag import Study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -88,3 +88,29 @@ def test_scoring_every_evaluation_point_is_costed_per_benchmark():
     assert jobs["evaluate:as20k:finetune"].scoring_share == pytest.approx(99 * (18_886 + 1_028) / (40_000 * 48 * 3))
     assert jobs["evaluate:as2m:finetune"].scoring_share < 0.1
     assert "scoring" in format_plan(plan_study(study))
+
+
+def test_a_dataset_of_unknown_size_is_reported_not_dropped(demo_study, monkeypatch, tmp_path):
+    import sslam.study.plan as plan_module
+
+    real = plan_module.dataset_clips
+    monkeypatch.setattr(plan_module, "dataset_clips",
+                        lambda study, name: ({}, True) if name == "synth_pretrain" else real(study, name))
+    plan = plan_study(demo_study, "H100", 0.35)
+    assert "synth_pretrain" not in plan.cache_gib and plan.unsized == ["synth_pretrain"]
+    assert "cache size unknown (no manifest yet and no published size): synth_pretrain" in format_plan(plan)
+
+
+def test_an_unreadable_manifest_is_one_line_not_a_published_size(tmp_path):
+    from types import SimpleNamespace
+
+    from sslam.study.plan import dataset_clips
+
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("path\tlabels\nx.wav\t\n")  # no split column
+    study = SimpleNamespace(manifest_path=lambda name: str(manifest),
+                            config={"datasets": {"esc": {"adapter": "esc50"}}})
+    with pytest.raises(ConfigError, match="cannot count the clips of esc: .*manifest.tsv"):
+        dataset_clips(study, "esc")
+    manifest.unlink()
+    assert dataset_clips(study, "esc") == ({"train": 2_000}, True)  # no manifest yet: the published size
