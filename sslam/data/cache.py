@@ -188,7 +188,8 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                     "manifest_hash": manifest.content_hash(), "manifest_rows": len(manifest),
                     "sslam_version": __version__, "classes": json.dumps(manifest.classes),
                     "class_names": json.dumps(manifest.class_names), "num_classes": manifest.num_classes,
-                    "shard_index": shard_index, "num_shards": num_shards, "num_skipped": len(skips), "num_short": short, "min_samples": min_samples,
+                    "shard_index": shard_index, "num_shards": num_shards, "num_skipped": len(skips),
+                    "num_short": short, "min_samples": min_samples,
                     "stat_sum": stat_sum, "stat_sumsq": stat_sumsq, "stat_count": stat_count,
                 })
                 shard.flush()
@@ -196,8 +197,8 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
         _write_skips(skips_path, skips)
         if too_many_failures:
             raise CacheError(
-                f"{failures} of {len(rows) - short} clips failed ({failures / (len(rows) - short):.1%} > max_failure_fraction "
-                f"{config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
+                f"{failures} of {len(rows) - short} clips failed ({failures / (len(rows) - short):.1%} > "
+                f"max_failure_fraction {config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
             )
     return ShardReport(out_path, skips_path, len(rows), len(kept), len(skips), time.perf_counter() - started, short)
 

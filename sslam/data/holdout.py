@@ -37,6 +37,10 @@ def _unit(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
+def _rank_key(clip_id: str) -> bytes:
+    return hashlib.sha256(clip_id.encode()).digest()
+
+
 def _rarest_label(labels: list[str], counts: Counter, order: dict[str, int]) -> str:
     if not labels:
         return ""
@@ -59,7 +63,7 @@ def held_out_rows(manifest: Manifest, fraction: float) -> list[int]:
     groups = holdout_groups(manifest, rows)
     chosen = []
     for group, members in groups.groupby(groups, sort=True):
-        ranked = sorted(members.index, key=lambda row: hashlib.sha256(manifest.table.at[row, "clip_id"].encode()).digest())
+        ranked = sorted(members.index, key=lambda row: _rank_key(manifest.table.at[row, "clip_id"]))
         phase = _unit("sslam-holdout/" + group)
         chosen += [row for rank, row in enumerate(ranked)
                    if math.floor((rank + 1) * fraction + phase) > math.floor(rank * fraction + phase)]

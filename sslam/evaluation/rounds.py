@@ -149,8 +149,8 @@ def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
     selection = headline(regime.selection, selections.valid is not None)
     chosen = kept[selection["policy"]]
     selection.update(chosen["record"])
-    result = RoundResult(round_, chosen["targets"], chosen["scores"], bin_values(test, benchmark.bin_column), selection,
-                         fitted.steps, fitted.epochs, len(train), list(test.clip_ids), kept)
+    result = RoundResult(round_, chosen["targets"], chosen["scores"], bin_values(test, benchmark.bin_column),
+                         selection, fitted.steps, fitted.epochs, len(train), list(test.clip_ids), kept)
     return RoundOutcome(train.classes, result)
 
 

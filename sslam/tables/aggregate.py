@@ -138,7 +138,8 @@ def selected(result: RunResult, name: str) -> RunResult | None:
     if entry is None:
         return None
     bins = entry["bins"]
-    return replace(result, value=entry["value"], per_bin={label: v for label, (v, _, _) in bins.items() if v is not None},
+    return replace(result, value=entry["value"],
+                   per_bin={label: v for label, (v, _, _) in bins.items() if v is not None},
                    per_bin_clips={label: c for label, (v, c, _) in bins.items() if v is not None and c is not None},
                    per_bin_left_out={label: n for label, (v, _, n) in bins.items() if v is not None and n is not None},
                    predictions=entry["predictions"], policy=name)
