@@ -156,7 +156,8 @@ def selection_summary(metric: str, classes: Sequence[str], results: Sequence[Rou
     records = [result.selection for result in chosen]
     entry: dict[str, Any] = {"value": summary["value"]}
     if len(records) == 1:
-        entry.update({key: records[0][key] for key in ("step", "epoch", "valid_value", "note") if key in records[0]})
+        entry.update({key: records[0][key] for key in ("step", "epoch", "valid_value", "valid_clips", "note")
+                      if key in records[0]})
     else:
         entry["step"] = [record["step"] for record in records]
         entry["per_fold"] = [{"fold": result.round.fold, **record} for result, record in zip(chosen, records)]

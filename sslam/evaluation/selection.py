@@ -76,7 +76,7 @@ class Selections:
                 if self.valid is None:
                     record["note"] = NO_VALID_NOTE
                 else:
-                    record["valid_value"] = point["valid_value"]
+                    record.update(valid_value=point["valid_value"], valid_clips=len(self.valid))
             out[name] = {"targets": point["targets"], "scores": point["scores"], "record": record}
         return out
 

@@ -244,6 +244,7 @@ def test_one_run_records_every_selection_with_its_step_score_and_predictions(wri
     assert selections["best_on_eval"]["step"] == max(p["step"] for p in points if p["evaluation"] == best)
     assert selections["best_on_valid"]["step"] == selections["best_on_eval"]["step"]
     assert selections["best_on_valid"]["valid_value"] == pytest.approx(best)
+    assert selections["best_on_valid"]["valid_clips"] == metrics["num_test"]     # the test rows, here
     classes = metrics["classes"]
     for name, entry in selections.items():
         with np.load(out / entry["predictions"], allow_pickle=False) as saved:
