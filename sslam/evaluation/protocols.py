@@ -109,7 +109,10 @@ class RoundResult:
     selections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def selected(self, name: str) -> "RoundResult":
-        """This round as if `name` had been the headline: that selection's test predictions and record."""
+        """This round as if `name` had been the headline: that selection's test predictions and record. A round
+        that kept no selections trained one model without evaluation points: every selection is that model."""
+        if not self.selections:
+            return self
         kept = self.selections[name]
         return replace(self, targets=kept["targets"], scores=kept["scores"], selection=kept["record"])
 

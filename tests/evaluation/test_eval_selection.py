@@ -57,3 +57,12 @@ def test_headline_names_the_selection_and_falls_back_without_validation_rows():
     assert headline("best_on_valid", True)["policy"] == "best_on_valid"
     with pytest.raises(ValueError):
         headline("best", True)
+
+
+def test_a_round_without_evaluation_points_is_every_selection():
+    from sslam.evaluation.protocols import Round, RoundResult, Subset, selection_summary
+
+    round_ = Round("split", Subset("d"), Subset("d"))
+    result = RoundResult(round_, TARGETS, GOOD, None, {"policy": "last", "step": 7}, 7, 1.0, 10, ["a", "b", "c", "d"])
+    assert result.selected("best_on_eval") is result
+    assert selection_summary("map", CLASSES, [result], "best_on_valid") == {"value": 1.0, "step": 7}
