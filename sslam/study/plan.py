@@ -225,6 +225,8 @@ def plan_study(study, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU) -> Study
         num_train = num_train * (folds - 1) // folds if folds > 1 else num_train
         num_test = test_clips.get(entry.eval_split, sum(test_clips.values()) // max(1, folds))
         num_valid = train_clips.get(entry.valid_split, 0) if entry.valid_split else 0
+        # a round validates on the held-out clips of its training folds only
+        num_valid = num_valid * (folds - 1) // folds if folds > 1 else num_valid
         for regime_name in study.regimes:
             regime = entry.regime(regime_name)
             draws = regime.weighted_sampling or num_train
