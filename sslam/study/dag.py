@@ -376,7 +376,7 @@ class Study:
         return inputs
 
     def pretrain_inputs(self, model: str) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset), "tracking": self.tracking_file}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset)}
         if self.lineage(model)[0] != STAGE1:
             inputs["init"] = self.init_of(model)
         return inputs
@@ -398,7 +398,7 @@ class Study:
 
     def evaluation_inputs(self, model: str, benchmark: str) -> dict[str, Any]:
         test, train = self.benchmark_datasets(benchmark)
-        inputs: dict[str, Any] = {"tracking": self.tracking_file, "shards": self.shard_paths(test)}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(test)}
         if self.checkpoint(model) is not None:
             inputs["checkpoint"] = self.checkpoint(model)
         if train != test:
