@@ -151,6 +151,10 @@ class Study:
         self._table_specs = table_specs(config)  # the study's tables plus the paper layouts that apply
         datasets = {name: from_dict(DatasetConfig, entry, where=f"datasets.{name}")
                     for name, entry in config["datasets"].items()}
+        for name, dataset in datasets.items():
+            # The hold-out runs after an adapter (sslam manifest); `sslam synth` writes its sets without one.
+            if dataset.holdout and dataset.adapter == SYNTHETIC_ADAPTER:
+                raise ConfigError(f"datasets.{name}.holdout: the synthetic corpus has no hold-out; set it to 0")
         for name, entry in section(config, "evaluation.benchmarks").items():
             from_dict(BenchmarkConfig, entry, where=f"evaluation.benchmarks.{name}")
         for stage in (1, 2):

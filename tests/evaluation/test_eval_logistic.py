@@ -157,9 +157,16 @@ def test_probe_writes_the_contract_and_how_the_fit_converged(write_config, tmp_p
     for fold in metrics["per_fold"]:
         assert fold["selection"]["policy"] == "last" and fold["selection"]["solver"]["converged"]
         assert set(fold["selection"]["solver"]["cv_loss"]) == {"0.1", "1"}
+        # The default headline is best_on_valid; the probe's one model is every selection, and says so.
+        assert fold["selection"]["requested"] == "best_on_valid" and "every selection" in fold["selection"]["note"]
+    assert {name: entry["value"] for name, entry in metrics["selections"].items()} == dict.fromkeys(
+        ("last", "best_on_valid", "best_on_eval"), metrics["value"])
     with np.load(out / "predictions.npz", allow_pickle=False) as stored:
         assert stored["scores"].shape == (42, 14)
         np.testing.assert_allclose(stored["scores"].sum(axis=1), 1.0, atol=1e-5)
+        for name in ("last", "best_on_valid", "best_on_eval"):
+            with np.load(out / f"predictions.{name}.npz", allow_pickle=False) as selected:
+                np.testing.assert_array_equal(selected["scores"], stored["scores"])
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [record["round"] for record in log] == ["fold1", "fold2", "fold3"]
 
