@@ -12,6 +12,11 @@ The layer order follows the official data2vec-multi "IMAGE" encoder that EAT and
   regression targets are the raw MLP outputs ``mlp(r)`` (``return_ffn=True``).
 
 Token order is time-major: token ``t·F_p + f`` is time patch ``t``, frequency patch ``f``.
+
+Inside `forward_blocks` the tokens of all sequences travel as one flat (N·L, D) matrix: every linear layer
+is then one matrix product (a 3-D input costs two reshapes around it, forward and backward), which matters
+where the host's per-operation cost decides the step time (docs/performance.md). The numbers are the same:
+a linear layer flattens a contiguous 3-D input to exactly this matrix before its product.
 """
 from __future__ import annotations
 
@@ -52,12 +57,14 @@ class DropPath(nn.Module):
         super().__init__()
         self.rate = rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """x: (N, ...) per sample, or the flat (N·L, D) tokens of `batch` = N sequences."""
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        per_sample = x if batch is None else x.view(batch, -1, x.shape[-1])
+        mask = per_sample.new_empty((per_sample.shape[0],) + (1,) * (per_sample.ndim - 1)).bernoulli_(keep)
+        return (per_sample * mask / keep).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
@@ -74,12 +81,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        return self.attend(x.reshape(batch * length, dim), batch, length).view(batch, length, dim)
+
+    def attend(self, tokens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+        """The flat (N·L, D) tokens of N sequences of L tokens -> (N·L, D)."""
+        dim = tokens.shape[-1]
+        qkv = self.qkv(tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
         # SDPA scales by 1/sqrt(head_dim) and accumulates the softmax in fp32 under autocast,
         # which is what the official "fp32 softmax" attention does explicitly.
         out = F.scaled_dot_product_attention(query, key, value)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return self.proj(out.transpose(1, 2).reshape(batch * length, dim))
 
 
 class Mlp(nn.Module):
@@ -105,9 +117,15 @@ class PostNormBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        residual = self.norm1(x + self.drop_path(self.attn(x)))
+        batch, length, dim = x.shape
+        out, ffn_out = self.forward_flat(x.reshape(batch * length, dim), batch, length)
+        return out.view(batch, length, dim), ffn_out.view(batch, length, dim)
+
+    def forward_flat(self, tokens: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` on the flat (N·L, D) tokens of N sequences of L tokens."""
+        residual = self.norm1(tokens + self.drop_path(self.attn.attend(tokens, batch, length), batch))
         ffn_out = self.mlp(residual)
-        return self.norm2(residual + self.drop_path(ffn_out)), ffn_out
+        return self.norm2(residual + self.drop_path(ffn_out, batch)), ffn_out
 
 
 class AudioEncoder(nn.Module):
@@ -192,10 +210,14 @@ class AudioEncoder(nn.Module):
         self, seq: torch.Tensor, return_ffn: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run all blocks. With return_ffn, also return each block's raw MLP output (N, 1+L', D)."""
+        batch, length, dim = seq.shape
+        tokens = seq.reshape(batch * length, dim)
         ffn_outputs = []
         for block in self.blocks:
-            seq, ffn_out = block(seq)
-            ffn_outputs.append(ffn_out)
+            tokens, ffn_out = block.forward_flat(tokens, batch, length)
+            if return_ffn:
+                ffn_outputs.append(ffn_out.view(batch, length, dim))
+        seq = tokens.view(batch, length, dim)
         return (seq, ffn_outputs) if return_ffn else seq
 
     def forward_features(
