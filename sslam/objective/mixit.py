@@ -130,7 +130,7 @@ def _term(head: nn.Module, student: torch.Tensor, first: torch.Tensor, second: t
 
 def mixit_terms(heads: nn.ModuleDict, half: MixedHalf) -> dict[str, LossTerm]:
     """The MixIT terms of the mixed half (see the module docstring), named mixit_<level>."""
-    mixed = not half.regions.is_identity
+    mixed = half.has_mixed_tokens
     terms = {}
     if "patch" in heads:
         selected = half.mask & half.token_is_mixed()[None, :]                              # (B·C, L)
