@@ -284,8 +284,7 @@ class Pretrainer:
         with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             output = model(fbank)
-        self.optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        backpropagate(output.loss, self.trainable, through_hooks=self.context.enabled)
         grad_norm = self._clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
@@ -340,6 +339,24 @@ class Pretrainer:
         stacked = torch.tensor([values[n] for n in names], device=self.device, dtype=torch.float64)
         dist.all_reduce(stacked)
         return {n: float(v) / self.context.world_size for n, v in zip(names, stacked.tolist())}
+
+
+def backpropagate(loss: torch.Tensor, parameters: list[torch.Tensor], through_hooks: bool = False) -> None:
+    """Put d loss / d parameter in every parameter's `.grad` (None where the loss does not reach it), as
+    `zero_grad(set_to_none=True); loss.backward()` does, to the bit.
+
+    `torch.autograd.grad` hands the gradients over at the graph's leaves instead of running one AccumulateGrad
+    node per parameter (about 150 on ViT-B, each a dispatched operation): a tenth of a launch-bound backward.
+    `through_hooks` keeps `backward()`, for DDP, whose gradient all-reduce hangs on those nodes.
+    """
+    if through_hooks:
+        for parameter in parameters:
+            parameter.grad = None
+        loss.backward()
+        return
+    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = grad
 
 
 class _Window:
