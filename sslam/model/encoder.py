@@ -14,9 +14,12 @@ The layer order follows the official data2vec-multi "IMAGE" encoder that EAT and
 Token order is time-major: token ``t·F_p + f`` is time patch ``t``, frequency patch ``f``.
 
 Inside `forward_blocks` the tokens of all sequences travel as one flat (N·L, D) matrix: every linear layer
-is then one matrix product (a 3-D input costs two reshapes around it, forward and backward), which matters
-where the host's per-operation cost decides the step time (docs/performance.md). The numbers are the same:
-a linear layer flattens a contiguous 3-D input to exactly this matrix before its product.
+is then one matrix product (a 3-D input costs two reshapes around it, forward and backward), and a block
+calls its layers' functions with their parameters instead of calling the layer modules (a module call costs
+about a microsecond of Python; a ViT-B pretraining update makes ~30 blocks' worth of them). Both matter where
+the host's per-operation cost decides the step time (docs/performance.md); the numbers are the same, a linear
+layer flattens a contiguous 3-D input to exactly this matrix. Forward hooks on the blocks run; hooks on the
+Linear/LayerNorm modules inside them do not.
 """
 from __future__ import annotations
 
@@ -86,12 +89,12 @@ class Attention(nn.Module):
     def attend(self, tokens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
         """The flat (N·L, D) tokens of N sequences of L tokens -> (N·L, D)."""
         dim = tokens.shape[-1]
-        qkv = self.qkv(tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+        qkv = linear(self.qkv, tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
         # SDPA scales by 1/sqrt(head_dim) and accumulates the softmax in fp32 under autocast,
         # which is what the official "fp32 softmax" attention does explicitly.
         out = F.scaled_dot_product_attention(query, key, value)
-        return self.proj(out.transpose(1, 2).reshape(batch * length, dim))
+        return linear(self.proj, out.transpose(1, 2).reshape(batch * length, dim))
 
 
 class Mlp(nn.Module):
@@ -102,7 +105,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, F.gelu(linear(self.fc1, x), approximate=self.act.approximate))
 
 
 class PostNormBlock(nn.Module):
@@ -123,9 +126,11 @@ class PostNormBlock(nn.Module):
 
     def forward_flat(self, tokens: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` on the flat (N·L, D) tokens of N sequences of L tokens."""
-        residual = self.norm1(tokens + self.drop_path(self.attn.attend(tokens, batch, length), batch))
-        ffn_out = self.mlp(residual)
-        return self.norm2(residual + self.drop_path(ffn_out, batch)), ffn_out
+        drop_path = self.drop_path if self.drop_path.rate and self.drop_path.training else None
+        attended = self.attn.attend(tokens, batch, length)
+        residual = layer_norm(self.norm1, tokens + (attended if drop_path is None else drop_path(attended, batch)))
+        ffn_out = self.mlp.forward(residual)
+        return layer_norm(self.norm2, residual + (ffn_out if drop_path is None else drop_path(ffn_out, batch))), ffn_out
 
 
 class AudioEncoder(nn.Module):
@@ -243,6 +248,16 @@ class AudioEncoder(nn.Module):
     def flops_per_forward(self, num_tokens: int, num_patches: int | None = None) -> int:
         """Forward FLOPs of one sequence (see EncoderConfig.flops_per_forward)."""
         return self.config.flops_per_forward(num_tokens, num_patches)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` without the module call (see the module docstring)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` without the module call (see the module docstring)."""
+    return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
