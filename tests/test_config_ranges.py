@@ -39,7 +39,7 @@ BAD = {
     RegimeConfig: dict(epochs=0, steps=0, warmup_epochs=-1.0, warmup_steps=-1, batch_size=0, lr=-1.0, min_lr=-1e-6,
                        weight_decay=-0.05, betas=[0.9, 1.0], layer_decay=0.0, drop_path=1.5, grad_clip=-1.0,
                        mixup=-0.1, mixup_prob=2.0, specaug_freq=1.2, specaug_time=-0.2, label_smoothing=1.5,
-                       weighted_sampling=0, eval_interval_steps=0, checkpoint_every=0),
+                       weighted_sampling=0, eval_interval_steps=0, checkpoint_every=0, log_every=0),
     BenchmarkConfig: dict(folds=[1, -2], num_workers=-1),
     TrainConfig: dict(steps=0, batch_size=0, lr=0.0, min_lr=-1.0, warmup_steps=-1, betas=[1.2, 0.95], eps=0.0,
                       weight_decay=-1.0, clip_grad_norm=-1.0, ema_start=0.0, ema_end=1.1, ema_anneal_steps=-1,
