@@ -122,6 +122,15 @@ def test_the_compiled_step_has_no_graph_break_and_compiles_once_for_every_draw(s
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("level", ("patch", "cls", "both"))
+def test_the_mixit_step_compiles_without_graph_break(level):
+    objective = tiny_objective(2, "MixIT")
+    objective = PretrainingObjective(objective.student.config, objective.decoder.config,
+                                     variant_config("MixIT", objective.config, {"mixit_level": level}), 2, seed=0)
+    explanation = torch._dynamo.explain(ObjectiveStep(objective))(objective.prepare(torch.randn(3, 128, 32)))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 def test_the_classifier_forward_compiles_without_graph_break():
     from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
     from sslam.model.encoder import AudioEncoder

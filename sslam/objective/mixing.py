@@ -203,6 +203,8 @@ class MixedHalf:
     masked_index: torch.Tensor | None = None
     # (L_mixed,) positions of the tokens of mixed rows, ascending; None: derived from `regions`.
     mixed_tokens: torch.Tensor | None = None
+    # How many masked tokens lie in mixed rows (MixIT's patch-level selection), counted on the host's masks.
+    mixit_tokens: int | None = None
 
     @property
     def freq_patches(self) -> int:

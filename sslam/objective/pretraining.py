@@ -309,6 +309,7 @@ class PretrainingObjective(nn.Module):
             masks, num_kept = self._checked_masks(masks, batch_size, grid), None
         else:
             masks, num_kept = self.draw_masks(batch_size, grid), kept_cells(grid[0] * grid[1], self.config.mask_prob)
+        mixit_tokens = self._mixit_tokens(masks, regions, grid)
         masks = host_to_device(masks, device)
         kept, masked = kept_and_masked_index(masks, num_kept)
         if decoder_noise is None:
@@ -320,7 +321,17 @@ class PretrainingObjective(nn.Module):
             if not regions.is_identity:
                 unmixed_frames = regions.unmixed_frame_mask(device)
         return StepInputs(fbank, masks, kept, masked, decoder_noise.to(device), grid, regions, unmixed_frames,
-                          mixed_tokens)
+                          mixed_tokens, mixit_tokens)
+
+    def _mixit_tokens(self, masks: torch.Tensor, regions: MixRegions | None, grid: tuple[int, int]) -> int | None:
+        """MixIT's patch-level token count: the mixed half's masked tokens in mixed rows, counted where the
+        masks were drawn (the host), so that the device never reports it."""
+        if self.mixit is None or "patch" not in self.mixit.levels or regions is None:
+            return None
+        rows = masks.shape[0] // len(self.halves)
+        start = self.halves.index("mixed") * rows
+        in_mixed_rows = masks[start:start + rows] & regions.mixed_token_mask(grid[1], masks.device)[None, :]
+        return int(in_mixed_rows.sum())
 
     def student_output_dtype(self, device: torch.device) -> torch.dtype:
         """The dtype of the student's output under the autocast state in force: the decoder noise is drawn
@@ -384,7 +395,7 @@ class PretrainingObjective(nn.Module):
             if half == "mixed" and self.needs_base_targets:
                 mixed = MixedHalf(predictions=half_prediction, cls=half_cls, mask=half_mask, fbank=fbank,
                                   base=targets["unmixed"], regions=None, clones=clones, masked_index=half_masked,
-                                  mixed_tokens=step.mixed_tokens)
+                                  mixed_tokens=step.mixed_tokens, mixit_tokens=step.mixit_tokens)
                 if self.uses_srl:
                     terms.update(source_retention_terms(self.teacher.encoder, mixed, self.srl))
                 if self.mixit is not None:
@@ -413,6 +424,7 @@ class StepInputs:
     regions: MixRegions | None = None
     unmixed_frames: torch.Tensor | None = None  # (T,) True where the mixed half is its base clip; None: no mixing
     mixed_tokens: torch.Tensor | None = None    # (L_mixed,) positions of the mixed rows' tokens, ascending
+    mixit_tokens: int | None = None             # MixIT: masked tokens of the mixed half in mixed rows
 
 
 class ObjectiveStep(nn.Module):
