@@ -342,7 +342,7 @@ def measure(loop: str, args: argparse.Namespace) -> dict[str, Any]:
             busy = gpu_busy_ms(loop, args, scratch, wall)
             result["gpu_busy_ms"] = busy
             result["gpu_wait"] = max(0.0, 1.0 - busy / result["gpu_period_ms"])
-        if args.recorder:
+        if args.recorder or args.timing_only:
             return result  # only the time is compared
 
         calls = [0]
@@ -468,7 +468,8 @@ def run_worker(tree: Path, args: argparse.Namespace, extra: list[str], environme
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--loops", *args.loops,
                "--preset", args.preset, "--device", args.device, "--dtype", args.dtype,
                "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(args.threads),
-               "--count-updates", str(args.count_updates), *(["--compile"] if args.compile else []), *extra]
+               "--count-updates", str(args.count_updates), *(["--compile"] if args.compile else []),
+               *(["--timing-only"] if args.timing_only else []), *extra]
     if "--width" not in extra:
         command += ["--width", str(args.width)]
     env = {**os.environ, **environment, "PYTHONPATH": str(tree)}
@@ -529,6 +530,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--warmup", type=int, default=4, help="updates before measuring (compilation, caches)")
     parser.add_argument("--count-updates", type=int, default=5, help="updates counted for calls/ops/syncs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the host side of a GPU job)")
+    parser.add_argument("--timing-only", action="store_true", help="skip the runs that count calls, ops and syncs")
     parser.add_argument("--pairs", type=int, default=1, help="interleaved worker pairs (A B B A ...)")
     parser.add_argument("--baseline", help="another checkout to compare with (its repository root)")
     parser.add_argument("--widths", type=int, nargs=2, help="compare two proxy widths (the arithmetic check)")
