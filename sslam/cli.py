@@ -30,7 +30,7 @@ COMMANDS = Registry("COMMANDS", {
     "convert": "sslam.model.checkpoints.convert",
     "export": "sslam.model.checkpoints.export",
     "tables": "sslam.tables.aggregate",
-    "track": "sslam.runtime.tracking",
+    "track": "sslam.runtime.mlflow_tracking",
     "doctor": "sslam.runtime.doctor",
     "plan": "sslam.study.plan",
     "why": "sslam.study.why",
@@ -57,7 +57,6 @@ SUMMARIES = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION)
-    from sslam import __version__
 
     parser.add_argument("--version", action="version", version=f"sslam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -87,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+from sslam import __version__
 from sslam.runtime.errors import SslamError  # noqa: E402  (kept at the bottom: cli must import nothing heavy first)
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ import torch
 import torchaudio
 
 from sslam.audio.front_end import (AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_FRONT_END, FrontEndConfig, fit_length,
-                                   load_fbank, load_raw_fbank, normalise, waveform_to_fbank)
+                                   load_fbank, load_raw_fbank, normalise, resample, sinc_kernel_elements,
+                                   waveform_to_fbank)
 from sslam.runtime.errors import AudioError
+from sslam.runtime.limits import MAX_SINC_KERNEL_ELEMENTS
 
 
 
@@ -193,3 +195,61 @@ def test_a_whole_file_decode_of_an_hour_is_an_oversize_file(tmp_path):
 def test_max_frames_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="max_frames"):
         load_raw_fbank(write(tmp_path / "a.wav", tone(1.0, 16000), 16000), max_frames=0)
+
+
+# --- any sample rate in bounded memory (issue 18.1) ------------------------------------------------------
+COMMON_RATES = [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 96000]
+
+
+def reference_fbank(path) -> torch.Tensor:
+    """The front end as it was before issue 18: channel mean, torchaudio's sinc resampler at every rate, fbank."""
+    samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1, dtype=np.float32)))[None, :]
+    if rate != 16000:
+        mono = torchaudio.functional.resample(mono, rate, 16000)
+    return waveform_to_fbank(mono)
+
+
+@pytest.mark.parametrize("sample_rate", COMMON_RATES)
+def test_common_rates_keep_the_official_resampler_bit_for_bit(tmp_path, sample_rate):
+    stereo = np.stack([tone(1.3, sample_rate, 700.0, seed=1), tone(1.3, sample_rate, 3000.0, seed=2)], axis=1)
+    path = write(tmp_path / f"sr{sample_rate}.wav", stereo, sample_rate, subtype="FLOAT")
+    assert sinc_kernel_elements(sample_rate, 16000) <= MAX_SINC_KERNEL_ELEMENTS
+    assert torch.equal(load_raw_fbank(path), reference_fbank(path))
+
+
+@pytest.mark.parametrize("sample_rate", [48017, 44099, 22051, 767999])
+def test_an_odd_rate_is_resampled_by_soxr_to_the_same_spectrum(tmp_path, sample_rate):
+    # 48,017 Hz is prime: torchaudio's kernel would be 16,000 × 48,055 elements (gigabytes).
+    assert sinc_kernel_elements(sample_rate, 16000) > MAX_SINC_KERNEL_ELEMENTS
+    odd = load_raw_fbank(write(tmp_path / "odd.wav", tone(1.0, sample_rate), sample_rate, subtype="FLOAT"))
+    reference = load_raw_fbank(write(tmp_path / "ref.wav", tone(1.0, 16000), 16000, subtype="FLOAT"))
+    assert odd.shape == reference.shape == (98, 128)
+    # The 1 kHz tone's bins agree with a 16-kHz recording of it within a fraction of a dB.
+    peak = int(reference.mean(0).argmax())
+    assert int(odd.mean(0).argmax()) == peak
+    assert abs(float(odd[:, peak].mean() - reference[:, peak].mean())) < 0.1
+
+
+def test_resampled_lengths_follow_the_header_formula():
+    for rate in [48017, 44100, 22051]:
+        for samples in [401, 4801, 48017]:
+            out = resample(torch.ones(1, samples), rate, 16000)
+            assert out.shape == (1, math.ceil(samples * 16000 / rate))
+
+
+@pytest.mark.parametrize("sample_rate", [999, 768001, 999983])
+def test_an_implausible_header_rate_is_an_audio_error(tmp_path, sample_rate):
+    path = write(tmp_path / "odd.wav", tone(0.2, sample_rate), sample_rate)
+    with pytest.raises(AudioError, match="implausible sample rate"):
+        load_raw_fbank(path)
+
+
+def test_a_resampler_out_of_memory_is_an_audio_error(tmp_path, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory\nmore")
+
+    monkeypatch.setattr(torchaudio.functional, "resample", no_memory)
+    path = write(tmp_path / "clip.wav", tone(1.0, 44100), 44100)
+    with pytest.raises(AudioError, match=r"clip.wav: cannot resample 44100 Hz to 16000 Hz: .*can't allocate memory$"):
+        load_raw_fbank(path)

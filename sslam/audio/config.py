@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.limits import MAX_MEL_BINS
 
 
 AUDIOSET_MEAN = -4.268
@@ -32,8 +33,10 @@ class FrontEndConfig:
     silence_dbfs: float = -90.0
 
     def __post_init__(self) -> None:
-        check_ranges(self, sample_rate=">= 1", num_mel_bins=">= 1", frame_shift_ms="> 0", dither=">= 0",
-                     silence_dbfs="<= 0")
+        # num_mel_bins within the limit every shard reader checks (sslam.runtime.limits), so that no study can
+        # build shards its own jobs would refuse.
+        check_ranges(self, sample_rate=">= 1", num_mel_bins=f"[1, {MAX_MEL_BINS}]", frame_shift_ms="> 0",
+                     dither=">= 0", silence_dbfs="<= 0")
         if self.window_type not in KALDI_WINDOWS:
             raise ConfigError(f"window_type must be one of {list(KALDI_WINDOWS)}, got {self.window_type!r}")
 

@@ -11,20 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+import soxr
 import torch
 import torchaudio
 
 from sslam.runtime.errors import AudioError
+from sslam.runtime.limits import (MAX_DECODED_BYTES, MAX_SAMPLE_RATE, MAX_SINC_KERNEL_ELEMENTS,  # noqa: F401
+                                  MAX_WHOLE_FILE_SECONDS, MIN_SAMPLE_RATE)
 
 from sslam.audio.config import AUDIOSET_MEAN, AUDIOSET_STD, DEFAULT_FRONT_END, FrontEndConfig  # noqa: F401  (re-exported)
 
 
 # Decoding a whole file costs memory in proportion to its length (a 1-h file: GBs for the samples, the
 # resampler and the fbank's frame matrix). Callers that need only the first frames say so with
-# `max_frames`; a whole-file decode longer than this is refused as an oversize file (a recorded skip).
-MAX_WHOLE_FILE_SECONDS = 10 * 60
-# Decoded float32 samples (all channels) one call may hold: a many-channel file is oversize even in a short window.
-MAX_DECODED_BYTES = 2**30
+# `max_frames`; a whole-file decode longer than MAX_WHOLE_FILE_SECONDS is refused as an oversize file (a
+# recorded skip), and so is one needing more than MAX_DECODED_BYTES (sslam.runtime.limits holds both).
 # Extra native-rate samples read past the last needed one, so that the resampler's filter sees the same
 # neighbourhood as in a whole-file decode (torchaudio's sinc filter spans ~6 input periods per side).
 _RESAMPLER_MARGIN_SECONDS = 0.01
@@ -36,9 +37,13 @@ def audio_info(path: str | Path) -> soundfile._SoundFileInfo:
     if not path.is_file():
         raise AudioError(f"missing audio file: {path}")
     try:
-        return soundfile.info(str(path))
+        info = soundfile.info(str(path))
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
         raise AudioError(f"cannot decode {path}: {error}") from error
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(f"{path}: implausible sample rate {info.samplerate} Hz in the header (a real recording has "
+                         f"{MIN_SAMPLE_RATE:,} to {MAX_SAMPLE_RATE:,} Hz): damaged or crafted file")
+    return info
 
 
 def decode_audio(path: str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
@@ -84,7 +89,41 @@ def _seconds_for_frames(max_frames: int, config: FrontEndConfig) -> float:
     return samples / config.sample_rate + _RESAMPLER_MARGIN_SECONDS
 
 
-def to_mono_16k(samples: np.ndarray, sample_rate: int, config: FrontEndConfig = DEFAULT_FRONT_END) -> torch.Tensor:
+def sinc_kernel_elements(orig_rate: int, new_rate: int) -> int:
+    """Elements of the kernel torchaudio's sinc resampler builds for orig_rate -> new_rate (its default
+    lowpass_filter_width 6 and rolloff 0.99): (new / g) × (orig / g + 2·width), g = gcd(orig, new)."""
+    divisor = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // divisor, new_rate // divisor
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    return new * (orig + 2 * width)
+
+
+def resample(waveform: torch.Tensor, orig_rate: int, new_rate: int, name: str = "audio") -> torch.Tensor:
+    """(..., n) float32 samples at orig_rate -> (..., ceil(n · new_rate / orig_rate)) at new_rate.
+
+    torchaudio's sinc resampler (the official recipe's) wherever its kernel is small, which is every common
+    rate (8, 11.025, 16, 22.05, 24, 32, 44.1, 48, 96 kHz...), so that the front end equals the reference there
+    exactly. Its kernel grows with the rates' co-prime parts (48,017 Hz: 16,000 × 48,055 elements, 6 GB), so
+    above MAX_SINC_KERNEL_ELEMENTS soxr resamples instead (HQ: a steeper filter than torchaudio's), in memory
+    proportional to the audio alone; its output is cut or zero-padded to torchaudio's length, so that frame
+    counts from file headers stay right. Any failure, memory included, is an AudioError naming `name`."""
+    if orig_rate == new_rate:
+        return waveform
+    try:
+        if sinc_kernel_elements(orig_rate, new_rate) <= MAX_SINC_KERNEL_ELEMENTS:
+            return torchaudio.functional.resample(waveform, orig_rate, new_rate)
+        length = math.ceil(waveform.shape[-1] * new_rate / orig_rate)
+        flat = waveform.detach().reshape(-1, waveform.shape[-1]).to(torch.float32).cpu().numpy()
+        rows = [soxr.resample(np.ascontiguousarray(row), orig_rate, new_rate, quality="HQ")[:length] for row in flat]
+        out = torch.from_numpy(np.stack([np.pad(row, (0, length - len(row))) for row in rows]))
+        return out.reshape(*waveform.shape[:-1], length).to(waveform.device)
+    except (MemoryError, RuntimeError, ValueError) as error:  # torch's allocator raises RuntimeError
+        raise AudioError(f"{name}: cannot resample {orig_rate} Hz to {new_rate} Hz: "
+                         f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from error
+
+
+def to_mono_16k(samples: np.ndarray, sample_rate: int, config: FrontEndConfig = DEFAULT_FRONT_END,
+                name: str = "audio") -> torch.Tensor:
     """(frames, channels) float array at any rate -> (1, n) mono tensor at config.sample_rate.
 
     Channels are averaged BEFORE resampling. The official loader resamples first, and because
@@ -95,9 +134,7 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, config: FrontEndConfig = 
     if samples.ndim == 1:
         samples = samples[:, None]
     mono = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=1, dtype=np.float32)))[None, :]
-    if sample_rate != config.sample_rate:
-        mono = torchaudio.functional.resample(mono, sample_rate, config.sample_rate)
-    return mono
+    return resample(mono, sample_rate, config.sample_rate, name)
 
 
 def check_waveform(waveform: torch.Tensor, config: FrontEndConfig = DEFAULT_FRONT_END, name: str = "clip") -> None:
@@ -154,10 +191,13 @@ def load_raw_fbank(path: str | Path, config: FrontEndConfig = DEFAULT_FRONT_END,
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
     max_seconds = None if max_frames is None else _seconds_for_frames(max_frames, config)
     samples, sample_rate = decode_audio(path, max_seconds)
-    waveform = to_mono_16k(samples, sample_rate, config)
+    waveform = to_mono_16k(samples, sample_rate, config, name=str(path))
     del samples
     check_waveform(waveform, config, name=str(path))
-    fbank = waveform_to_fbank(waveform, config)
+    try:
+        fbank = waveform_to_fbank(waveform, config)
+    except (MemoryError, RuntimeError) as error:  # a per-file failure (torch's allocator raises RuntimeError)
+        raise AudioError(f"{path}: cannot compute its fbank: {str(error).strip().splitlines()[0]}") from error
     if max_frames is not None:
         fbank = fbank[:max_frames]
     if not torch.isfinite(fbank).all():

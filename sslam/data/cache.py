@@ -43,6 +43,7 @@ from sslam.data.shards import (  # noqa: F401  (verify_shard, verify_shard_set, 
 )
 from sslam.runtime.errors import AudioError, CacheError, DiskFullError
 from sslam.runtime.io import atomic_path
+from sslam.runtime.limits import MAX_TARGET_LENGTH
 from sslam.runtime.progress import Progress
 
 # Splits whose frames feed the normalisation statistics: never evaluation data.
@@ -116,8 +117,8 @@ def build_shard(
 
 def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: int, target_length: int,
                  front_end: FrontEndConfig, config: CacheConfig) -> ShardReport:
-    if target_length < 1:
-        raise CacheError(f"target_length must be >= 1, got {target_length}")
+    if not 1 <= target_length <= MAX_TARGET_LENGTH:
+        raise CacheError(f"target_length must be in [1, {MAX_TARGET_LENGTH}], got {target_length}")
     started = time.perf_counter()
     manifest = read_manifest(manifest_path)
     rows = shard_rows(len(manifest), shard_index, num_shards)
@@ -217,7 +218,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     build.add_argument("--out", required=True, help="shard file to write, e.g. shard-000-of-004.h5")
     build.add_argument("--shard", type=cli_number(">= 0"), default=0, help="shard index i (takes rows i, i+N, ...)")
     build.add_argument("--num-shards", type=cli_number(">= 1"), default=1, help="number of shards N")
-    build.add_argument("--target-length", type=cli_number(">= 1"), required=True,
+    build.add_argument("--target-length", type=cli_number(f"[1, {MAX_TARGET_LENGTH}]"), required=True,
                        help="frames per clip after pad/truncate")
     build.add_argument("--config", help="study YAML (its front_end and cache sections)")
     build.add_argument("--max-failure-fraction", type=cli_number("[0, 1]", float),

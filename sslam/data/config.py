@@ -10,6 +10,7 @@ from typing import Any
 
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.limits import MAX_TARGET_LENGTH
 
 
 @dataclass
@@ -31,7 +32,9 @@ class DatasetConfig:
     shards: int = 1
 
     def __post_init__(self) -> None:
-        check_ranges(self, target_length=">= 1", norm_mean="(-inf, inf)", norm_std="> 0", shards=">= 1")
+        # target_length within the limit every shard reader checks (sslam.runtime.limits).
+        check_ranges(self, target_length=f"[1, {MAX_TARGET_LENGTH}]", norm_mean="(-inf, inf)", norm_std="> 0",
+                     shards=">= 1")
 
 
 @dataclass

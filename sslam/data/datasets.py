@@ -24,8 +24,9 @@ from torch.utils.data import Dataset
 
 from sslam.audio.front_end import DEFAULT_FRONT_END, FrontEndConfig, fit_length, load_raw_fbank, normalise
 from sslam.data.config import study_shard_paths  # noqa: F401  (re-exported: the path rule lives there)
-from sslam.data.shards import check_shard_settings
+from sslam.data.shards import check_layout, check_shard_settings
 from sslam.runtime.errors import CacheError
+from sslam.runtime.io import missing_file
 
 if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset reads a manifest
     from sslam.data.manifest import Manifest
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the manifest module loads pandas; only the audio dataset re
 
 def _open_complete(path: Path) -> h5py.File:
     if not path.is_file():
-        raise CacheError(f"cache shard not found: {path}")
+        raise CacheError(missing_file(path, "cache shard"))
     try:
         shard = h5py.File(path, "r")
     except OSError as error:
@@ -50,9 +51,13 @@ def normalisation_stats(shard_paths: Sequence[str | Path]) -> tuple[float, float
     total = total_sq = count = 0.0
     for path in shard_paths:
         with _open_complete(Path(path)) as shard:
-            total += float(shard.attrs["stat_sum"])
-            total_sq += float(shard.attrs["stat_sumsq"])
-            count += float(shard.attrs["stat_count"])
+            try:
+                total += float(shard.attrs["stat_sum"])
+                total_sq += float(shard.attrs["stat_sumsq"])
+                count += float(shard.attrs["stat_count"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise CacheError(f"{path}: no normalisation sums (stat_sum, stat_sumsq, stat_count) in the shard: "
+                                 f"{error}; rebuild it or give norm_mean and norm_std") from error
     if count == 0:
         raise CacheError(f"no train/unlabeled frames in {len(shard_paths)} shard(s): cannot compute mean/std")
     mean = total / count
@@ -94,8 +99,10 @@ class FbankDataset(Dataset):
         index_parts, columns = [], {}
         for shard_number, path in enumerate(self.shard_paths):
             with _open_complete(path) as shard:
+                # Declared sizes are checked against what the file stores before anything is allocated per row.
+                num_rows = check_layout(shard, path)
                 self._check_compatible(path, shard, first=shard_number == 0)
-                keep = np.ones(len(shard["fbank"]), dtype=bool)
+                keep = np.ones(num_rows, dtype=bool)
                 split = shard["split"].asstr()[()]
                 fold = shard["fold"][()]
                 if splits is not None:
@@ -120,7 +127,7 @@ class FbankDataset(Dataset):
 
     def _check_compatible(self, path: Path, shard: h5py.File, first: bool) -> None:
         """All shards of one dataset must agree on shape, classes and front end."""
-        signature = (tuple(shard["fbank"].shape[1:]), shard.attrs["classes"], shard.attrs["front_end"])
+        signature = (tuple(shard["fbank"].shape[1:]), shard.attrs.get("classes", "[]"), shard.attrs.get("front_end"))
         if first:
             self._signature = signature
             self.target_length, self.num_mel_bins = signature[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from sslam.runtime.errors import ManifestError
-from sslam.runtime.io import atomic_path
+from sslam.runtime.io import atomic_path, missing_file
 
 COLUMNS = ["clip_id", "path", "split", "fold", "labels", "sample_rate", "duration"]
 LABEL_SEPARATOR = ";"
@@ -148,7 +148,7 @@ def read_class_list(path: Path) -> tuple[list[str], list[str]]:
 def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"manifest not found: {path}")
+        raise ManifestError(missing_file(path, "manifest"))
     if path.stat().st_size == 0:
         raise ManifestError(f"{path}: empty file (0 bytes), not a manifest: rebuild it with `sslam manifest`")
     try:

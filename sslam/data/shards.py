@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import h5py
 import numpy as np
 
-from sslam.runtime.errors import CacheError
 from sslam.audio.config import FrontEndConfig
+from sslam.runtime.errors import CacheError
+from sslam.runtime.io import missing_file
+from sslam.runtime.limits import MAX_MEL_BINS, MAX_TARGET_LENGTH
 
 if TYPE_CHECKING:  # the manifest module loads pandas, which a training or evaluation job never needs
     from sslam.data.manifest import Manifest
@@ -49,6 +51,72 @@ def create_checked_dataset(group: h5py.Group, name: str, data: np.ndarray, **opt
     """A dataset with a Fletcher-32 checksum per chunk (variable-length strings cannot carry filters)."""
     is_string = options.get("dtype") is not None and h5py.check_string_dtype(np.dtype(options["dtype"]))
     return group.create_dataset(name, data=data, fletcher32=not is_string, **options)
+
+
+# --------------------------------------------------------------------------------------------- layout
+def layout_problem(shard: h5py.File) -> str | None:
+    """What is wrong with the sizes a shard declares, from its metadata alone (None = consistent).
+
+    An HDF5 dataset may declare any number of rows without storing them (unwritten chunks cost nothing on
+    disk and read back as zeros), so a 2-MB file can claim 10^9 clips and make a reader allocate per row.
+    Before any reader allocates per row, this compares every declared size with what the file stores and
+    with its attributes: the fbank's rows must each be one stored chunk (the cache writes every clip as
+    one), its clip shape must be the recorded target length × mel bins (each within its named limit), every
+    per-clip column must have exactly the fbank's rows, labels one column per recorded class, and the rows
+    plus the recorded skips must be the manifest rows this shard index takes."""
+    missing = [name for name in BASE_DATASETS if name not in shard]
+    if missing:
+        return f"missing dataset(s) {missing}"
+    attrs, fbank = shard.attrs, shard["fbank"]
+    if fbank.ndim != 3:
+        return f"fbank has {fbank.ndim} dimensions, not 3 (clips, frames, mel bins)"
+    rows, frames, bins = fbank.shape
+    target_length, num_mel_bins = attrs.get("target_length"), attrs.get("num_mel_bins", bins)
+    if (frames, bins) != (target_length, num_mel_bins):
+        return (f"fbank clips are {frames} × {bins} but the shard records target_length {target_length} and "
+                f"num_mel_bins {num_mel_bins}")
+    if frames > MAX_TARGET_LENGTH or bins > MAX_MEL_BINS:
+        return (f"fbank clips of {frames} frames × {bins} mel bins exceed the limits ({MAX_TARGET_LENGTH} frames, "
+                f"{MAX_MEL_BINS} mel bins)")
+    if fbank.chunks != (1, frames, bins):
+        return f"fbank is not stored one clip per chunk (chunks {fbank.chunks}): not written by `sslam cache build`"
+    stored = fbank.id.get_num_chunks()
+    if stored != rows:
+        return f"fbank declares {rows} clips but stores {stored}: damaged or crafted file"
+    try:
+        classes = json.loads(attrs.get("classes", "[]"))
+    except (TypeError, ValueError):
+        return f"the classes attribute is not a JSON list: {str(attrs.get('classes'))[:80]!r}"
+    shapes = {name: shard[name].shape for name in BASE_DATASETS[1:]}
+    extra = shard.get("extra", {})
+    shapes.update({f"extra/{name}": extra[name].shape for name in extra})
+    expected = {name: (rows, len(classes)) if name == "labels" else (rows,) for name in shapes}
+    uneven = {name: shape[0] if shape else 0 for name, shape in shapes.items() if shape[:1] != (rows,)}
+    if uneven:
+        return f"row counts differ between datasets: fbank has {rows} rows, " + \
+            ", ".join(f"{name} {count}" for name, count in uneven.items())
+    wrong = {name: shape for name, shape in shapes.items() if shape != expected[name]}
+    if wrong:
+        name = next(iter(wrong))
+        return f"{name} has shape {wrong[name]}, not {expected[name]} ({rows} clips, {len(classes)} recorded classes)"
+    if "manifest_rows" in attrs:
+        try:
+            planned = len(shard_rows(int(attrs["manifest_rows"]), int(attrs.get("shard_index", 0)),
+                                     int(attrs.get("num_shards", 1))))
+        except (CacheError, TypeError, ValueError):
+            return "shard_index / num_shards / manifest_rows attributes are inconsistent"
+        if rows + int(attrs.get("num_skipped", 0)) != planned:
+            return (f"{rows} clips + {attrs.get('num_skipped', 0)} skipped != the {planned} manifest rows of this "
+                    f"shard ({attrs['manifest_rows']} rows, shard {attrs.get('shard_index')} of {attrs.get('num_shards')})")
+    return None
+
+
+def check_layout(shard: h5py.File, path: str | Path) -> int:
+    """The shard's number of clips, after `layout_problem` found nothing; CacheError (one line) otherwise."""
+    problem = layout_problem(shard)
+    if problem:
+        raise CacheError(f"{path}: {problem}; run `sslam cache verify` or rebuild the shard")
+    return len(shard["fbank"])
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -86,7 +154,7 @@ def check_shard_settings(paths: Sequence[str | Path], front_end: FrontEndConfig 
     paths = [Path(path) for path in paths]
     for path in paths:
         if not path.is_file():
-            raise CacheError(f"cache shard not found: {path}")
+            raise CacheError(missing_file(path, "cache shard"))
         try:
             with h5py.File(path, "r") as shard:
                 attrs = dict(shard.attrs)
@@ -184,13 +252,14 @@ def _problems_in(shard: h5py.File, manifest: Manifest | None, front_end: FrontEn
     if not attrs.get("complete", False):
         return ["no `complete` flag: the build did not finish"]
     problems = []
-    missing = [name for name in BASE_DATASETS if name not in shard]
-    if missing:
-        return [f"missing dataset(s) {missing}"]
     try:
-        lengths = {name: len(shard[name]) for name in BASE_DATASETS}
-        lengths.update({f"extra/{name}": len(shard["extra"][name]) for name in shard.get("extra", {})})
-        rows = lengths["fbank"]
+        problem = layout_problem(shard)     # declared sizes first: nothing below may allocate per declared row
+    except Exception as error:  # h5py raises OSError/KeyError/RuntimeError for damaged files
+        return [f"unreadable data: {error}"]
+    if problem:
+        return [problem]
+    try:
+        rows = len(shard["fbank"])
         for name in BASE_DATASETS[1:]:
             shard[name][()]                                 # reading everything small catches corrupt blocks
         for name in shard.get("extra", {}):
@@ -198,8 +267,6 @@ def _problems_in(shard: h5py.File, manifest: Manifest | None, front_end: FrontEn
         clip_ids = shard["clip_id"].asstr()[()]
     except Exception as error:  # h5py raises OSError/KeyError/RuntimeError for damaged files
         return [f"unreadable data: {error}"]
-    if len(set(lengths.values())) > 1:
-        return [f"row counts differ between datasets: {lengths}"]
     problems += _scan_fbank(shard["fbank"], clip_ids, quick)
     if shard["labels"].shape[1] != attrs.get("num_classes"):
         problems.append(f"labels has {shard['labels'].shape[1]} columns but num_classes is {attrs.get('num_classes')}")
@@ -222,7 +289,7 @@ def verify_shard(path: str | Path, manifest: Manifest | None = None, front_end: 
     unless `quick` (then the first and the last: catches a truncated file, not a flipped byte)."""
     path = Path(path)
     if not path.is_file():
-        return ["file not found"]
+        return ["a folder, not a shard file" if path.is_dir() else "file not found"]
     try:
         with h5py.File(path, "r") as shard:
             return _problems_in(shard, manifest, front_end, target_length, quick)

@@ -38,11 +38,12 @@ import torchaudio
 from torch import nn
 
 from sslam.audio.front_end import FrontEndConfig, fit_length, load_raw_fbank, normalise, waveform_to_fbank
-from sslam.runtime.errors import AudioError, SslamError
-from sslam.model.checkpoints.read import build_encoder, read_checkpoint
-from sslam.model.encoder import AudioEncoder
 from sslam.model.checkpoints.export import random_encoder, save_pretrained
+from sslam.model.checkpoints.read import build_encoder, read_checkpoint
 from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
+from sslam.model.encoder import AudioEncoder
+from sslam.runtime.device import resolve_device
+from sslam.runtime.errors import AudioError, SslamError
 
 CHECKPOINT_ENVIRONMENT = "SSLAM_CHECKPOINT"
 LONG_AUDIO = ("window", "truncate")
@@ -277,8 +278,6 @@ def load_encoder(spec: str | Path | None = None, which: str = "student", *, devi
     (docs/checkpoints.md). None: the checkpoint named by $SSLAM_CHECKPOINT, else a random-init ViT-B (with
     a warning: its embeddings carry no information). The window defaults to the length the checkpoint
     was trained with; norm_mean/norm_std override the statistics it records."""
-    from sslam.runtime.device import resolve_device
-
     spec = spec or os.environ.get(CHECKPOINT_ENVIRONMENT) or None
     if spec is None:
         warnings.warn(f"no checkpoint given and ${CHECKPOINT_ENVIRONMENT} is unset: using a randomly initialised "

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslam.audio.front_end import FrontEndConfig, load_raw_fbank
 from sslam.embeddings.api import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder
+from sslam.runtime.device import resolve_device
 from sslam.runtime.errors import AudioError, SslamError
 from sslam.runtime.io import atomic_path, atomic_write_json
 from sslam.runtime.progress import Progress
@@ -311,8 +312,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sslam.runtime.device import resolve_device
-
     device = resolve_device(args.device)  # before anything slow: a missing GPU is one line
     workers = args.num_workers
     if workers is None:  # benchmarks/extract_throughput.py: on a CPU, workers only take cores from the encoder

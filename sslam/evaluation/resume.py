@@ -19,7 +19,6 @@ written the state is removed.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,30 +111,3 @@ class EvaluationState:
 
     def clear(self) -> None:
         discard_state(self.out)
-
-
-class ResumableLog:
-    """metrics.jsonl, one JSON object per line, cut back to the `keep` lines of the state it resumes from."""
-
-    def __init__(self, path: str | Path, keep: int) -> None:
-        self.path = Path(path)
-        kept = self.path.read_text().splitlines(keepends=True)[:keep] if keep and self.path.exists() else []
-        self.path.write_text("".join(kept))
-        self._count = len(kept)
-        self._stream = self.path.open("a")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(record) + "\n")
-        self._count += 1
-
-    @property
-    def lines(self) -> int:
-        """Lines written so far, all of them on disk."""
-        self._stream.flush()
-        return self._count
-
-    def __enter__(self) -> "ResumableLog":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stream.close()

@@ -9,10 +9,10 @@ metrics.json (the source of truth for every table): benchmark, regime, variant, 
 metric + value (the headline), per_class, classes_without_positives, per_bin / per_fold where the
 benchmark has them, selection, steps, epochs, wall_time_s, code_hash, predictions. predictions.npz: the
 per-clip test scores (docs/evaluation.md). The same numbers go to MLflow when tracking is on (tags
-stage=eval, variant, benchmark, regime, seed, code_hash).
+job=evaluate, variant, benchmark, regime, seed, code: sslam.runtime.tracking's vocabulary).
 
 On SIGUSR1/SIGTERM the job writes OUT/state/last.pt at the next step boundary and exits with code 75
-(`sslam.runtime.snapshots.PREEMPTED_EXIT_CODE`); running the same command again resumes it exactly
+(the job harness, `sslam.runtime.jobs`); running the same command again resumes it exactly
 (`sslam.evaluation.resume`).
 """
 from __future__ import annotations
@@ -28,17 +28,21 @@ from typing import Any
 import torch
 
 from sslam import __version__
-from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
-from sslam.runtime.device import DEVICE_CHOICES, banner, resolve_device
-from sslam.runtime.errors import ConfigError
+from sslam.audio.config import FrontEndConfig
+from sslam.data.config import DatasetConfig
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
-from sslam.evaluation.resume import EvaluationState, ResumableLog, file_identity
+from sslam.evaluation.resume import EvaluationState, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
+from sslam.model.encoder import AudioEncoder, EncoderConfig
+from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
+from sslam.runtime.device import DEVICE_CHOICES, resolve_device
+from sslam.runtime.errors import ConfigError
 from sslam.runtime.io import atomic_path, atomic_write_json
-from sslam.fingerprints import job_fingerprint
-from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
-from sslam.runtime.tracking import PRETRAIN_CHECKPOINT_TAG, JobTracker, results_relative
+from sslam.runtime.jobs import Job
+from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE
+from sslam.runtime.tracking import (BENCHMARK_TAG, PRETRAIN_CHECKPOINT_TAG, REGIME_TAG, SEED_TAG, VARIANT_TAG,
+                                    results_relative)
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.npz"
@@ -48,9 +52,7 @@ RANDOM_INIT = "random"
 DEFAULT_ENCODER_SECTION = "model.encoder"
 
 
-def code_hash() -> str:
-    """The code fingerprint this job's result is recorded with (the workflow's, else evaluation + its imports)."""
-    return job_fingerprint("sslam.evaluation.run")
+ENTRY_MODULE = __name__   # what a job's fingerprint covers outside the workflow (this module and its imports)
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -78,8 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 def dataset_config(config: dict[str, Any], dataset: str):
     """The dataset's `datasets.<name>` entry (norm constants, shard count, target length)."""
-    from sslam.data.config import DatasetConfig
-
     settings = section(config, f"datasets.{dataset}", default=None)
     if not isinstance(settings, dict) or not settings:
         raise ConfigError(f"dataset {dataset!r} is not configured under datasets:")
@@ -99,7 +99,6 @@ def default_shards(config: dict[str, Any], dataset: str) -> list[Path]:
 def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> None:
     """Refuse shards built with another front end, target length or shard count than the config (one line)."""
     from sslam.data.shards import check_shard_settings
-    from sslam.audio.config import FrontEndConfig
 
     settings = dataset_config(config, dataset)
     front_end = from_dict(FrontEndConfig, section(config, "front_end"), where="front_end")
@@ -108,8 +107,6 @@ def check_cache(config: dict[str, Any], dataset: str, shards: list[Path]) -> Non
 
 def load_backbone(spec: str, config: dict[str, Any], which: str, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Encoder from a checkpoint file, or a randomly initialised one ('random[:section]')."""
-    from sslam.model.encoder import AudioEncoder, EncoderConfig
-
     if spec == RANDOM_INIT or spec.startswith(RANDOM_INIT + ":"):
         where = spec.partition(":")[2] or DEFAULT_ENCODER_SECTION
         encoder_config = from_dict(EncoderConfig, section(config, where), where=where)
@@ -184,8 +181,9 @@ def tracked_result(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def evaluate(job: EvaluationJob) -> dict[str, Any]:
-    """Run every round of the benchmark's protocol, write OUT/metrics.json, return its content."""
+def evaluate(job: EvaluationJob) -> dict[str, Any] | None:
+    """Run every round of the benchmark's protocol, write OUT/metrics.json, return its content (None when a stop
+    signal ended the job at a step boundary, after writing its state)."""
     from sslam.data.datasets import FbankDataset, normalisation_stats
 
     started = time.perf_counter()
@@ -198,10 +196,8 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
     rounds = plan_rounds(job.benchmark, folds_in_data=sorted(set(survey.column("fold").tolist())),
                          splits_in_training_data=sorted(set(survey.column("split").tolist())))
     job.out.mkdir(parents=True, exist_ok=True)
-    hash_value = code_hash()
     variant = job.variant or job.backbone.get("variant") or "unknown"
-    tags = {"stage": "eval", "variant": variant, "benchmark": job.benchmark_name, "regime": job.regime_name,
-            "seed": job.seed, "code_hash": hash_value}
+    tags = {VARIANT_TAG: variant, BENCHMARK_TAG: job.benchmark_name, REGIME_TAG: job.regime_name, SEED_TAG: job.seed}
     run_name = f"eval-{variant}-{job.benchmark_name}-{job.regime_name}-seed{job.seed}"
     settings = RoundSettings(benchmark=job.benchmark, regime=regime, regime_name=job.regime_name,
                              shards={job.benchmark.dataset: job.test_shards,
@@ -210,23 +206,23 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
                              seed=job.seed, max_steps=job.max_steps, progress_bar=job.progress_bar)
     if job.pretrain_checkpoint:
         tags[PRETRAIN_CHECKPOINT_TAG] = job.pretrain_checkpoint
-    state = EvaluationState.open(job.out, job_identity(job, rounds, norm_mean, norm_std, hash_value))
     # live=False: nothing reaches MLflow before metrics.json is written, and a dead store cannot cost it.
-    with StopSignals() as stop, \
-            JobTracker(job.tracking, run_name, tags=tags, params=to_dict(job.benchmark), job_dir=job.out, live=False,
-                       link_checkpoint=job.pretrain_checkpoint) as tracker, \
-            ResumableLog(job.out / "metrics.jsonl", state.log_lines) as log_file:
+    with Job(job.out, ENTRY_MODULE, job.device, run_name=run_name, job="evaluate", tags=tags,
+             params=to_dict(job.benchmark), tracking=job.tracking, live=False,
+             link_checkpoint=job.pretrain_checkpoint) as harness:
+        hash_value = harness.fingerprint
+        state = EvaluationState.open(job.out, job_identity(job, rounds, norm_mean, norm_std, hash_value))
+        log_file = harness.metrics
+        log_file.restore(log_file.lines()[:state.log_lines])   # lines after the state's are re-done
+
         def log_record(record: dict[str, Any]) -> None:
-            log_file.write(record)
-            if record.get("step", 0) % 10 == 0 or "evaluation" in record:
-                tracker.log_metrics({k: v for k, v in record.items() if k not in ("step", "round")},
-                                    step=record.get("step"))
+            log_file.write(record, mirror=record.get("step", 0) % 10 == 0 or "evaluation" in record)
 
         outcomes = state.outcomes(rounds)
         for round_ in rounds[len(outcomes):]:
-            resume = RoundResume(state.round_state, lambda part: state.save(part, log_file.lines), stop)
+            resume = RoundResume(state.round_state, lambda part: state.save(part, len(log_file.lines())), harness.stop)
             outcome = run_round(copy.deepcopy(job.encoder), round_, settings, log_record, resume)
-            state.finish_round(outcome.classes, outcome.result, log_file.lines)
+            state.finish_round(outcome.classes, outcome.result, len(log_file.lines()))
             outcomes.append((outcome.classes, outcome.result))
         classes = outcomes[0][0]
         results = [result for _, result in outcomes]
@@ -256,8 +252,11 @@ def evaluate(job: EvaluationJob) -> dict[str, Any]:
             "config": to_dict(job.benchmark),
         }
         atomic_write_json(job.out / "metrics.json", metrics)  # a reader (the tables rule) never sees half of it
-        tracker.log_metrics(tracked_result(metrics))
-        tracker.log_artifact(job.out / "metrics.json")
+        if harness.tracker is not None:
+            harness.tracker.log_metrics(tracked_result(metrics))
+            harness.tracker.log_artifact(job.out / "metrics.json")
+    if harness.exit_code:
+        return None              # stopped at a step boundary, its state written: the same command resumes it
     state.clear()  # the result is final: nothing left to resume
     return metrics
 
@@ -273,8 +272,6 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
     regime_name = REGIME_OF_COMMAND[args.command]
     regime = benchmark.regime(regime_name)
     device = resolve_device(args.device)  # a GPU that cannot be had is one line, before any work
-    for line in banner(code_hash(), 1, device):
-        log.info(line)
     if args.random_init and args.checkpoint and not args.checkpoint.startswith(RANDOM_INIT):
         raise ConfigError("give either --checkpoint PATH or --random-init, not both")
     spec = RANDOM_INIT if args.random_init and not args.checkpoint else args.checkpoint
@@ -303,10 +300,8 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        metrics = evaluate(job_from_args(args))
-    except Preempted as stopped:
-        log.warning("%s; exit %d: run the same command again to continue", stopped, PREEMPTED_EXIT_CODE)
+    metrics = evaluate(job_from_args(args))
+    if metrics is None:
         return PREEMPTED_EXIT_CODE
     print(f"{metrics['benchmark']} {metrics['regime']} {metrics['variant']} seed {metrics['seed']}: "
           f"{metrics['metric']} = {metrics['value']:.4f} ({metrics['wall_time_s']:.1f} s) -> {args.out}/metrics.json")

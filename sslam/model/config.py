@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import SslamError
+from sslam.runtime.limits import MAX_MEL_BINS, MAX_POSITION_TABLE_ELEMENTS, MAX_TIME_PATCHES
 
 
 class ModelInputError(SslamError, ValueError):
@@ -33,13 +34,21 @@ class EncoderConfig:
     drop_path: float = 0.0
 
     def __post_init__(self) -> None:
+        # The positional table is max_time_patches × (num_mel_bins / patch_size) × embed_dim floats, built before
+        # any weight is loaded: a model folder's config.json must not be able to ask for gigabytes of it.
         check_ranges(self, embed_dim=">= 1", depth=">= 1", num_heads=">= 1", mlp_ratio="> 0", patch_size=">= 1",
-                     num_mel_bins=">= 1", max_time_patches=">= 1", norm_eps="> 0", drop_path="[0, 1)")
+                     num_mel_bins=f"[1, {MAX_MEL_BINS}]", max_time_patches=f"[1, {MAX_TIME_PATCHES}]", norm_eps="> 0",
+                     drop_path="[0, 1)")
         if self.embed_dim % self.num_heads:
             raise ModelInputError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % 4:
             # The 2-D sin-cos table splits the channels into 2 axes × (sin, cos).
             raise ModelInputError(f"embed_dim {self.embed_dim} must be divisible by 4 for the 2-D sin-cos table")
+        table = self.max_time_patches * (self.num_mel_bins // self.patch_size) * self.embed_dim
+        if table > MAX_POSITION_TABLE_ELEMENTS:
+            raise ModelInputError(f"a positional table of {self.max_time_patches} × {self.num_mel_bins // self.patch_size} "
+                                  f"patches × {self.embed_dim} channels is {table:,} elements, more than "
+                                  f"{MAX_POSITION_TABLE_ELEMENTS:,}")
         if self.num_mel_bins % self.patch_size:
             raise ModelInputError(
                 f"num_mel_bins {self.num_mel_bins} is not a multiple of patch_size {self.patch_size}"

@@ -16,18 +16,21 @@ from typing import Any, TypeVar
 import yaml
 
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.io import read_text
 
 T = TypeVar("T")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    text = read_text(path, "config file", ConfigError)    # a folder, a binary file...: one line each
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:  # PyYAML's message spans lines (context, problem, a caret): keep one
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        words = ", ".join(part for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
+        raise ConfigError(f"{path} is not valid YAML{where}: {' '.join((words or str(error)).split())}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from sslam import __version__
 from sslam.runtime.errors import SslamError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -90,7 +91,6 @@ def banner(fingerprint: str | None = None, world_size: int = 1, device: Any = No
     """The lines every job log begins with: where it runs, with what, and which code."""
     import torch
 
-    from sslam import __version__
 
     slurm = {key: os.environ[key] for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                                               "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST") if key in os.environ}

@@ -1,6 +1,12 @@
 """Exceptions that the command line reports as one clear line instead of a traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """Library errors can span lines (torch's zip reader, safetensors, MLflow); the user gets one."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class SslamError(Exception):
     """Base class: a user-facing problem (bad input, bad config, missing file)."""
 

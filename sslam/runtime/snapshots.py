@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sslam.runtime.errors import SslamError
+from sslam.runtime.errors import SslamError, first_line
 from sslam.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ def load_snapshot(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         _refuse_code(path)
-        raise SnapshotError(f"{path} is unreadable (truncated or corrupt): {_first_line(error)}") from None
+        raise SnapshotError(f"{path} is unreadable (truncated or corrupt): {first_line(error)}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as error:
-        raise SnapshotError(f"{path} is unreadable (truncated or corrupt): {_first_line(error)}") from None
+        raise SnapshotError(f"{path} is unreadable (truncated or corrupt): {first_line(error)}") from None
 
 
 def _refuse_code(path: Path) -> None:
@@ -163,11 +163,6 @@ def _refuse_code(path: Path) -> None:
             if all(name.startswith("numpy.") for name in objects) else ""
         raise HostileSnapshotError(f"refusing {path}: it holds a code-running object ({', '.join(objects)}); "
                                    f"a snapshot may hold only tensors and plain data{older}")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_latest(out_dir: str | Path, check: Callable[[Path, Any], None]) -> Any | None:

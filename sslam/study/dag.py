@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,17 @@ from typing import Any
 
 import yaml
 
+from sslam.audio.config import FrontEndConfig
+from sslam.data.config import CacheConfig, DatasetConfig, study_shard_paths
+from sslam.evaluation.config import BenchmarkConfig
 from sslam.fingerprints import Scheduler
+from sslam.model.config import DecoderConfig, EncoderConfig
+from sslam.objective.config import VARIANT_PRESETS, stage1_variant_config, variant_config
 from sslam.runtime.configuration import from_dict, load_yaml, section
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.io import atomic_write_text
 from sslam.tables.models import DEFAULT_BASELINES, RANDOM, SEPARATOR, STAGE1, parse_model_id
+from sslam.train.config import train_config_for_stage
 
 SCHEMA = Path(__file__).with_name("schema.yaml")
 # Model ids (their grammar: sslam.tables.models): stage1 (the EAT-style baseline), a Stage-2 variant (SSLAM),
@@ -37,7 +45,7 @@ DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0, "nod
 # The module a job's command runs: what a never-run job's static fingerprint covers.
 JOB_MODULES = {"synth": "sslam.data.synthetic", "manifest": "sslam.data.commands", "cache": "sslam.data.cache",
                "pretrain": "sslam.train.pretrain", "evaluate": "sslam.evaluation.run",
-               "tables": "sslam.tables.aggregate", "track": "sslam.runtime.tracking", "polyphony": "sslam.data.polyphony"}
+               "tables": "sslam.tables.aggregate", "track": "sslam.runtime.mlflow_tracking", "polyphony": "sslam.data.polyphony"}
 
 
 def validate_against_schema(config: dict[str, Any]) -> None:
@@ -70,6 +78,7 @@ class Study:
         study = config["study"]
         self.name: str = study["name"]
         self.results: str = study["results"]
+        _check_path_for_rules("study.results", self.results)
         self.seeds: list[int] = study["seeds"]
         self.variants: list[str] = study["variants"]
         self.benchmarks: list[str] = study["benchmarks"]
@@ -92,8 +101,6 @@ class Study:
     # ------------------------------------------------------------------ validation
     def _check_references(self) -> None:
         """Cross-references the schema cannot express: names that must exist elsewhere in the config."""
-        from sslam.objective.config import VARIANT_PRESETS
-
         config = self.config
         datasets, benchmarks = config["datasets"], section(config, "evaluation.benchmarks")
         defined = set(section(config, "variants") or {})
@@ -133,14 +140,8 @@ class Study:
     def _build_sections(self) -> dict[str, Any]:
         """Build each section's own dataclass (as the jobs will), so an unknown, mistyped or out-of-range
         key fails now instead of hours later inside a job."""
-        from sslam.data.config import CacheConfig, DatasetConfig
         from sslam.data.synthetic import SyntheticConfig
-        from sslam.evaluation.config import BenchmarkConfig
-        from sslam.audio.config import FrontEndConfig
-        from sslam.model.config import DecoderConfig, EncoderConfig
-        from sslam.objective.config import stage1_variant_config, variant_config
         from sslam.tables.layouts import table_specs, tables_config
-        from sslam.train.config import train_config_for_stage
 
         config = self.config
         for where, dataclass in [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
@@ -214,8 +215,6 @@ class Study:
         return f"{self.results}/data/{dataset}/manifest.tsv"
 
     def shard_paths(self, dataset: str) -> list[str]:
-        from sslam.data.config import study_shard_paths
-
         if dataset not in self._shards:  # asked for by every evaluation job of a parse
             self._shards[dataset] = [str(path) for path in
                                      study_shard_paths(self.results, dataset, self.datasets[dataset].shards)]
@@ -351,8 +350,6 @@ class Study:
     def write_config(self, path: str | Path) -> None:
         """The effective config (with any --config overrides), rewritten only when its content changed so
         that its modification time stays put."""
-        from sslam.runtime.io import atomic_write_text
-
         text = yaml.safe_dump(dict(self.config), sort_keys=False)
         path = Path(path)
         if not (path.is_file() and path.read_text() == text):
@@ -406,9 +403,10 @@ class Study:
         another dataset (the polyphony bins train on poly)."""
         test, train = self.benchmark_datasets(benchmark)
         checkpoint = self.checkpoint(model) or RANDOM_BASELINE
-        arguments = f"--checkpoint {checkpoint} --shards {' '.join(self.shard_paths(test))}"
+        # Pasted into a shell command: every path quoted (shlex.quote leaves plain paths, hence old records, as they are).
+        arguments = f"--checkpoint {shlex.quote(checkpoint)} --shards {' '.join(map(shlex.quote, self.shard_paths(test)))}"
         if train != test:
-            arguments += f" --train-shards {' '.join(self.shard_paths(train))}"
+            arguments += f" --train-shards {' '.join(map(shlex.quote, self.shard_paths(train)))}"
         return arguments
 
     def evaluation_settings(self, benchmark: str) -> str:
@@ -427,6 +425,20 @@ class Study:
                                                          if len(scheduled.changed) > 6 else "")
             print(f"code changed for {record.removesuffix('.code.json')}: {shown}", file=sys.stderr)
         return scheduled.value
+
+
+# Snakemake reads braces in an output path as wildcards, and a rule's log and shell lines end at a line break:
+# these are the characters a path the rules write under cannot hold (spaces, quotes, non-ASCII letters can).
+_UNWORKABLE_PATH_CHARACTERS = {"{": "a brace", "}": "a brace", "\n": "a line break", "\r": "a line break",
+                               "\0": "a NUL byte"}
+
+
+def _check_path_for_rules(key: str, path: str) -> None:
+    """ConfigError (one line) for a path the workflow cannot write under, before any job starts."""
+    for character, what in _UNWORKABLE_PATH_CHARACTERS.items():
+        if character in path:
+            raise ConfigError(f"{key}: {path!r} contains {what}, which Snakemake cannot take in an output path; "
+                              "choose another folder name")
 
 
 def one_of(names: list[str]) -> str:

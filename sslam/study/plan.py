@@ -24,8 +24,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sslam.evaluation.config import BenchmarkConfig
+from sslam.model.config import DecoderConfig, EncoderConfig
+from sslam.objective.config import floor_count, stage1_variant_config, variant_config
 from sslam.runtime.configuration import from_dict, section
 from sslam.runtime.errors import ConfigError
+from sslam.runtime.io import atomic_write_json
+from sslam.study.dag import Study
+from sslam.train.config import train_config_for_stage
 
 # Dense bf16 peak FLOP/s and memory (GiB) of common accelerators (vendor data sheets, no sparsity).
 GPUS: dict[str, tuple[float, float]] = {
@@ -83,8 +89,6 @@ def pretraining_step_flops(encoder, decoder, objective, stage: int, batch: int, 
     """Model FLOPs of one pretraining update on `batch` clips (student and decoder forward + backward = 3×
     forward on CLS + kept tokens of every clone, the patch embedding once per clip; teacher forward only:
     one pass per half on all tokens, plus Stage 2's source-retention pass over the mixed-region tokens)."""
-    from sslam.objective.config import floor_count
-
     time_patches = num_frames // encoder.patch_size
     positions = time_patches * encoder.freq_patches
     kept = floor_count(positions * (1.0 - objective.mask_prob))
@@ -165,10 +169,6 @@ def dataset_clips(study, name: str) -> tuple[dict[str, int], bool]:
 
 
 def plan_study(study, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU) -> StudyPlan:
-    from sslam.evaluation.config import BenchmarkConfig
-    from sslam.model.config import DecoderConfig, EncoderConfig
-    from sslam.objective.config import stage1_variant_config, variant_config
-    from sslam.train.config import train_config_for_stage
 
     if gpu not in GPUS:
         raise ConfigError(f"unknown GPU {gpu!r}; known: {', '.join(GPUS)}")
@@ -270,13 +270,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sslam.study.dag import Study
-
     plan = plan_study(Study.from_file(args.config, check_data_roots=False), args.gpu, args.mfu)
     print(format_plan(plan))
     if args.json:
-        from sslam.runtime.io import atomic_write_json
-
         atomic_write_json(args.json, {"gpu": plan.gpu, "mfu": plan.mfu, "gpu_hours": plan.gpu_hours,
                                       "jobs": [asdict(job) | {"gpu_hours": job.gpu_hours} for job in plan.jobs],
                                       "cache_gib": plan.cache_gib, "sizes_assumed": plan.sizes_assumed,

@@ -18,12 +18,13 @@ from typing import Any
 
 import pandas as pd
 
+from sslam import __version__
 from sslam.runtime.configuration import load_yaml, section
 from sslam.runtime.errors import SslamError
-from sslam.runtime.io import atomic_write_text
+from sslam.runtime.io import atomic_folder, atomic_write_text, read_text
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
-from sslam.tables.render import Decorator, significance_tables, write_table
+from sslam.tables.render import Decorator, metric_label, significance_tables, write_table
 from sslam.tables.significance import OVERALL, Bootstrap
 
 PREDICTIONS = "predictions.npz"   # the per-clip predictions beside a metrics.json when it names none
@@ -42,25 +43,32 @@ class RunResult:
     per_bin: dict[str, float] = field(default_factory=dict)
     clips: int | None = None                                   # test clips behind the headline value
     per_bin_clips: dict[str, int] = field(default_factory=dict)
+    classes: int | None = None                                 # classes of the benchmark (per_class entries)
+    left_out: int | None = None                                # classes without test positives (no AP: not in mAP)
+    per_bin_left_out: dict[str, int] = field(default_factory=dict)
     predictions: str | None = None                             # predictions.npz, when there is one
     path: str = ""
 
 
-def _bin_entry(entry: Any) -> tuple[float | None, int | None]:
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _bin_entry(entry: Any) -> tuple[float | None, int | None, int | None]:
+    """A per-bin entry: value, test clips and classes without positives in the bin (older files: a bare value)."""
     if isinstance(entry, dict):
-        value, clips = entry.get("value"), entry.get("clips")
-        return (None if value is None else float(value)), (None if clips is None else int(clips))
-    return (None if entry is None else float(entry)), None
+        value = entry.get("value")
+        return ((None if value is None else float(value)), _optional_int(entry.get("clips")),
+                _optional_int(entry.get("classes_without_positives")))
+    return (None if entry is None else float(entry)), None, None
 
 
 def read_result(path: str | Path) -> RunResult:
     """Parse one metrics.json (written by `sslam finetune` / `sslam probe`); clear error when malformed."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise SslamError(f"metrics file not found: {path}") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = json.loads(read_text(path, "metrics file"))
+    except json.JSONDecodeError as error:
         raise SslamError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict):
         raise SslamError(f"{path}: expected a JSON object")
@@ -75,8 +83,10 @@ def read_result(path: str | Path) -> RunResult:
     try:
         bins = {str(label): _bin_entry(entry) for label, entry in (data.get("per_bin") or {}).items()}
         seed, value = int(data["seed"]), float(data["value"])
-        clips = data.get("num_test_clips", data.get("num_test"))
-        clips = None if clips is None else int(clips)
+        clips = _optional_int(data.get("num_test_clips", data.get("num_test")))
+        per_class = data.get("per_class")
+        classes = len(per_class) if isinstance(per_class, dict) and per_class else None
+        left_out = _optional_int(data.get("classes_without_positives"))
     except (TypeError, ValueError, AttributeError) as error:
         raise SslamError(f"{path}: malformed field ({error})") from error
     named = data.get("predictions")
@@ -84,8 +94,10 @@ def read_result(path: str | Path) -> RunResult:
     return RunResult(
         benchmark=str(data["benchmark"]), regime=str(data["regime"]), model=model, seed=seed,
         metric=str(data["metric"]), value=value,
-        per_bin={label: v for label, (v, _) in bins.items() if v is not None},
-        clips=clips, per_bin_clips={label: c for label, (v, c) in bins.items() if v is not None and c is not None},
+        per_bin={label: v for label, (v, _, _) in bins.items() if v is not None},
+        clips=clips, per_bin_clips={label: c for label, (v, c, _) in bins.items() if v is not None and c is not None},
+        classes=classes, left_out=left_out,
+        per_bin_left_out={label: n for label, (v, _, n) in bins.items() if v is not None and n is not None},
         predictions=str(predictions) if predictions.is_file() else None, path=str(path),
     )
 
@@ -97,11 +109,13 @@ def runs_frame(results: list[RunResult], percent: bool) -> pd.DataFrame:
     for result in results:
         common = dict(benchmark=result.benchmark, regime=result.regime, model=result.model,
                       seed=result.seed, metric=result.metric, path=result.path)
-        rows.append(dict(common, column=OVERALL, value=result.value * scale, clips=result.clips))
-        rows.extend(dict(common, column=label, value=value * scale, clips=result.per_bin_clips.get(label))
+        rows.append(dict(common, column=OVERALL, value=result.value * scale, clips=result.clips,
+                         classes=result.classes, left_out=result.left_out))
+        rows.extend(dict(common, column=label, value=value * scale, clips=result.per_bin_clips.get(label),
+                         classes=result.classes, left_out=result.per_bin_left_out.get(label))
                     for label, value in result.per_bin.items())
     frame = pd.DataFrame(rows, columns=["benchmark", "regime", "model", "seed", "metric", "column", "value",
-                                        "clips", "path"])
+                                        "clips", "classes", "left_out", "path"])
     duplicated = frame.duplicated(["benchmark", "regime", "model", "seed", "column"], keep=False)
     if duplicated.any():
         clash = frame[duplicated].path.unique().tolist()
@@ -115,10 +129,12 @@ def runs_frame(results: list[RunResult], percent: bool) -> pd.DataFrame:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """mean, sample std (ddof=1; NaN for a single seed), number of seeds, the seeds and the test clips per cell."""
+    """mean, sample std (ddof=1; NaN for a single seed), number of seeds, the seeds and the test clips per cell,
+    and how many classes a mean left out (the most over its seeds; mAP has no AP for a class without positives)."""
     grouped = runs.groupby(["benchmark", "regime", "model", "column"], sort=False)
     summary = grouped.agg(metric=("metric", "first"), mean=("value", "mean"), std=("value", "std"),
-                          n=("value", "count"), clips_min=("clips", "min"), clips_max=("clips", "max"))
+                          n=("value", "count"), clips_min=("clips", "min"), clips_max=("clips", "max"),
+                          classes=("classes", "max"), left_out=("left_out", "max"))
     summary["seeds"] = grouped.seed.agg(lambda seeds: " ".join(map(str, sorted(seeds))))
     summary = summary.reset_index()
     summary["clips"] = summary.clips_min  # the clip count the headers print (min and max are both kept)
@@ -130,7 +146,18 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
                 replicates: int | None = None) -> list[Path]:
     """Write every table, the significance tables, the per-run and per-cell CSVs and the plots; return the paths.
 
-    `replicates` overrides study.tables.significance.replicates (0 = no significance)."""
+    `replicates` overrides study.tables.significance.replicates (0 = no significance). The files are written
+    into a staging folder that replaces `out_dir` as a whole at the end (sslam.runtime.io.atomic_folder): a
+    killed or failed run leaves the previous set of tables as it was, never a mixture of old and new."""
+    out_dir = Path(out_dir)
+    with atomic_folder(out_dir) as staging:
+        written = _write_tables(config, metrics, staging, pretrain_metrics, audioset_polyphony, replicates)
+    return [out_dir / path.relative_to(staging) for path in written]
+
+
+def _write_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: Path,
+                  pretrain_metrics: list[str | Path], audioset_polyphony: str | Path | None,
+                  replicates: int | None) -> list[Path]:
     from sslam.tables import plots  # matplotlib is slow to import: only when tables are really made
 
     settings = tables_config(config)
@@ -140,8 +167,6 @@ def make_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: str 
         significance = replace(settings.significance, enabled=False) if replicates == 0 else \
             replace(settings.significance, replicates=replicates)
         settings = replace(settings, significance=significance)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = sorted((read_result(path) for path in metrics), key=lambda r: (r.benchmark, r.regime, r.model, r.seed))
     runs = runs_frame(results, settings.percent)
     summary = summarise(runs)
@@ -184,7 +209,6 @@ def write_study_page(config: dict[str, Any], path: Path) -> Path:
 
     import yaml
 
-    from sslam import __version__
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
@@ -203,8 +227,6 @@ def write_study_page(config: dict[str, Any], path: Path) -> Path:
 
 
 def _metric_label(summary: pd.DataFrame, spec, percent: bool) -> str:
-    from sslam.tables.render import metric_label
-
     metrics = summary[summary.benchmark.isin(spec.benchmarks)].metric.unique().tolist()
     return metric_label(metrics[0], percent) if len(metrics) == 1 else "score"
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from sslam.runtime.configuration import from_dict, section
+from sslam.runtime.configuration import check_ranges, from_dict, section
 from sslam.runtime.errors import ConfigError
 from sslam.tables.models import DEFAULT_BASELINES, RANDOM, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
 from sslam.tables.paper_numbers import PAPER_TABLES, SPASS, paper_cells
@@ -88,8 +88,13 @@ class TablesConfig:
     labels: dict[str, str] = field(default_factory=dict)  # model id -> row label, for every table
     significance: SignificanceConfig = field(default_factory=SignificanceConfig)
     specs: list[TableSpec] = field(default_factory=list)
+    # A polyphony bin with fewer test clips than this is marked (header and note): one clip whose classes a
+    # model ranks first scores 100.0 for every model, which says nothing about the models.
+    min_bin_clips: int = 10
+    few_clips_marker: str = "§"
 
     def __post_init__(self) -> None:
+        check_ranges(self, min_bin_clips=">= 1")
         if not 0 <= self.decimals <= 6:
             raise ConfigError(f"study.tables.decimals must be in [0, 6], got {self.decimals}")
         names = [spec.name for spec in self.specs]
@@ -220,7 +225,8 @@ def tables_config(config: dict[str, Any]) -> TablesConfig:
 
 # --- cells --------------------------------------------------------------------------------------------
 
-CELL_COLUMNS = ["block", "model", "label", "source", "column", "benchmark", "key", "mean", "std", "n", "seeds", "clips"]
+CELL_COLUMNS = ["block", "model", "label", "source", "column", "benchmark", "key", "mean", "std", "n", "seeds", "clips",
+                "classes", "left_out"]
 
 
 def natural_key(label: str) -> tuple:
@@ -270,7 +276,8 @@ def build_table(spec: TableSpec, summary: pd.DataFrame, study: StudyRows, config
             for record in ours[ours.model == model].itertuples():
                 rows.append(dict(block=regime, model=model, label=label, source="ours", column=record.column,
                                  benchmark=record.benchmark, key=record.key, mean=record.mean, std=record.std,
-                                 n=record.n, seeds=record.seeds, clips=record.clips))
+                                 n=record.n, seeds=record.seeds, clips=record.clips, classes=record.classes,
+                                 left_out=record.left_out))
             if config.paper_numbers:
                 rows += _paper_rows(spec, regime, model)
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
@@ -289,7 +296,8 @@ def _paper_rows(spec: TableSpec, regime: str, model: str) -> list[dict[str, Any]
             bins = spec.kind == "polyphony_bins"
             rows.append(dict(block=regime, model=model, label=label + PAPER_SUFFIX, source="paper", column=column,
                              benchmark=spec.benchmarks[0] if bins else column, key=column if bins else OVERALL,
-                             mean=value, std=std, n=1 if np.isnan(std) else PAPER_RUNS, seeds="", clips=np.nan))
+                             mean=value, std=std, n=1 if np.isnan(std) else PAPER_RUNS, seeds="", clips=np.nan,
+                             classes=np.nan, left_out=np.nan))
         return rows
     return []
 

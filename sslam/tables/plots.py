@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from sslam.runtime.errors import SslamError  # noqa: E402
-from sslam.runtime.io import atomic_path  # noqa: E402
+from sslam.runtime.io import atomic_path, read_text  # noqa: E402
 from sslam.tables.layouts import REGIME_LABELS, TableSpec, natural_key  # noqa: E402
 from sslam.tables.models import STAGE1, default_label, is_valid_model_id, parse_model_id, stage1_id  # noqa: E402
 
@@ -144,10 +144,8 @@ def run_model(argument: str) -> tuple[str, Path]:
 
 def read_jsonl(path: str | Path) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise SslamError(f"pretraining metrics file not found: {path}")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "pretraining metrics file").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -243,15 +241,13 @@ def plot_audioset_polyphony(path: str | Path, out: str | Path) -> Path:
 def audioset_polyphony_figure(path: str | Path) -> plt.Figure:
     """Accepts {"levels": {"1": {"percent": ...}, ...}} or {"levels": [{"level": 1, "percent": ...}, ...]}."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_text(path, "polyphony analysis"))
         levels = data.get("levels", data)
         if isinstance(levels, dict):
             points = [(int(level), float(entry["percent"] if isinstance(entry, dict) else entry))
                       for level, entry in levels.items()]
         else:
             points = [(int(entry["level"]), float(entry["percent"])) for entry in levels]
-    except FileNotFoundError as error:
-        raise SslamError(f"polyphony analysis not found: {path}") from error
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise SslamError(f"{path}: not a `sslam polyphony` result ({error})") from error
     if not points:

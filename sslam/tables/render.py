@@ -89,7 +89,7 @@ def _clips_text(values: pd.Series) -> str:
     if values.empty:
         return ""
     low, high = values.min(), values.max()
-    return f"{low} clips" if low == high else f"{low}–{high} clips"
+    return (f"{low} clip{'s' if low != 1 else ''}") if low == high else f"{low}–{high} clips"
 
 
 class Layout:
@@ -106,15 +106,25 @@ class Layout:
         used = sorted(set(self.column_metrics.values()))
         self.metric = used[0] if len(used) == 1 else None
         self.clips = {column: _clips_text(ours[ours.column == column].clips) for column in self.columns}
+        # Bins scored on fewer clips than study.tables.min_bin_clips: marked, because their cells are noise.
+        fewest = {column: ours[ours.column == column].clips.dropna().min() for column in self.columns}
+        self.few_clips = [column for column in self.columns if spec.kind == "polyphony_bins"
+                          and not pd.isna(fewest[column]) and fewest[column] < config.min_bin_clips]
 
     @property
     def title(self) -> str:
         title = self.spec.title or self.spec.name
         return f"{title} — {metric_label(self.metric, self.config.percent)}" if self.metric else title
 
-    def header(self, column: str) -> str:
+    def header(self, column: str, latex: bool = False) -> str:
         if self.spec.kind == "polyphony_bins":
-            return f"{column} ({self.clips[column]})" if self.clips.get(column) else column
+            text = f"{column} ({self.clips[column]})" if self.clips.get(column) else column
+            if latex:
+                text = latex_escape(text)
+            if column in self.few_clips:
+                marker = self.config.few_clips_marker
+                text += rf"$^{{{LATEX_MARKERS.get(marker, latex_escape(marker))}}}$" if latex else f" {marker}"
+            return text
         if self.metric is None and column in self.column_metrics:
             return f"{column} ({METRIC_LABELS.get(self.column_metrics[column], self.column_metrics[column])})"
         return column
@@ -141,8 +151,37 @@ class Layout:
                 row[record.column] = self.cell(record, latex)
             rows.append(row)
         grid = pd.DataFrame(rows).set_index(["regime", "model"]).reindex(columns=self.columns).fillna("–")
-        grid.columns = [latex_escape(self.header(c)) if latex else self.header(c) for c in self.columns]
+        grid.columns = [self.header(c, latex=latex) if self.spec.kind == "polyphony_bins" else
+                        latex_escape(self.header(c)) if latex else self.header(c) for c in self.columns]
         return grid
+
+    def coverage_notes(self, ours: pd.DataFrame) -> list[str]:
+        """What a number does not cover: classes mAP left out (no test positive: no AP), bins of few clips."""
+        notes, left = [], []
+        bins = self.spec.kind == "polyphony_bins"
+        for column in self.columns:
+            name = f"bin {column}" if bins else column
+            cells = ours[(ours.column == column) & ours.left_out.notna()]
+            if self.column_metrics.get(column) != "map" or cells.empty or not (cells.left_out > 0).any():
+                continue
+            low, high = int(cells.left_out.min()), int(cells.left_out.max())
+            total = cells.classes.dropna()
+            missing = f"{low}" if low == high else f"{low}–{high}"
+            if total.empty:
+                left.append(f"{name}: {missing} class(es) without test positives left out")
+            else:
+                classes = int(total.max())
+                scored = f"{classes - high}" if low == high else f"{classes - high}–{classes - low}"
+                left.append(f"{name} over {scored} of {classes} classes ({missing} without test positives)")
+        if left:
+            notes.append(f"{'mAP per bin' if bins else 'mAP'}: classes without a positive test clip have no AP and are left out: "
+                         f"{'; '.join(left)}.")
+        if self.few_clips:
+            counts = ", ".join(f"{column} ({self.clips[column]})" for column in self.few_clips)
+            notes.append(f"{self.config.few_clips_marker}: fewer than {self.config.min_bin_clips} test clips "
+                         f"(study.tables.min_bin_clips) in bin{'s' if len(self.few_clips) > 1 else ''} {counts}; their cells say little about the "
+                         "models (a single clip scores 100.0 for every model that ranks its classes first).")
+        return notes
 
     def notes(self, bootstrap: Bootstrap, decorator: Decorator) -> list[str]:
         config, significance = self.config, self.config.significance
@@ -166,6 +205,7 @@ class Layout:
                 notes.append(f"Test clips: {', '.join(clips)}.")
         elif self.columns:
             notes.append("Each bin's cell is scored on that bin's test clips only (the count is in its header).")
+        notes += self.coverage_notes(ours)
         if significance.enabled:
             notes.append(f"Bold: the best of our rows in each column and every row not significantly below it "
                          f"({significance.level:.0%} paired bootstrap interval of the difference, "
@@ -212,7 +252,8 @@ def write_table(spec: TableSpec, cells: pd.DataFrame, config: TablesConfig, boot
     paths = [out_dir / f"{spec.name}.md", out_dir / f"{spec.name}.csv", out_dir / f"{spec.name}.tex"]
     body = _markdown(layout.grid(latex=False)) if not cells.empty else "_no results for this table yet_"
     atomic_write_text(paths[0], f"# {layout.title}\n\n{body}\n\n" + "".join(f"- {note}\n" for note in notes))
-    atomic_write_text(paths[1], _to_csv(cells))
+    atomic_write_text(paths[1], _to_csv(cells.assign(few_clips=cells.column.isin(layout.few_clips))
+                                        if spec.kind == "polyphony_bins" and not cells.empty else cells))
     latex = _latex(layout.grid(latex=True)) if not cells.empty else "% no results for this table yet\n"
     comments = "".join(f"% {line}\n" for line in [layout.title, *notes])
     atomic_write_text(paths[2], comments + latex)

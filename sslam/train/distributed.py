@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from sslam.runtime.device import resolve_device
 from sslam.runtime.errors import ConfigError
 
 
@@ -42,8 +43,6 @@ class DistributedContext:
 def init_distributed(device: str | None = None) -> DistributedContext:
     """Join the torchrun process group if there is one; pick the device with `sslam.runtime.device.resolve_device`
     ("auto"/None = CUDA when it works; "cuda" without a usable GPU is one DeviceError line, within seconds)."""
-    from sslam.runtime.device import resolve_device
-
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

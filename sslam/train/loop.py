@@ -29,10 +29,11 @@ from sslam.runtime.errors import SslamError
 from sslam.model.teacher import ema_decay
 from sslam.runtime.progress import Progress
 from sslam.fingerprints import compiled
+from sslam.runtime.jobs import MetricsLog
 from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, any_rank, min_over_ranks
-from sslam.train.metrics import MetricsLog, Throughput
+from sslam.train.metrics import Throughput
 from sslam.train.optim import build_optimizer
 from sslam.train.schedule import build_scheduler
 from sslam.train.state import (atomic_torch_save, capture_rng_state, job_mismatch, project_checkpoint,
@@ -230,7 +231,7 @@ class Pretrainer:
             if self._metrics_to_restore is not None:  # also when the log itself is gone (a re-run job)
                 self.metrics.restore(self._metrics_to_restore, self.step)
             else:
-                self.metrics.truncate_after(self.step)  # the steps after the snapshot are re-done and re-logged
+                self.metrics.restore(self.metrics.lines(), self.step)  # the steps after the snapshot are re-done
         progress = self._progress()
         throughput, last = Throughput(), {}
         steady = _SteadyState(("update", "log point", "snapshot"), self.on_steady)
@@ -251,7 +252,7 @@ class Pretrainer:
                             "epoch": self.batches_consumed / self.sampler.batches_per_epoch}
                     self._window = _Window()
                     if self.context.is_main:
-                        self.metrics.write(self.step, last)
+                        self.metrics.write({"step": self.step, **last})
                     steady.saw("log point")
                 if progress is not None:
                     progress.update(1, **({"loss": last["loss"], "lr": lr} if last else {}))

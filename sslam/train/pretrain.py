@@ -9,13 +9,12 @@ Writes DIR/metrics.jsonl (every `log_every` updates), DIR/state/last.pt (every `
 the end, and on SIGUSR1/SIGTERM) and DIR/checkpoint.pt (the final weights in the project's checkpoint format).
 `--resume` continues bit-exactly from a state written by the same code fingerprint (SSLAM_FINGERPRINT) and
 settings; any other state is discarded with one log line and the run starts fresh. On SIGUSR1/SIGTERM the run
-finishes its update, writes the state and exits with code 75 (`sslam.runtime.snapshots.PREEMPTED_EXIT_CODE`).
+finishes its update, writes the state and exits with code 75 (the job harness, `sslam.runtime.jobs`).
 This module turns the study config into objects; `sslam.train.loop` trains.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import random
@@ -25,16 +24,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from sslam.audio.config import FrontEndConfig
+from sslam.data.config import DatasetConfig
+from sslam.model.checkpoints.read import read_checkpoint
+from sslam.model.decoder import DecoderConfig
+from sslam.model.encoder import EncoderConfig
+from sslam.objective.config import stage1_variant_config, variant_config
+from sslam.objective.pretraining import PretrainingObjective
 from sslam.runtime.configuration import from_dict, load_yaml, section, to_dict
-from sslam.runtime.device import DEVICE_CHOICES, banner
+from sslam.runtime.device import DEVICE_CHOICES
 from sslam.runtime.errors import ConfigError, SslamError
-from sslam.fingerprints import job_fingerprint
-from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals, discard_state
-from sslam.runtime.tracking import CHECKPOINT_TAG, JobTracker, results_relative
+from sslam.runtime.jobs import Job
+from sslam.runtime.snapshots import Preempted, discard_state
+from sslam.runtime.tracking import CHECKPOINT_TAG, STAGE_TAG, VARIANT_TAG, results_relative
 from sslam.train.config import TrainConfig, train_config_for_stage
 from sslam.train.distributed import DistributedContext, init_distributed, shutdown_distributed
 from sslam.train.loop import Pretrainer, RunIdentity
-from sslam.train.metrics import MetricsLog
 from sslam.train.state import load_training_state, state_paths
 
 log = logging.getLogger(__name__)
@@ -66,8 +71,6 @@ def objective_config(config: dict[str, Any], variant: str | None, stage: int = 2
     """Stage 2: `objective` + variant preset + `variants.<variant>`; Stage 1: `objective`, or with a Stage-1
     variant `objective` + `stage1_variants.<variant>` (the teacher's EMA schedule is in neither: the
     training stage, pretrain.stageK.ema_*, owns it)."""
-    from sslam.objective.config import stage1_variant_config, variant_config
-
     base = section(config, "objective")
     if stage == 1 and variant:
         return stage1_variant_config(variant, base, (config.get("stage1_variants") or {}).get(variant))
@@ -77,8 +80,6 @@ def objective_config(config: dict[str, Any], variant: str | None, stage: int = 2
 
 def pretrain_dataset_config(config: dict[str, Any]):
     """(name, DatasetConfig) of study.pretrain_dataset."""
-    from sslam.data.config import DatasetConfig
-
     name = section(config, "study.pretrain_dataset", default="")
     if not name:
         raise ConfigError("study.pretrain_dataset is not set")
@@ -103,7 +104,6 @@ def pretraining_dataset(config: dict[str, Any], shard_paths: list[Path]):
     missing = [str(p) for p in shard_paths if not Path(p).is_file()]
     if missing:
         raise SslamError(f"cache shard(s) not found: {', '.join(missing)} (run `sslam cache build` first)")
-    from sslam.audio.config import FrontEndConfig
 
     _, dataset = pretrain_dataset_config(config)
     # Shards built with another front end, target length or shard count are refused here, before any step.
@@ -122,9 +122,6 @@ def build_objective(config: dict[str, Any], stage: int, variant: str | None, see
                     norm_stats: tuple[float, float]):
     """The PretrainingObjective of the study's model/objective/variant config (weights from the global
     torch RNG; masks, mixing positions and decoder noise from its own generators seeded from `seed`)."""
-    from sslam.model.decoder import DecoderConfig
-    from sslam.model.encoder import EncoderConfig
-    from sslam.objective.pretraining import PretrainingObjective
 
     encoder_cfg = from_dict(EncoderConfig, section(config, "model.encoder"), "model.encoder")
     decoder_cfg = from_dict(DecoderConfig, section(config, "model.decoder"), "model.decoder")
@@ -152,13 +149,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
 
     context = init_distributed(args.device)  # a GPU that cannot be had is one line, before any work
-    fingerprint = job_fingerprint("sslam.train.pretrain")
-    if context.is_main:
-        for line in banner(fingerprint, context.world_size, context.device):
-            log.info(line)
+    run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
+    # Evaluation runs find this run by its checkpoint (relative to study.results: it moves with the folder).
+    tags = {STAGE_TAG: args.stage, VARIANT_TAG: args.variant or "",
+            CHECKPOINT_TAG: results_relative(out_dir / "checkpoint.pt", args.results)}
     finished = False
     # From here on SIGUSR1/SIGTERM only ask the loop to stop after its next update.
-    with StopSignals() as stop:
+    with Job(out_dir, "sslam.train.pretrain", context.device, run_name=run_name, job="pretrain", tags=tags,
+             tracking=args.tracking, world_size=context.world_size, main=context.is_main) as job:
         try:
             snapshot = load_training_state(out_dir) if args.resume else None
             shards = [Path(p) for p in args.shards] if args.shards else default_shards(config)
@@ -175,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
             trained_input = {"norm_mean": dataset.norm_mean, "norm_std": dataset.norm_std,
                              "target_length": int(dataset.target_length)}
             identity = RunIdentity(args.stage, args.variant, to_dict(encoder_cfg), to_dict(decoder_cfg), recorded,
-                                   input=trained_input, fingerprint=fingerprint)
+                                   input=trained_input, fingerprint=job.fingerprint)
+            job.describe(identity.config)
             if snapshot is not None:
                 expected = Pretrainer.expected_job(identity, train, len(dataset), context.world_size)
                 problem = Pretrainer.snapshot_problem(snapshot, expected)
@@ -187,46 +186,33 @@ def run(args: argparse.Namespace) -> int:
             if snapshot is None and args.stage == 2:
                 if not args.init:
                     raise ConfigError("a fresh Stage 2 needs --init STAGE1_CHECKPOINT")
-                from sslam.model.checkpoints.read import read_checkpoint
-
                 sources = objective.load_stage1(read_checkpoint(args.init))
                 log.info("stage 2 initialised from %s: %s", args.init, sources)
             seed_everything(rank_seed)
-            _train(args, train, objective, dataset, identity, snapshot, context, stop)
+            _train(args, train, objective, dataset, identity, snapshot, context, job)
             finished = True
-        except Preempted as stopped:
+        except Preempted:
             finished = True
-            if context.is_main:
-                log.warning("%s (%s); exit %d: run the same command (with --resume) to continue", stopped,
-                            stop.received, PREEMPTED_EXIT_CODE)
-            return PREEMPTED_EXIT_CODE
+            raise    # the harness turns it into exit code 75
         finally:
             # Wait for the other ranks only on success: after an error on one rank a barrier could hang.
             shutdown_distributed(context, wait_for_others=finished)
-    return 0
+    return job.exit_code
 
 
 def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, identity: RunIdentity,
-           snapshot: dict[str, Any] | None, context: DistributedContext, stop: StopSignals) -> None:
+           snapshot: dict[str, Any] | None, context: DistributedContext, job: Job) -> None:
     out_dir = Path(args.out)
-    run_name = f"stage{args.stage}" + (f"-{args.variant}" if args.variant else "")
-    tags = {"stage": args.stage, "variant": args.variant or "", "job": "pretrain", "code_hash": identity.fingerprint,
-            # evaluation runs find this run by its checkpoint (relative to study.results: moves with the folder)
-            CHECKPOINT_TAG: results_relative(out_dir / "checkpoint.pt", args.results)}
-    # Only the main rank reports; JobTracker would otherwise pick MLFLOW_TRACKING_URI up on every rank.
-    tracker = JobTracker(args.tracking, run_name, tags, identity.config, job_dir=out_dir) if context.is_main else None
-    with tracker or contextlib.nullcontext():
-        trainer = Pretrainer(objective, dataset, train, out_dir, identity, context,
-                             metrics=MetricsLog(out_dir / "metrics.jsonl", tracker), show_progress=args.progress,
-                             stop=stop)
-        if snapshot is not None:
-            trainer.restore(snapshot)
-            log.info("resuming %s at update %d of %d%s", out_dir, trainer.step, train.steps,
-                     " (--init is ignored: the weights come from the snapshot)" if args.init else "")
-        final = trainer.run()
-        trainer.save_final(out_dir / "checkpoint.pt")
-        if tracker is not None:
-            tracker.log_artifact(out_dir / "metrics.jsonl")
-        if context.is_main:
-            log.info("finished %d updates: %s", trainer.step,
-                     ", ".join(f"{k}={v:.6g}" for k, v in final.items() if isinstance(v, float)))
+    trainer = Pretrainer(objective, dataset, train, out_dir, identity, context, metrics=job.metrics,
+                         show_progress=args.progress, stop=job.stop)
+    if snapshot is not None:
+        trainer.restore(snapshot)
+        log.info("resuming %s at update %d of %d%s", out_dir, trainer.step, train.steps,
+                 " (--init is ignored: the weights come from the snapshot)" if args.init else "")
+    final = trainer.run()
+    trainer.save_final(out_dir / "checkpoint.pt")
+    if job.tracker is not None:
+        job.tracker.log_artifact(out_dir / "metrics.jsonl")
+    if context.is_main:
+        log.info("finished %d updates: %s", trainer.step,
+                 ", ".join(f"{k}={v:.6g}" for k, v in final.items() if isinstance(v, float)))

@@ -179,3 +179,46 @@ def test_matching_settings_run(study_with_cache, tmp_path):
     assert main(["probe", "--config", str(config), "--benchmark", "poly", "--random-init", "--out", str(out),
                  "--device", "cpu", "--max-steps", "1"]) == 0
     assert json.loads((out / "metrics.json").read_text())["benchmark"] == "poly"
+
+
+# --- declared sizes before allocation (issue 18.2) ----------------------------------------------------------
+def test_a_shard_declaring_a_billion_rows_is_refused_before_any_allocation(eight_shards, tmp_path):
+    """A real shard whose fbank was resized to 10^9 rows (a 2-MB file: unwritten chunks take no disk): the
+    reader allocated per declared row (22 GB RSS, OOM-killed); now one CacheError line, under a 1-GiB budget."""
+    from bombs import row_bomb_shard
+    from capped import cli_body, run_capped
+
+    bomb = row_bomb_shard(eight_shards[0], tmp_path / "bomb.h5")
+    assert bomb.stat().st_size < 4 * 2**20
+    body = ("from sslam.data.datasets import FbankDataset\nfrom sslam.runtime.errors import CacheError\n"
+            f"try:\n    FbankDataset([{str(bomb)!r}], 0.0, 1.0, labelled=True)\n"
+            "except CacheError as error:\n    print('refused:', error)\n")
+    run = run_capped(body, preamble="import sslam.data.datasets")
+    assert run.returncode == 0 and "declares 1000000000 clips but stores" in run.stdout, run.describe()
+    assert run.growth < 2**30, run.describe()
+    run = run_capped(cli_body("cache", "verify", bomb), preamble="import sslam.data.cache, sslam.cli")
+    assert run.returncode == 1 and "declares 1000000000 clips but stores" in run.stdout, run.describe()
+    assert "Traceback" not in run.stderr and run.growth < 2**30, run.describe()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda shard: shard.attrs.__setitem__("num_skipped", 3), "manifest rows of this shard"),
+    (lambda shard: shard.attrs.__setitem__("classes", json.dumps(["a", "b"])), "labels has shape"),
+    (lambda shard: shard.attrs.__setitem__("target_length", 10**7), "target_length 10000000"),
+])
+def test_sizes_a_shard_states_must_agree(eight_shards, tmp_path, change, message):
+    shard_path = shutil.copy(eight_shards[1], tmp_path / "odd.h5")
+    with h5py.File(shard_path, "r+") as shard:
+        change(shard)
+    with pytest.raises(CacheError, match=message):
+        FbankDataset([shard_path], 0.0, 1.0, labelled=True)
+    assert any(message in problem for problem in verify_shard(shard_path))
+
+
+def test_a_shard_without_its_attributes_is_one_line(eight_shards, tmp_path):
+    shard_path = shutil.copy(eight_shards[2], tmp_path / "bare.h5")
+    with h5py.File(shard_path, "r+") as shard:
+        del shard.attrs["stat_sum"], shard.attrs["front_end"]
+    with pytest.raises(CacheError, match="no normalisation sums"):
+        FbankDataset([shard_path], None, None, labelled=False)
+    assert len(FbankDataset([shard_path], 0.0, 1.0, labelled=False)) > 0

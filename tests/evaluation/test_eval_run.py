@@ -8,7 +8,7 @@ import torch
 
 from sslam.cli import main
 from sslam.runtime.configuration import load_yaml
-from sslam.evaluation.run import code_hash, load_backbone
+from sslam.evaluation.run import load_backbone
 
 from eval_helpers import POLY, TINY_ENCODER, read_metrics, save_checkpoint
 
@@ -30,7 +30,7 @@ def test_probe_from_a_checkpoint_writes_well_formed_metrics(write_config, tmp_pa
     assert metrics["value"] == pytest.approx(sum(scored) / len(scored))
     assert metrics["classes_without_positives"] == len(metrics["per_class"]) - len(scored)
     assert metrics["selection"]["policy"] == "last"
-    # (not compared with code_hash() now: the package may be edited while the test runs)
+    # (not compared with a fingerprint computed now: the package may be edited while the test runs)
     assert metrics["code_hash"].startswith("static-") and int(metrics["code_hash"].removeprefix("static-"), 16) >= 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
@@ -200,3 +200,20 @@ def test_a_planted_evaluation_state_is_refused_in_one_line(write_config, tmp_pat
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_a_shard_declaring_a_billion_rows_is_one_line_not_an_oom_kill(write_config, cache_dir, tmp_path):
+    """Issue 18.2: `sslam probe` on a 2-MB shard whose fbank declares 10^9 rows reached 22 GB RSS; now it stops with
+    one line before allocating anything per row (run under a 1-GiB address-space budget)."""
+    from bombs import row_bomb_shard
+    from capped import cli_body, run_capped
+
+    bomb = row_bomb_shard(cache_dir / "cache" / "poly" / "shard-000-of-001.h5", tmp_path / "shard-000-of-001.h5")
+    config = write_config({"poly": POLY})
+    run = run_capped(cli_body("probe", "--config", config, "--benchmark", "poly", "--random-init", "--shards", bomb,
+                              "--out", tmp_path / "out"),
+                     preamble="import sslam.evaluation.run, sslam.cli")
+    assert run.returncode == 1, run.describe()
+    errors = [line for line in run.stderr.splitlines() if line.startswith("sslam probe: error:")]
+    assert len(errors) == 1 and "declares 1000000000 clips but stores" in errors[0], run.describe()
+    assert "Traceback" not in run.stderr and run.growth < 2**30, run.describe()

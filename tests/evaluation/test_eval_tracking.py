@@ -19,7 +19,8 @@ def test_result_is_logged_to_mlflow_with_the_study_tags(write_config, tmp_path, 
     experiment = client.get_experiment_by_name("sslam")
     (run,) = client.search_runs([experiment.experiment_id])
     tags = run.data.tags
-    assert (tags["stage"], tags["variant"], tags["benchmark"], tags["regime"], tags["seed"]) == \
-        ("eval", "MB-UA", "poly", "linear", "2")
-    assert tags["code_hash"] == metrics["code_hash"]
+    assert (tags["job"], tags["variant"], tags["benchmark"], tags["regime"], tags["seed"]) == \
+        ("evaluate", "MB-UA", "poly", "linear", "2")
+    assert "stage" not in tags                 # pretraining runs only (sslam.runtime.tracking's vocabulary)
+    assert tags["code"] == metrics["code_hash"] and tags["job"] == "evaluate"
     assert run.data.metrics["map"] == pytest.approx(metrics["value"])

@@ -23,6 +23,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sslam.cli import main as cli_main
+from sslam.runtime.errors import SslamError
 from sslam.runtime.configuration import to_dict
 from sslam.data.cache import front_end_json
 from sslam.audio.config import FrontEndConfig
@@ -459,3 +460,97 @@ def test_every_torch_load_in_the_package_is_restricted():
                 if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
                     offenders.append(f"{source.relative_to(REPO)}:{node.lineno}")
     assert not offenders, f"unrestricted torch.load at {offenders}"
+
+
+# ------------------------------------------------------------------- small files stating huge sizes (issue 18.3)
+LOAD = """
+from sslam.model.checkpoints.read import load_encoder
+from sslam.model.checkpoints.settings import input_settings
+from sslam.model.checkpoints.read import read_checkpoint
+from sslam.runtime.errors import SslamError
+try:
+    loaded = read_checkpoint({path!r})
+    input_settings(loaded)
+    load_encoder({path!r})
+    print("loaded")
+except SslamError as error:
+    print("refused:", error)
+"""
+
+
+def bomb_files(folder):
+    """name -> (path, the words of its one-line refusal)."""
+    import bombs
+    from embed_helpers import tiny_encoder
+
+    encoder = tiny_encoder()
+    long_input = bombs.max_length_folder(folder / "long_input", encoder, max_length=encoder.config.max_time_patches)
+    config = json.loads((long_input / "config.json").read_text())
+    (long_input / "config.json").write_text(json.dumps({**config, "target_length": 2_000_000}))
+    return {
+        "max_length 1e8": (bombs.max_length_folder(folder / "max_length", encoder, 1e8),
+                           "max_time_patches: must be [1, 4096], got 100000000"),
+        "max_length 2e6": (bombs.max_length_folder(folder / "max_length2", encoder, 2e6),
+                           "max_time_patches: must be [1, 4096], got 2000000"),
+        "target_length 2e6": (long_input, "target_length must be in [1, 65536], got 2000000"),
+        "stride-0 head": (bombs.stride_zero_checkpoint(folder / "stride0.pt", encoder),
+                          "head weight 'head.weight' is a (40000, 40000) view of 4 stored bytes"),
+        "bytearray(2**31)": (bombs.bytearray_pickle(folder / "bytes.pt"), "bytearray(2147483648) would allocate"),
+        "numpy _reconstruct": (bombs.array_pickle(folder / "array.pt"), "an array of shape (2147483648,)"),
+        "legacy storage": (bombs.legacy_storage_bomb(folder / "legacy.pt"), "a tensor storage of 40,000,000,000 bytes"),
+        "deflated archive": (bombs.deflated_checkpoint(folder / "deflated.pt", encoder), "zip entries expand to"),
+        "1000 empty blocks": (bombs.deep_checkpoint(folder / "deep.pt"), "cls_token has shape (0,)"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bombs_made(tmp_path_factory):
+    return bomb_files(tmp_path_factory.mktemp("bombs"))
+
+
+@pytest.mark.parametrize("name", ["max_length 1e8", "max_length 2e6", "target_length 2e6", "stride-0 head",
+                                  "bytearray(2**31)", "numpy _reconstruct", "legacy storage", "deflated archive",
+                                  "1000 empty blocks"])
+def test_a_checkpoint_stating_a_huge_size_is_refused_in_one_line_within_a_gigabyte(bombs_made, name):
+    """Each file is at most a few MB and made the reader allocate 2 to 64 GB (a traceback under a cap, an OOM kill
+    without); now it is refused in one line before the allocation, in a process capped at its imports + 1 GiB."""
+    from capped import run_capped
+
+    path, words = bombs_made[name]
+    run = run_capped(LOAD.format(path=str(path)), preamble="import sslam.model.checkpoints.read")
+    assert run.returncode == 0 and run.stdout.strip().startswith("refused:"), run.describe()
+    assert words in run.stdout and len(run.stdout.strip().splitlines()) == 1, run.describe()
+    assert run.growth < 2**30, run.describe()
+
+
+def test_the_size_guards_keep_every_real_checkpoint_readable(tmp_path, tiny_config):
+    """Byte strings, arrays and storages of the sizes real files have still load through the guards."""
+    encoder = AudioEncoder(tiny_config)
+    extra = {"blob": bytes(1000), "buffer": bytearray(b"abc"), "array": np.arange(100_000, dtype=np.float32)}
+    path = tmp_path / "own.pt"
+    torch.save(own_checkpoint(encoder, extra=extra), path)
+    assert read_checkpoint(path).meta["step"] == 3
+    legacy = tmp_path / "legacy.pt"
+    torch.save(own_checkpoint(encoder), legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_checkpoint(legacy).student["patch_embed.weight"], encoder.state_dict()["patch_embed.weight"])
+
+
+@pytest.mark.parametrize("changes", [{}, {"qkv_bias": False}, {"mlp_ratio": 2.5, "depth": 3}])
+def test_the_shapes_compared_before_building_are_the_models(tiny_config, changes):
+    from dataclasses import replace
+
+    from sslam.model.checkpoints.read import encoder_state_shapes
+
+    config = replace(tiny_config, **changes)
+    assert encoder_state_shapes(config) == {key: tuple(value.shape) for key, value in
+                                            AudioEncoder(config).state_dict().items()}
+
+
+def test_a_positional_table_beyond_its_limit_is_refused(tiny_config):
+    from dataclasses import asdict
+
+    from sslam.runtime.configuration import from_dict
+
+    with pytest.raises(SslamError, match="positional table of 4096 × 64 patches"):
+        from_dict(EncoderConfig, {**asdict(tiny_config), "embed_dim": 1024, "num_heads": 16, "max_time_patches": 4096,
+                                  "num_mel_bins": 1024}, where="model.encoder")

@@ -185,3 +185,30 @@ def test_one_line_errors(tmp_path, checkpoint, clips, capsys):
         code = cli_main(["extract", str(checkpoint), *arguments, "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and message in err[0], err
+
+
+def test_a_file_the_resampler_cannot_hold_is_skipped_and_the_batch_is_written(tmp_path, checkpoint, monkeypatch, capsys):
+    """Issue 18.1: any per-file failure of the front end, the resampler's memory error included, is an AudioError
+    that extraction records as a skip; the other files of the same batch are written."""
+    import torchaudio
+
+    real_resample = torchaudio.functional.resample
+
+    def short_of_memory(waveform, orig, new, *args, **kwargs):
+        if orig == 44100:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 12800000000 bytes.")
+        return real_resample(waveform, orig, new, *args, **kwargs)
+
+    monkeypatch.setattr(torchaudio.functional, "resample", short_of_memory)
+    folder = tmp_path / "audio"
+    for i in range(8):
+        write(folder / f"good{i}.wav", rate=22050, seed=i)
+    write(folder / "prime.wav", rate=48017, seed=8)       # soxr's, at any memory
+    write(folder / "greedy.wav", rate=44100, seed=9)
+    out = tmp_path / "features"
+    assert cli_main(["extract", str(checkpoint), str(folder), "--out", str(out), "--num-workers", "0",
+                     "--batch-size", "16"]) == 0
+    index = json.loads((out / "extract_index.json").read_text())["files"]
+    assert sorted(p.stem for p in out.glob("*.npy")) == sorted([f"good{i}" for i in range(8)] + ["prime"])
+    assert "cannot resample 44100 Hz to 16000 Hz" in index["greedy.wav"]["skipped"]
+    assert "skipped" in capsys.readouterr().err

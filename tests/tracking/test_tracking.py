@@ -19,9 +19,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 import sslam.evaluation.run as evaluation_run  # noqa: E402
 from sslam.cli import main  # noqa: E402
-from sslam.runtime.tracking import (  # noqa: E402
-    CHECKPOINT_TAG, PENDING_NAME, PRETRAIN_RUN_TAG, JobTracker, TrackingStore, resolve_tracking,
-)
+from sslam.runtime.mlflow_tracking import TrackingStore, job_tracker  # noqa: E402
+from sslam.runtime.tracking import CHECKPOINT_TAG, PENDING_NAME, PRETRAIN_RUN_TAG, resolve_tracking  # noqa: E402
 
 UNREACHABLE = "http://127.0.0.1:9"
 LOCK_SECONDS = 6.0
@@ -66,7 +65,7 @@ def test_tracking_json_names_the_store_relative_to_itself_and_survives_a_move(st
     assert info["uri"] == "sqlite:///mlflow.db"
     moved = Path(shutil.move(str(store.parent), tmp_path / "elsewhere" / "mlflow")) / "tracking.json"
     assert resolve_tracking(moved)["uri"] == f"sqlite:///{moved.parent.resolve()}/mlflow.db"
-    with JobTracker(moved, "after-the-move", tags={"job": "x"}) as tracker:
+    with job_tracker(moved, "after-the-move", tags={"job": "x"}) as tracker:
         tracker.log_metrics({"a": 1.0}, step=1)
     assert tracker.logged and len(runs_named(moved, "after-the-move")) == 1
 
@@ -81,14 +80,14 @@ def test_a_relative_store_uri_lives_beside_tracking_json_whatever_the_working_fo
                  "--out", str(out)]) == 0
     assert (out.parent / "mlflow.db").is_file() and not (tmp_path / "mlflow.db").exists()
     assert json.loads(out.read_text())["uri"] == "sqlite:///mlflow.db"
-    with JobTracker(out, "a-run", tags={"job": "x"}) as tracker:
+    with job_tracker(out, "a-run", tags={"job": "x"}) as tracker:
         tracker.log_artifact(out)
     assert tracker.logged and not (tmp_path / "artifacts").exists()   # artifacts stay beside the store too
     assert any((out.parent / "artifacts").rglob("tracking.json"))
 
 
 def test_remote_uris_stay_as_given(tmp_path, monkeypatch):
-    monkeypatch.setattr("sslam.runtime.tracking.init_study", lambda uri, *a, **k: {"uri": uri, "experiment_id": "1",
+    monkeypatch.setattr("sslam.runtime.mlflow_tracking.init_study", lambda uri, *a, **k: {"uri": uri, "experiment_id": "1",
                                                                           "parent_run_id": "p", "initialised": True})
     assert main(["track", "init", "--uri", "http://tracking.example:5000", "--experiment", "e", "--study", "s",
                  "--out", str(tmp_path / "t.json")]) == 0
@@ -99,7 +98,7 @@ def test_remote_uris_stay_as_given(tmp_path, monkeypatch):
 def test_an_unreachable_server_is_given_up_within_ten_seconds_with_one_warning(tmp_path, capsys):
     tracking = unreachable_tracking(tmp_path / "t")
     started = time.monotonic()
-    with JobTracker(tracking, "job", tags={"job": "pretrain"}, params={"lr": 1}, job_dir=tmp_path) as tracker:
+    with job_tracker(tracking, "job", tags={"job": "pretrain"}, params={"lr": 1}, job_dir=tmp_path) as tracker:
         for step in range(50):
             tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
             tracker.flush()
@@ -193,7 +192,7 @@ def test_metrics_json_is_written_before_any_tracking_call(study, store, tmp_path
 def test_a_live_job_goes_offline_mid_run_and_replays(store, tmp_path, capsys, monkeypatch):
     """Pretraining-style live tracking: the run exists, then the store locks; the rest is kept and replayed."""
     monkeypatch.setenv("SSLAM_TRACKING_PATIENCE", "1")
-    with JobTracker(store, "live", tags={"job": "pretrain"}, params={"lr": 0.1}, job_dir=tmp_path) as tracker:
+    with job_tracker(store, "live", tags={"job": "pretrain"}, params={"lr": 0.1}, job_dir=tmp_path) as tracker:
         tracker.log_metrics({"loss": 3.0}, step=1)
         assert tracker.flush()
         locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(store.parent / "mlflow.db"), "4"],
@@ -278,3 +277,96 @@ def test_init_against_a_dead_store_lets_jobs_run_and_replay_initialises_it(study
     assert info["initialised"] is True and info["parent_run_id"]
     (run,) = runs_named(tracking, "eval-random-init-poly-linear-seed0")
     assert run.data.tags["mlflow.parentRunId"] == info["parent_run_id"]
+
+
+# ------------------------------------------------------------------------------------------ publishing once
+def deferred_runs(store, folder, count):
+    """`count` job folders, each keeping one finished run for `sslam track replay` (a deferred study)."""
+    info = json.loads(store.read_text())
+    store.write_text(json.dumps({**info, "deferred": True}))
+    for index in range(count):
+        with job_tracker(store, f"job-{index}", tags={"job": "evaluate"}, params={"i": index},
+                         job_dir=folder / f"job{index}") as tracker:
+            tracker.log_metrics({"map": index / count}, step=index)
+    assert len(list(folder.rglob(PENDING_NAME))) == count
+
+
+def child_runs(store):
+    info = json.loads(store.read_text())
+    return [run for run in client_of(store).search_runs([info["experiment_id"]]) if run.info.run_name.startswith("job-")]
+
+
+def test_a_replay_killed_midway_then_run_again_stores_every_run_once(store, tmp_path, monkeypatch):
+    import sslam.runtime.mlflow_tracking as publishing
+
+    deferred_runs(store, tmp_path / "jobs", 6)
+    real_send, sent = publishing.send_record, []
+
+    def killed_after_the_third(store_, record, info):
+        real_send(store_, record, info)
+        sent.append(record["run_name"])
+        if len(sent) == 3:    # MLflow has the third run, its pending file does not know yet
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(publishing, "send_record", killed_after_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        publishing.replay(store, [tmp_path / "jobs"])
+    assert len(list((tmp_path / "jobs").rglob(PENDING_NAME))) == 4   # the first two left as MLflow confirmed them
+    monkeypatch.setattr(publishing, "send_record", real_send)
+    assert publishing.replay(store, [tmp_path / "jobs"]) == (4, 0)
+    names = sorted(run.info.run_name for run in child_runs(store))
+    assert names == [f"job-{index}" for index in range(6)]           # each run once, the third one continued
+    [third] = [run for run in child_runs(store) if run.info.run_name == sent[2]]
+    assert len(client_of(store).get_metric_history(third.info.run_id, "map")) == 1
+    assert not list((tmp_path / "jobs").rglob(PENDING_NAME))
+
+
+def test_two_replays_at_once_store_every_run_once(store, tmp_path):
+    deferred_runs(store, tmp_path / "jobs", 12)
+    command = [sys.executable, "-m", "sslam.cli", "track", "replay", "--tracking", str(store), str(tmp_path / "jobs")]
+    first, second = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2))
+    outputs = [process.communicate(timeout=300) for process in (first, second)]
+    assert first.returncode == second.returncode == 0, outputs
+    assert len(child_runs(store)) == 12
+    sent = sorted(int(out.split("replay: ")[1].split()[0]) for out, _ in outputs)
+    assert sent == [0, 12]                                            # one of them found nothing left to send
+
+
+DRIPPING_SERVER = """
+import socket, sys, time
+server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen(8)
+print(server.getsockname()[1], flush=True)
+while True:
+    connection, _ = server.accept()
+    connection.recv(65536)
+    for byte in b"HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 100000:
+        try:
+            connection.send(bytes([byte])); time.sleep(1.0)
+        except OSError:
+            break
+"""
+
+
+def test_a_server_that_drips_its_answers_costs_a_job_its_budget_at_most(tmp_path, capsys, monkeypatch):
+    """Every call has a deadline for connect + send + receive together, and a job's calls a budget in all (30 s;
+    scaled down here): a server that answers one byte per second is given up, whatever its socket timeouts."""
+    monkeypatch.setenv("SSLAM_TRACKING_BUDGET", "4")
+    server = subprocess.Popen([sys.executable, "-c", DRIPPING_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        tracking = tmp_path / "tracking.json"
+        tracking.write_text(json.dumps({"uri": f"http://127.0.0.1:{port}", "experiment_id": "1",
+                                        "parent_run_id": "p", "initialised": True}))
+        started = time.monotonic()
+        with job_tracker(tracking, "job", tags={"job": "pretrain"}, job_dir=tmp_path) as tracker:
+            for step in range(20):
+                tracker.log_metrics({"loss": 1.0}, step=step)
+                tracker.flush()
+        elapsed = time.monotonic() - started
+    finally:
+        server.kill()
+    assert elapsed < 4 + 2, elapsed
+    assert len(warnings_in(capsys.readouterr().err)) == 1
+    (pending,) = json.loads((tmp_path / PENDING_NAME).read_text())["runs"]
+    assert len(pending["metrics"]) == 20 and pending["status"] == "FINISHED"

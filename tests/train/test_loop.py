@@ -112,7 +112,8 @@ def test_mlflow_run_gets_tags_params_and_metrics(tmp_path, monkeypatch):
                  "--no-progress"]) == 0
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     [run] = client.search_runs([client.get_experiment_by_name("sslam").experiment_id])
-    assert run.data.tags["stage"] == "1" and run.data.tags["code_hash"].startswith("static-")
+    assert run.data.tags["stage"] == "1" and run.data.tags["job"] == "pretrain"
+    assert run.data.tags["code"].startswith("static-")
     assert run.data.params["pretrain.steps"] == "2" and run.data.params["objective.clones_stage1"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     assert run.info.status == "FINISHED"

@@ -128,26 +128,3 @@ def test_sampler_resumes_the_same_stream_and_reshuffles_each_epoch():
     assert full[:3] != full[3:6]  # a new permutation each epoch
     with pytest.raises(ValueError, match="cannot fill one batch"):
         EpochBatchSampler(3, 2, seed=1, world_size=2)
-
-
-class RecordingTracker:
-    def __init__(self):
-        self.calls = []
-
-    def log_metrics(self, metrics, step=None):
-        self.calls.append((step, metrics))
-
-
-def test_metrics_log_mirrors_to_tracker_and_truncates_for_resume(tmp_path):
-    from sslam.train.metrics import MetricsLog
-
-    tracker = RecordingTracker()
-    log = MetricsLog(tmp_path / "metrics.jsonl", tracker)
-    for step in (1, 2, 3):
-        log.write(step, {"loss": torch.tensor(float(step)), "lr": 0.1})
-    with (tmp_path / "metrics.jsonl").open("a") as stream:
-        stream.write('{"step": 4, "lo')  # a line cut short by a kill
-    log.truncate_after(2)
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2]
-    assert tracker.calls[2] == (3, {"loss": 3.0, "lr": 0.1})

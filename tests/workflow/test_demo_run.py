@@ -30,7 +30,7 @@ def test_tables_and_mlflow_runs(finished_study):
     client = MlflowClient(tracking_uri=tracking["uri"])
     runs = client.search_runs([tracking["experiment_id"]])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == tracking["parent_run_id"]]
-    evaluations = [r for r in children if r.data.tags.get("stage") == "eval"]
+    evaluations = [r for r in children if r.data.tags.get("job") == "evaluate"]
     assert len(evaluations) == 4 * 2 * 2  # stage1, MB-UA, SSLAM, random × 2 benchmarks × 2 regimes
     assert any(r.info.run_name == "tables" for r in children)
 

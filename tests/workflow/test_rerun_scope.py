@@ -81,9 +81,15 @@ MUTATIONS = [
     ("a dataclass default (the objective's SRL aggregation)", "sslam/objective/config.py",
      '    srl_aggregation: SrlAggregation = "mean"', '    srl_aggregation: SrlAggregation = "max"',
      downstream_of(*PRETRAINED)),
-    ("the tracking store's set-up (a side channel: no result re-runs)", "sslam/runtime/tracking.py",
+    ("the tracking store's set-up (a side channel: no result re-runs)", "sslam/runtime/mlflow_tracking.py",
      '    found = store.call("get_experiment_by_name", experiment)',
      '    found = store.call("get_experiment_by_name", str(experiment))', {("track_init", ""), ("log_tables", "")}),
+    # A job below a re-run `track_init` still has its own code checked (tracking.json is no input of results).
+    ("the tracking store's set-up and the SRL target together", [
+        ("sslam/runtime/mlflow_tracking.py", '    found = store.call("get_experiment_by_name", experiment)',
+         '    found = store.call("get_experiment_by_name", str(experiment))'),
+        ("sslam/objective/source_retention.py", "    rebuilt = base.clone()", "    rebuilt = base.clone() * 1.0")],
+     {("track_init", "")} | downstream_of("SSLAM")),
     ("a comment only", "sslam/objective/source_retention.py",
      "    rebuilt = base.clone()", "    # the foreign map starts as the base map\n    rebuilt = base.clone()  # see above", set()),
     ("a docstring only", "sslam/objective/targets.py",

@@ -52,11 +52,11 @@ def test_deferred_jobs_never_touch_the_store_and_publish_sends_everything(tmp_pa
     tracking = tmp_path / "mlflow" / "tracking.json"
     assert sslam_main(["track", "init", "--uri", uri, "--experiment", "exp", "--study", "demo", "--deferred",
                        "--out", str(tracking)]) == 0
-    from sslam.runtime.tracking import JobTracker
+    from sslam.runtime.mlflow_tracking import job_tracker
 
     job = tmp_path / "eval" / "job"
     job.mkdir(parents=True)
-    with JobTracker(tracking, "eval-job", tags={"stage": "eval"}, job_dir=job) as tracker:
+    with job_tracker(tracking, "eval-job", tags={"job": "evaluate"}, job_dir=job) as tracker:
         tracker.log_metrics({"map": 0.5})
     assert (job / "tracking-pending.json").is_file() and not tracker.logged
     (tmp_path / "table.md").write_text("| a |\n")

@@ -3,6 +3,7 @@
 # needs for each job group (resources).
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,7 +35,39 @@ envvars:
     "SSLAM_PYTHON",
 
 # Every sslam job records the code it executes; its fingerprint decides re-runs (docs/fingerprints.md).
-RECORD = "SSLAM_FINGERPRINT={params.code} SSLAM_CODE_RECORD={output.code}"
+RECORD = "SSLAM_FINGERPRINT={params.code} SSLAM_CODE_RECORD={output.code:q}"
+
+
+# Paths may hold spaces, quotes and any other character but braces (Study refuses those at parse time): every
+# path in a rule's command is shell-quoted, `{output.x:q}` for Snakemake's placeholders and q() for the paths
+# pasted in when the rule is parsed.
+def q(path):
+    """A path pasted into a rule's command: shell-quoted (shlex.quote leaves plain paths as they are)."""
+    return shlex.quote(str(path))
+
+
+class JobFolder:
+    """Where one rule's jobs write, named once: `FOLDER / "name"` is a file in its output folder under the
+    results (wildcards in single braces), `.log` and `.benchmark` its log and benchmark files, which live under
+    results/logs and results/benchmarks named `log` (the folder itself by default)."""
+
+    def __init__(self, folder, log=None):
+        self.folder, self.name = folder, log or folder
+
+    def __truediv__(self, name):
+        return f"{RESULTS}/{self.folder}/{name}"
+
+    @property
+    def path(self):
+        return f"{RESULTS}/{self.folder}"
+
+    @property
+    def log(self):
+        return f"{RESULTS}/logs/{self.name}.log"
+
+    @property
+    def benchmark(self):
+        return f"{RESULTS}/benchmarks/{self.name}.tsv"
 
 
 def code(job, output):
@@ -46,7 +79,8 @@ onstart:
     STUDY.write_config(STUDY_CONFIG)
 
 
-def tracking_side_channel(inputs):
-    """A job's inputs with tracking.json marked ancient: the job waits for the store to exist, but a re-run of
-    track_init (its code changed) never re-runs a result; `log_tables` sends every run again instead."""
-    return {**inputs, "tracking": ancient(inputs["tracking"])}
+# Jobs name tracking.json as a parameter, not an input: tracking is a side channel, so the store's set-up never
+# re-runs a result. A job that starts before `track_init` has written it keeps its run record in its folder, and
+# `log_tables` publishes every kept record (docs/tracking.md). (An input marked ancient would do worse: Snakemake
+# would skip the code checks of every job below a `track_init` that has to run.)
+TRACKING = STUDY.tracking_file

@@ -5,51 +5,58 @@
 #   polyphony bins     : merges the manifests of its source datasets (SPASS scenes, URBAN-SED)
 
 
+SYNTHETIC = JobFolder("data/synthetic", log="synth")
+
+
 rule synth:
     """The embedded synthetic corpus (audio + canonical manifests) for the demo's synth_* datasets."""
     output:
-        manifests=expand(f"{RESULTS}/data/synthetic/{{set}}/manifest.tsv", set=STUDY.synthetic_sets()),
-        code=f"{RESULTS}/data/synthetic/corpus.code.json",
+        manifests=expand(SYNTHETIC / "{set}/manifest.tsv", set=STUDY.synthetic_sets()),
+        code=SYNTHETIC / "corpus.code.json",
     params:
-        code=code("synth", f"{RESULTS}/data/synthetic/corpus.json"),
+        code=code("synth", SYNTHETIC / "corpus.json"),
         settings=STUDY.settings("synthetic"),
         sets=" ".join(STUDY.synthetic_sets()),
     log:
-        f"{RESULTS}/logs/synth.log",
+        SYNTHETIC.log,
     benchmark:
-        f"{RESULTS}/benchmarks/synth.tsv"
+        SYNTHETIC.benchmark
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} synth --config {STUDY_CONFIG} --out {RESULTS}/data/synthetic --sets {{params.sets}} > {{log}} 2>&1"
+        f"{RECORD} {SSLAM} synth --config {q(STUDY_CONFIG)} --out {q(SYNTHETIC.path)} --sets {{params.sets}} "
+        "> {log:q} 2>&1"
+
+
+AUDIOSET_DOWNLOAD = JobFolder("data/audioset_download", log="audioset_download")
 
 
 rule audioset_download_manifest:
     """One row per segment of every AudioSet segment file: YouTube URL, times, target file name."""
     output:
-        manifest=f"{RESULTS}/data/audioset_download/manifest.tsv",
-        code=f"{RESULTS}/data/audioset_download/manifest.code.json",
+        manifest=AUDIOSET_DOWNLOAD / "manifest.tsv",
+        code=AUDIOSET_DOWNLOAD / "manifest.code.json",
     params:
-        code=code("manifest", f"{RESULTS}/data/audioset_download/manifest.tsv"),
+        code=code("manifest", AUDIOSET_DOWNLOAD / "manifest.tsv"),
         root=lambda wildcards: STUDY.audioset_metadata()[0],
-        options=lambda wildcards: " ".join(f"--option {k}={v}" for k, v in STUDY.audioset_metadata()[1].items()),
+        options=lambda wildcards: " ".join(f"--option {q(f'{k}={v}')}" for k, v in STUDY.audioset_metadata()[1].items()),
     log:
         f"{RESULTS}/logs/audioset_download_manifest.log",
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} manifest --adapter audioset --root {{params.root}} --option set=all --option weights=false "
-        "{params.options} --out {output.manifest} > {log} 2>&1"
+        f"{RECORD} {SSLAM} manifest --adapter audioset --root {{params.root:q}} --option set=all --option weights=false "
+        "{params.options} --out {output.manifest:q} > {log:q} 2>&1"
 
 
 rule audioset_download:
     """yt-dlp + ffmpeg for every segment not in audio_dir yet (networked clusters only: study.audioset.download).
     Clips already present are skipped, so it is resumable; vanished videos are listed in failed.tsv."""
     input:
-        f"{RESULTS}/data/audioset_download/manifest.tsv",
+        AUDIOSET_DOWNLOAD / "manifest.tsv",
     output:
-        commands=f"{RESULTS}/data/audioset_download/commands.sh",
-        done=f"{RESULTS}/data/audioset_download/download.done",
+        commands=AUDIOSET_DOWNLOAD / "commands.sh",
+        done=AUDIOSET_DOWNLOAD / "download.done",
     params:
         audio_dir=STUDY.audioset.get("audio_dir") or "",
         sample_rate=STUDY.config.get("front_end", {}).get("sample_rate", 16000),
@@ -57,11 +64,14 @@ rule audioset_download:
     resources:
         runtime=STUDY.resources("download")["runtime"],
     log:
-        f"{RESULTS}/logs/audioset_download.log",
+        AUDIOSET_DOWNLOAD.log,
     conda:
         CONDA_ENV
     script:
         "../scripts/audioset_download.py"
+
+
+MANIFEST = JobFolder("data/{dataset}", log="manifest/{dataset}")
 
 
 rule manifest:
@@ -69,22 +79,23 @@ rule manifest:
     input:
         unpack(lambda wildcards: STUDY.manifest_inputs(wildcards.dataset)),
     output:
-        manifest=f"{RESULTS}/data/{{dataset}}/manifest.tsv",
-        classes=f"{RESULTS}/data/{{dataset}}/manifest.classes.tsv",
-        code=f"{RESULTS}/data/{{dataset}}/manifest.code.json",
+        manifest=MANIFEST / "manifest.tsv",
+        classes=MANIFEST / "manifest.classes.tsv",
+        code=MANIFEST / "manifest.code.json",
     wildcard_constraints:
         dataset=one_of(STUDY.datasets_with(exclude=("synthetic",))),
     params:
-        code=code("manifest", f"{RESULTS}/data/{{dataset}}/manifest.tsv"),
+        code=code("manifest", MANIFEST / "manifest.tsv"),
         settings=lambda wildcards: STUDY.settings(f"datasets.{wildcards.dataset}"),
     log:
-        f"{RESULTS}/logs/manifest/{{dataset}}.log",
+        MANIFEST.log,
     benchmark:
-        f"{RESULTS}/benchmarks/manifest/{{dataset}}.tsv"
+        MANIFEST.benchmark
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} manifest --config {STUDY_CONFIG} --dataset {{wildcards.dataset}} --out {{output.manifest}} > {{log}} 2>&1"
+        f"{RECORD} {SSLAM} manifest --config {q(STUDY_CONFIG)} --dataset {{wildcards.dataset}} "
+        "--out {output.manifest:q} > {log:q} 2>&1"
 
 
 rule polyphony_source:
@@ -103,7 +114,11 @@ rule polyphony_source:
     conda:
         CONDA_ENV
     shell:
-        "(cp {input.manifest} {output.manifest} && cp {input.classes} {output.classes}) > {log} 2>&1"
+        "(cp {input.manifest:q} {output.manifest:q} && cp {input.classes:q} {output.classes:q}) > {log:q} 2>&1"
+
+
+CACHE = JobFolder("cache/{dataset}", log="cache/{dataset}/shard-{shard}-of-{num_shards}")
+SHARD = "shard-{shard}-of-{num_shards}"
 
 
 rule cache_shard:
@@ -111,14 +126,14 @@ rule cache_shard:
     input:
         manifest=lambda wildcards: STUDY.manifest_path(wildcards.dataset),
     output:
-        shard=f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.h5",
-        skips=f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.skips.tsv",
-        code=f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.code.json",
+        shard=CACHE / f"{SHARD}.h5",
+        skips=CACHE / f"{SHARD}.skips.tsv",
+        code=CACHE / f"{SHARD}.code.json",
     wildcard_constraints:
         shard=r"\d{3}",
         num_shards=r"\d{3}",
     params:
-        code=code("cache", f"{RESULTS}/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.h5"),
+        code=code("cache", CACHE / f"{SHARD}.h5"),
         settings=lambda wildcards: STUDY.settings("front_end", "cache", f"datasets.{wildcards.dataset}"),
         target_length=lambda wildcards: STUDY.datasets[wildcards.dataset].target_length,
         env=EXECUTOR.thread_environment("cache"),
@@ -126,12 +141,12 @@ rule cache_shard:
     resources:
         **EXECUTOR.job_resources("cache"),
     log:
-        f"{RESULTS}/logs/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.log",
+        CACHE.log,
     benchmark:
-        f"{RESULTS}/benchmarks/cache/{{dataset}}/shard-{{shard}}-of-{{num_shards}}.tsv"
+        CACHE.benchmark
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {{params.env}} {SSLAM} cache build --manifest {{input.manifest}} --out {{output.shard}} "
+        f"{RECORD} {{params.env}} {SSLAM} cache build --manifest {{input.manifest:q}} --out {{output.shard:q}} "
         "--shard {wildcards.shard} --num-shards {wildcards.num_shards} --target-length {params.target_length} "
-        f"--config {STUDY_CONFIG} > {{log}} 2>&1"
+        f"--config {q(STUDY_CONFIG)} > {{log:q}} 2>&1"

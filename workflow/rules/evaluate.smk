@@ -5,21 +5,25 @@
 # resumes it and ends identical to an uninterrupted run (docs/evaluation.md, "Preemption").
 
 
+EVAL = JobFolder("eval/{model}/{benchmark}/{regime}/seed{seed}", log="eval/{model}/{benchmark}/{regime}-seed{seed}")
+
+
 rule evaluate:
     """One model on one benchmark, in one regime, with one seed."""
     input:
-        unpack(lambda wildcards: tracking_side_channel(STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark))),
+        unpack(lambda wildcards: STUDY.evaluation_inputs(wildcards.model, wildcards.benchmark)),
     output:
-        metrics=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.json",
-        predictions=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/predictions.npz",
-        code=f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.code.json",
+        metrics=EVAL / "metrics.json",
+        predictions=EVAL / "predictions.npz",
+        code=EVAL / "metrics.code.json",
     wildcard_constraints:
         model=one_of(STUDY.models),
         benchmark=one_of(STUDY.benchmarks),
         regime=one_of(STUDY.regimes),
         seed=r"\d+",
     params:
-        code=code("evaluate", f"{RESULTS}/eval/{{model}}/{{benchmark}}/{{regime}}/seed{{seed}}/metrics.json"),
+        code=code("evaluate", EVAL / "metrics.json"),
+        tracking=TRACKING,
         settings=lambda wildcards: STUDY.evaluation_settings(wildcards.benchmark),
         command=lambda wildcards: REGIME_COMMAND[wildcards.regime],
         arguments=lambda wildcards: STUDY.evaluation_arguments(wildcards.model, wildcards.benchmark),
@@ -29,12 +33,12 @@ rule evaluate:
     resources:
         **EXECUTOR.job_resources("evaluate"),
     log:
-        f"{RESULTS}/logs/eval/{{model}}/{{benchmark}}/{{regime}}-seed{{seed}}.log",
+        EVAL.log,
     benchmark:
-        f"{RESULTS}/benchmarks/eval/{{model}}/{{benchmark}}/{{regime}}-seed{{seed}}.tsv"
+        EVAL.benchmark
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {{params.env}} {SSLAM} {{params.command}} --config {STUDY_CONFIG} --benchmark {{wildcards.benchmark}} "
+        f"{RECORD} {{params.env}} {SSLAM} {{params.command}} --config {q(STUDY_CONFIG)} --benchmark {{wildcards.benchmark}} "
         "{params.arguments} --seed {wildcards.seed} --variant {wildcards.model} {params.device} "
-        "--out $(dirname {output.metrics}) --tracking {input.tracking} --no-progress > {log} 2>&1"
+        '--out "$(dirname {output.metrics:q})" --tracking {params.tracking:q} --no-progress > {log:q} 2>&1'

@@ -23,26 +23,30 @@ rule track_init:
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} track init --uri {{params.uri}} --experiment {{params.experiment}} --study {STUDY.name} "
-        "{params.deferred} --out {output.tracking} > {log} 2>&1"
+        f"{RECORD} {SSLAM} track init --uri {{params.uri:q}} --experiment {{params.experiment:q}} --study {q(STUDY.name)} "
+        "{params.deferred} --out {output.tracking:q} > {log:q} 2>&1"
+
+
+PRETRAIN = JobFolder("pretrain/{model}", log="pretrain/{model}")
 
 
 rule pretrain:
     """Stage 1 (model `stage1`), or Stage 2 of one variant (MB-UA, MB-PMA, MB-UA-PMA, SSLAM or a study-defined
     ablation) starting from the Stage-1 student and teacher."""
     input:
-        unpack(lambda wildcards: tracking_side_channel(STUDY.pretrain_inputs(wildcards.model))),
+        unpack(lambda wildcards: STUDY.pretrain_inputs(wildcards.model)),
     output:
-        checkpoint=f"{RESULTS}/pretrain/{{model}}/checkpoint.pt",
-        metrics=f"{RESULTS}/pretrain/{{model}}/metrics.jsonl",
-        code=f"{RESULTS}/pretrain/{{model}}/checkpoint.code.json",
+        checkpoint=PRETRAIN / "checkpoint.pt",
+        metrics=PRETRAIN / "metrics.jsonl",
+        code=PRETRAIN / "checkpoint.code.json",
     wildcard_constraints:
         model=one_of(STUDY.pretrained_models),
     params:
-        code=code("pretrain", f"{RESULTS}/pretrain/{{model}}/checkpoint.pt"),
+        code=code("pretrain", PRETRAIN / "checkpoint.pt"),
+        tracking=TRACKING,
         settings=lambda wildcards: STUDY.pretrain_settings(wildcards.model),
         stage=lambda wildcards: STUDY.pretrain_arguments(wildcards.model),
-        init=lambda wildcards, input: f"--init {input.init}" if "init" in input.keys() else "",
+        init=lambda wildcards, input: f"--init {q(input.init)}" if "init" in input.keys() else "",
         launch=EXECUTOR.launcher("pretrain", '"$SSLAM_PYTHON"'),
         device=EXECUTOR.device_argument("pretrain"),
         env=EXECUTOR.thread_environment("pretrain"),
@@ -50,12 +54,12 @@ rule pretrain:
     resources:
         **EXECUTOR.job_resources("pretrain"),
     log:
-        f"{RESULTS}/logs/pretrain/{{model}}.log",
+        PRETRAIN.log,
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{model}}.tsv"
+        PRETRAIN.benchmark
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {{params.env}} {{params.launch}} pretrain --config {STUDY_CONFIG} {{params.stage}} {{params.init}} "
-        "--out $(dirname {output.checkpoint}) --shards {input.shards} --tracking {input.tracking} "
-        "{params.device} --resume --no-progress > {log} 2>&1"
+        f"{RECORD} {{params.env}} {{params.launch}} pretrain --config {q(STUDY_CONFIG)} {{params.stage}} {{params.init}} "
+        '--out "$(dirname {output.checkpoint:q})" --shards {input.shards:q} --tracking {params.tracking:q} '
+        "{params.device} --resume --no-progress > {log:q} 2>&1"

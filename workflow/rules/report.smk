@@ -7,24 +7,28 @@ localrules:
     audioset_polyphony,
 
 
+ANALYSIS = JobFolder("analysis", log="audioset_polyphony")
+TABLES = JobFolder("tables")
+
+
 rule audioset_polyphony:
     """Paper Appendix B.1 / Figure 3: share of AudioSet clips with >= 2 distinct events per ontology level."""
     input:
         ontology=str(Path(STUDY.audioset.get("metadata") or ".") / STUDY.audioset.get("ontology", "ontology.json")),
         segments=STUDY.polyphony_segments(),
     output:
-        analysis=f"{RESULTS}/analysis/audioset_polyphony.json",
-        code=f"{RESULTS}/analysis/audioset_polyphony.code.json",
+        analysis=ANALYSIS / "audioset_polyphony.json",
+        code=ANALYSIS / "audioset_polyphony.code.json",
     params:
-        code=code("polyphony", f"{RESULTS}/analysis/audioset_polyphony.json"),
+        code=code("polyphony", ANALYSIS / "audioset_polyphony.json"),
         levels=" ".join(map(str, STUDY.audioset.get("polyphony_levels", [1, 2, 3, 4]))),
     log:
-        f"{RESULTS}/logs/audioset_polyphony.log",
+        ANALYSIS.log,
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} polyphony --ontology {{input.ontology}} --segments {{input.segments}} "
-        "--levels {params.levels} --out {output.analysis} > {log} 2>&1"
+        f"{RECORD} {SSLAM} polyphony --ontology {{input.ontology:q}} --segments {{input.segments:q}} "
+        "--levels {params.levels} --out {output.analysis:q} > {log:q} 2>&1"
 
 
 rule tables:
@@ -32,7 +36,7 @@ rule tables:
     input:
         metrics=STUDY.metrics_files(),
         pretraining=STUDY.pretraining_metrics(),
-        polyphony=[f"{RESULTS}/analysis/audioset_polyphony.json"] if STUDY.polyphony_segments() else [],
+        polyphony=[ANALYSIS / "audioset_polyphony.json"] if STUDY.polyphony_segments() else [],
     output:
         **{key: report(path, caption=f"../report/{Path(path).stem if key in ('study_md', 'significance_md') else 'table'}.rst",
                        category="Study" if key == "study_md" else "Tables", labels={"table": Path(path).name})
@@ -41,20 +45,20 @@ rule tables:
         **{key: report(path, caption=f"../report/{key if key in ('pretrain_loss', 'audioset_polyphony') else 'polyphony'}.rst",
                        category="Figures", labels={"figure": Path(path).name})
            for key, path in STUDY.figure_files().items()},
-        runs=f"{STUDY.tables_dir}/runs.csv",
-        summary=f"{STUDY.tables_dir}/summary.csv",
-        code=f"{STUDY.tables_dir}/runs.code.json",
+        runs=TABLES / "runs.csv",
+        summary=TABLES / "summary.csv",
+        code=TABLES / "runs.code.json",
     params:
-        code=code("tables", f"{STUDY.tables_dir}/runs.csv"),
+        code=code("tables", TABLES / "runs.csv"),
         settings=STUDY.settings("study.tables", "study.variants"),
-        polyphony=lambda wildcards, input: f"--audioset-polyphony {input.polyphony}" if input.polyphony else "",
+        polyphony=lambda wildcards, input: " ".join(["--audioset-polyphony", *map(q, input.polyphony)]) if input.polyphony else "",
     log:
-        f"{RESULTS}/logs/tables.log",
+        TABLES.log,
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} tables --config {STUDY_CONFIG} --metrics {{input.metrics}} "
-        f"--pretrain-metrics {{input.pretraining}} {{params.polyphony}} --out {STUDY.tables_dir} > {{log}} 2>&1"
+        f"{RECORD} {SSLAM} tables --config {q(STUDY_CONFIG)} --metrics {{input.metrics:q}} "
+        f"--pretrain-metrics {{input.pretraining:q}} {{params.polyphony}} --out {q(TABLES.path)} > {{log:q}} 2>&1"
 
 
 rule log_tables:
@@ -65,15 +69,15 @@ rule log_tables:
         files=list(STUDY.table_files().values()) + list(STUDY.figure_files().values()),
         tracking=STUDY.tracking_file,
     output:
-        done=f"{STUDY.tables_dir}/mlflow-logged.txt",
-        code=f"{STUDY.tables_dir}/mlflow-logged.code.json",
+        done=TABLES / "mlflow-logged.txt",
+        code=TABLES / "mlflow-logged.code.json",
     params:
-        code=code("track", f"{STUDY.tables_dir}/mlflow-logged.txt"),
+        code=code("track", TABLES / "mlflow-logged.txt"),
     log:
         f"{RESULTS}/logs/log_tables.log",
     conda:
         CONDA_ENV
     shell:
-        f"{RECORD} {SSLAM} track publish --tracking {{input.tracking}} --results {RESULTS} --config {STUDY_CONFIG} "
-        '--git-commit "$(git rev-parse HEAD 2>/dev/null || echo unknown)" --tag code_hash={params.code} '
-        "--done {output.done} {input.files} > {log} 2>&1"
+        f"{RECORD} {SSLAM} track publish --tracking {{input.tracking:q}} --results {q(RESULTS)} --config {q(STUDY_CONFIG)} "
+        '--git-commit "$(git rev-parse HEAD 2>/dev/null || echo unknown)" --tag code={params.code} '
+        "--done {output.done:q} {input.files:q} > {log:q} 2>&1"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sslam.data.adapters.common import AUDIO_SUFFIXES, finish, join_labels, require_dir, require_file
+from sslam.data.adapters.common import AUDIO_SUFFIXES, finish, join_labels, read_lines, require_dir, require_file
 from sslam.data.adapters.fairseq import read_label_descriptors
 from sslam.data.manifest import Manifest
 from sslam.runtime.errors import ManifestError
@@ -64,9 +64,11 @@ def read_ontology(path: str | Path) -> dict[str, OntologyNode]:
     """ontology.json (a list of {id, name, child_ids, restrictions, ...}) -> id -> node."""
     path = require_file(Path(path), "AudioSet ontology")
     try:
-        entries = json.loads(path.read_text())
+        entries = json.loads("\n".join(read_lines(path, "AudioSet ontology")))
     except json.JSONDecodeError as error:
         raise ManifestError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(entries, list):
+        raise ManifestError(f"{path}: expected a JSON list of ontology entries, got {type(entries).__name__}")
     nodes = {}
     for position, entry in enumerate(entries):
         if not isinstance(entry, dict) or "id" not in entry or "name" not in entry:
@@ -89,19 +91,19 @@ def read_segments(path: str | Path) -> pd.DataFrame:
     """
     path = require_file(Path(path), "AudioSet segment CSV")
     records = []
-    with path.open(newline="") as handle:
-        for number, fields in enumerate(csv.reader(handle, skipinitialspace=True), start=1):
-            if not fields or fields[0].startswith("#"):
-                continue
-            try:
-                ytid, start, end, labels = fields
-                start_seconds, end_seconds = float(start), float(end)
-            except ValueError:
-                raise ManifestError(f"{path}:{number}: expected `YTID, start, end, \"labels\"`, got {fields}") from None
-            label_list = [label.strip() for label in labels.split(",") if label.strip()]
-            if not ytid or not label_list or end_seconds <= start_seconds:
-                raise ManifestError(f"{path}:{number}: empty id, empty label list or end <= start: {fields}")
-            records.append((ytid, start_seconds, end_seconds, label_list, number))
+    lines = read_lines(path, "AudioSet segment CSV")       # a binary file is one line, not a traceback
+    for number, fields in enumerate(csv.reader(lines, skipinitialspace=True), start=1):
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            ytid, start, end, labels = fields
+            start_seconds, end_seconds = float(start), float(end)
+        except ValueError:
+            raise ManifestError(f"{path}:{number}: expected `YTID, start, end, \"labels\"`, got {fields}") from None
+        label_list = [label.strip() for label in labels.split(",") if label.strip()]
+        if not ytid or not label_list or end_seconds <= start_seconds:
+            raise ManifestError(f"{path}:{number}: empty id, empty label list or end <= start: {fields}")
+        records.append((ytid, start_seconds, end_seconds, label_list, number))
     return pd.DataFrame.from_records(records, columns=["ytid", "start_seconds", "end_seconds", "labels", "line"])
 
 

@@ -9,6 +9,7 @@ import soundfile
 
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest
 from sslam.runtime.errors import ManifestError
+from sslam.runtime.io import read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -21,9 +22,16 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def require_file(path: Path, what: str) -> Path:
+    if path.is_dir():
+        raise ManifestError(f"{what}: {path} is a folder, not a file")
     if not path.is_file():
         raise ManifestError(f"{what}: file not found: {path}")
     return path.resolve()
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a text file of a dataset's layout; a folder, a missing or a binary file is one ManifestError."""
+    return read_text(path, what, ManifestError).splitlines()
 
 
 def join_labels(labels: Iterable[str]) -> str:

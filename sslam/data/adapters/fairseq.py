@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import soundfile
 
-from sslam.data.adapters.common import finish, join_labels, require_dir, require_file
+from sslam.data.adapters.common import finish, join_labels, read_lines, require_dir, require_file
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest
 from sslam.runtime.errors import ManifestError
 
@@ -52,7 +52,7 @@ def read_label_descriptors(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _read_tsv(path: Path) -> tuple[Path, list[tuple[str, int]]]:
-    lines = path.read_text().splitlines()
+    lines = read_lines(path, "fairseq manifest")
     if not lines:
         raise ManifestError(f"{path}: empty file (line 1 must be the audio root folder)")
     rows = []
@@ -68,7 +68,7 @@ def _read_tsv(path: Path) -> tuple[Path, list[tuple[str, int]]]:
 
 def _read_lbl(path: Path) -> list[tuple[str, list[str]]]:
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, "fairseq label file"), start=1):
         if not line.strip():
             continue
         # The official files use a tab; the loader itself splits on any whitespace.

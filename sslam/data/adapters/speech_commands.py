@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import soundfile
 
-from sslam.data.adapters.common import add_audio_info, finish, require_dir
+from sslam.data.adapters.common import add_audio_info, finish, read_lines, require_dir
 from sslam.data.manifest import Manifest
 from sslam.runtime.errors import ManifestError
 
@@ -36,9 +36,7 @@ SILENCE_SPLIT_FRACTIONS = (("train", 0.8), ("valid", 0.1), ("test", 0.1))
 
 
 def _read_list(path: Path) -> set[str]:
-    if not path.is_file():
-        raise ManifestError(f"Speech Commands split list not found: {path}")
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    return {line.strip() for line in read_lines(path, "Speech Commands split list") if line.strip()}
 
 
 def _word_files(root: Path) -> pd.DataFrame:

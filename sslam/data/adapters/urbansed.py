@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sslam.data.adapters.common import add_audio_info, finish, join_labels, require_dir
+from sslam.data.adapters.common import add_audio_info, finish, join_labels, read_lines, require_dir
 from sslam.data.manifest import Manifest
 from sslam.runtime.errors import ManifestError
 
@@ -28,7 +28,7 @@ CLASSES = [
 def read_annotation(path: Path) -> list[str]:
     """Event classes of one annotation file, in file order (repeats kept)."""
     events = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_lines(path, "URBAN-SED annotation"), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")

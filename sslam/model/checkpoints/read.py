@@ -34,13 +34,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from sslam.runtime.configuration import from_dict
-from sslam.runtime.errors import SslamError
+from sslam.model.checkpoints.routes import resolve_checkpoint  # hf: ids and model folders -> one weights file
 from sslam.model.checkpoints.types import CheckpointError, LoadedCheckpoint, UnsafeCheckpointError
+from sslam.model.checkpoints.unpickler import RefusedPickleError, find_setting, restricted_torch_load
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.encoder import AudioEncoder, sincos_table
-from sslam.model.checkpoints.unpickler import RefusedPickleError, find_setting, restricted_torch_load
-
+from sslam.runtime.configuration import from_dict
+from sslam.runtime.errors import SslamError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def _read_safetensors(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
             metadata = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # SafetensorError, OSError...: a truncated or corrupt file
-        raise CheckpointError(f"cannot read {path} as safetensors (truncated or corrupt?): {_first_line(error)}") from error
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or corrupt?): {first_line(error)}") from error
     if "sslam_encoder_config" in metadata:
         known = {**_read_json(metadata["sslam_encoder_config"], f"{path} metadata sslam_encoder_config"), **known}
     else:
@@ -227,7 +227,7 @@ def _read_torch_file(path: Path, known: dict[str, Any]) -> LoadedCheckpoint:
         raise UnsafeCheckpointError(str(error)) from None
     except Exception as error:  # a truncated, corrupt or non-torch file: report it as a user error
         raise CheckpointError(f"cannot read {path} as a torch checkpoint (truncated or corrupt?): "
-                              f"{_first_line(error)}") from error
+                              f"{first_line(error)}") from error
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(ckpt).__name__}")
     if ckpt.get("format") == "sslam":
@@ -252,8 +252,6 @@ def read_checkpoint(
     """Read any supported checkpoint: a file, an hf: id or a model folder (sslam.model.checkpoints.routes). `num_heads`/
     `num_mel_bins` fill in what tensor shapes cannot tell for foreign files without a config (defaults:
     width/64 heads, 128 mel bins)."""
-    from sslam.model.checkpoints.routes import resolve_checkpoint  # hf: ids and model folders -> one weights file
-
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -264,7 +262,7 @@ def read_checkpoint(
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as error:
         # Entries of the wrong kind deep inside a file of a known layout: still one line, never a traceback.
-        raise CheckpointError(f"{path}: malformed checkpoint ({type(error).__name__}: {_first_line(error)})") from error
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(error).__name__}: {first_line(error)})") from error
     loaded.meta["path"] = str(path)
     check_weights(loaded, str(path))
     regenerate_pos_table(loaded.student, loaded.encoder_config, str(path))
@@ -285,17 +283,39 @@ def build_encoder(loaded: LoadedCheckpoint, which: str = "student") -> AudioEnco
     source = f"{loaded.meta.get('path')} ({which})"
     if state is None:
         raise CheckpointError(f"{source}: this checkpoint holds no {which} weights")
-    encoder = AudioEncoder(loaded.encoder_config)
-    expected = encoder.state_dict()
+    # Shapes first, before anything is built: the depth comes from the number of block keys, and a file of a
+    # thousand blocks of empty tensors must not make us build a thousand real blocks.
+    expected = encoder_state_shapes(loaded.encoder_config)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"{source}: missing keys {missing}, unexpected keys {unexpected}")
     for key, value in state.items():
-        if value.shape != expected[key].shape:
+        if tuple(value.shape) != expected[key]:
             raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)} but the model "
-                                  f"({loaded.encoder_config}) needs {tuple(expected[key].shape)}")
+                                  f"({loaded.encoder_config}) needs {expected[key]}")
+    encoder = AudioEncoder(loaded.encoder_config)   # now as large as the weights the file really holds
     encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def encoder_state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every entry of `AudioEncoder(config).state_dict()`, without building it (a test holds the
+    two equal). Weights that match these shapes are as large as the model, so building it after the comparison
+    costs what the file holds; building it first would cost whatever depth and width the keys claim."""
+    dim, hidden, patch = config.embed_dim, config.mlp_hidden_dim, config.patch_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "pos_embed": (1, config.max_time_patches * config.freq_patches, dim),
+        "cls_token": (1, 1, dim), "patch_embed.weight": (dim, 1, patch, patch), "patch_embed.bias": (dim,),
+        "pre_norm.weight": (dim,), "pre_norm.bias": (dim,),
+    }
+    block = {"attn.qkv.weight": (3 * dim, dim), "attn.proj.weight": (dim, dim), "attn.proj.bias": (dim,),
+             "norm1.weight": (dim,), "norm1.bias": (dim,), "mlp.fc1.weight": (hidden, dim), "mlp.fc1.bias": (hidden,),
+             "mlp.fc2.weight": (dim, hidden), "mlp.fc2.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,)}
+    if config.qkv_bias:
+        block["attn.qkv.bias"] = (3 * dim,)
+    for index in range(config.depth):
+        shapes.update({f"blocks.{index}.{name}": shape for name, shape in block.items()})
+    return shapes
 
 
 def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
@@ -313,6 +333,12 @@ def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
             name = f"{part} weight {key!r}"
             if not isinstance(value, torch.Tensor):
                 raise CheckpointError(f"{source}: {name} is a {type(value).__name__}, not a tensor")
+            stored = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+            if value.numel() * value.element_size() > stored:
+                # A stride-0 or expanded view: a few stored bytes posing as a huge tensor, which every check
+                # below (and the model) would materialise. torch.save never writes one for a real weight.
+                raise CheckpointError(f"{source}: {name} is a {tuple(value.shape)} view of {stored:,} stored bytes "
+                                      "(stride-0 or expanded tensor); weights must store every element")
             if not value.is_floating_point():
                 raise CheckpointError(f"{source}: {name} has dtype {str(value.dtype).removeprefix('torch.')}; "
                                       "weights must be floating point (refusing to cast it into garbage)")
@@ -326,11 +352,6 @@ def check_weights(loaded: LoadedCheckpoint, source: str) -> None:
         kinds = ", ".join(f"{count} {dtype}" for dtype, count in sorted(converted.items()))
         log.warning("%s: converted %s weight tensor(s) to float32", source, kinds)
 
-
-def _first_line(error: BaseException) -> str:
-    """Library errors can span lines (torch's zip reader, safetensors); the user gets one."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_which(which: str) -> None:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sslam.audio.config import AUDIOSET_MEAN, AUDIOSET_STD
+from sslam.runtime.limits import MAX_TARGET_LENGTH
 from sslam.model.checkpoints.routes import CONFIG_NAME
 from sslam.model.checkpoints.types import CheckpointError, LoadedCheckpoint
 from sslam.model.config import EncoderConfig
@@ -24,10 +26,16 @@ class InputSettings:
     source: str = "default (AudioSet statistics, 1024 frames: the official EAT/SSLAM values)"
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.norm_mean) or not math.isfinite(self.norm_std):
+            raise CheckpointError(f"norm_mean and norm_std must be finite, got {self.norm_mean} and {self.norm_std} "
+                                  f"({self.source})")
         if not self.norm_std > 0:
             raise CheckpointError(f"norm_std must be > 0, got {self.norm_std} ({self.source})")
-        if self.target_length < 1:
-            raise CheckpointError(f"target_length must be >= 1, got {self.target_length} ({self.source})")
+        # Every input window is padded to target_length frames: a stated length beyond any positional table
+        # (1e8 frames: 51 GB per window) is refused before a window is made.
+        if not 1 <= self.target_length <= MAX_TARGET_LENGTH:
+            raise CheckpointError(f"target_length must be in [1, {MAX_TARGET_LENGTH}], got {self.target_length} "
+                                  f"({self.source})")
 
     def as_dict(self) -> dict[str, Any]:
         return {"norm_mean": self.norm_mean, "norm_std": self.norm_std, "target_length": self.target_length}
@@ -54,7 +62,7 @@ def input_settings(loaded: LoadedCheckpoint) -> InputSettings:
         if config.is_file():
             try:
                 stored, source = json.loads(config.read_text()), str(config)
-            except (OSError, json.JSONDecodeError) as error:
+            except (OSError, ValueError) as error:  # JSONDecodeError, UnicodeDecodeError (a binary file)
                 raise CheckpointError(f"{config}: unreadable config: {error}") from error
     values = {key: stored[key] for key in INPUT_KEYS if isinstance(stored, dict) and stored.get(key) is not None}
     default = default_input(loaded.encoder_config)
@@ -64,7 +72,7 @@ def input_settings(loaded: LoadedCheckpoint) -> InputSettings:
         return InputSettings(float(values.get("norm_mean", default.norm_mean)),
                              float(values.get("norm_std", default.norm_std)),
                              int(values.get("target_length", default.target_length)), source=source)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:  # int(inf) overflows
         raise CheckpointError(f"{source}: malformed input settings {values}: {error}") from error
 
 
