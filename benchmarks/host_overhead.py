@@ -29,6 +29,7 @@ Usage (from the repository root; the last line printed is one JSON object):
   python -m benchmarks.host_overhead --baseline /tmp/base --pairs 10 # A/B against another checkout (A B B A ...)
   python -m benchmarks.host_overhead --widths 8 16 --pairs 10        # the width-halving check
   python -m benchmarks.host_overhead --recorder --pairs 10           # code recorder tracing vs stopped
+  python -m benchmarks.host_overhead --recorder steady --pairs 10    # stopped (a job's steady state) vs no recorder
   python -m benchmarks.host_overhead --preset vitb --device cuda     # the real shape on a GPU
 
 A/B runs alternate fresh worker processes (A B B A A B ...); each worker reports the median of its updates, and
@@ -487,7 +488,10 @@ def arms_of(args: argparse.Namespace) -> list[tuple[str, Path, list[str], dict[s
         return [(f"width {w}", here, ["--width", str(w)], {}) for w in args.widths]
     if args.recorder:
         record = {"SSLAM_CODE_RECORD": str(Path(tempfile.gettempdir()) / "host-overhead.code.json")}
-        return [("tracing", here, ["--recorder", "traced"], record), ("stopped", here, ["--recorder", "stopped"], record)]
+        stopped = ("stopped", here, ["--recorder", "stopped"], record)
+        if args.recorder == "steady":  # what the recorder still costs once a job's loop has paused it
+            return [stopped, ("unrecorded", here, ["--recorder", "off"], {})]
+        return [("tracing", here, ["--recorder", "traced"], record), stopped]
     return [("this", here, [], {})]
 
 
@@ -538,15 +542,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--pairs", type=int, default=1, help="interleaved worker pairs (A B B A ...)")
     parser.add_argument("--baseline", help="another checkout to compare with (its repository root)")
     parser.add_argument("--widths", type=int, nargs=2, help="compare two proxy widths (the arithmetic check)")
-    parser.add_argument("--recorder", nargs="?", const="compare", choices=("compare", "traced", "stopped"),
-                        help="compare the code recorder tracing every call with it stopped after the warm-up")
+    parser.add_argument("--recorder", nargs="?", const="compare",
+                        choices=("compare", "steady", "traced", "stopped", "off"),
+                        help="compare the code recorder tracing every call with it stopped after the warm-up "
+                             "(steady: stopped with no recorder at all)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return None
-    if args.recorder not in (None, "compare"):
-        parser.error("--recorder traced|stopped is for workers; use --recorder")
+    if args.recorder not in (None, "compare", "steady"):
+        parser.error("--recorder traced|stopped|off is for workers; use --recorder [steady]")
     arms = arms_of(args)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in arms}
     started = time.perf_counter()

@@ -32,6 +32,7 @@ from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import RegimeConfig
 from sslam.evaluation.heads import EncoderClassifier, layer_decay_groups
 from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
+from sslam.runtime.jobs import SteadyState
 from sslam.runtime.progress import Progress
 from sslam.fingerprints import compiled
 from sslam.runtime.snapshots import StopSignals, capture_rng_state, restore_rng_state
@@ -135,18 +136,19 @@ class Fitter:
     """Trains `classifier` for `total_steps` optimiser steps; resumable at every step boundary.
 
     `on_steady` is called once, as soon as the loop has run every kind of step it has (a step, a log read,
-    an evaluation point and a state, those of them this run has): from then on it runs no code it has not run
-    before. `fused_optimizer`: AdamW's fused kernel (default: on CUDA).
+    an evaluation point and a state, those of them this run has): from then on its steps run no function the
+    first ones did not (the job harness pauses the code recorder there), until `on_steady_end`, called when the
+    loop stops stepping however it stops. `fused_optimizer`: AdamW's fused kernel (default: on CUDA).
     """
 
     def __init__(self, classifier: EncoderClassifier, data: TrainingData, regime: RegimeConfig, loss_kind: str,
                  augmentation: TrainingAugmentation, total_steps: int, warmup_steps: int, device: torch.device,
                  seed: int, num_workers: int = 0, on_steady: Callable[[], None] | None = None,
-                 fused_optimizer: bool | None = None) -> None:
+                 on_steady_end: Callable[[], None] | None = None, fused_optimizer: bool | None = None) -> None:
         self.classifier, self.data, self.regime, self.loss_kind = classifier, data, regime, loss_kind
         self.augmentation, self.total_steps, self.device = augmentation, total_steps, device
         self.num_workers = num_workers
-        self.on_steady = on_steady
+        self.on_steady, self.on_steady_end = on_steady, on_steady_end
         classifier.to(device)
         groups = layer_decay_groups(classifier, regime.weight_decay, regime.layer_decay)
         fused = device.type == "cuda" if fused_optimizer is None else fused_optimizer
@@ -217,38 +219,41 @@ class Fitter:
         steady = self._steady_state(on_evaluation_point is not None, checkpoint is not None and checkpoint_every,
                                     checkpoint_every)
         first = True  # read after this run's first step too: its progress lines show a loss from the start
-        while self.step < self.total_steps:
-            if self.order is None or self.batch_in_epoch * batch_size >= len(self.order):
-                self.order, self.batch_in_epoch = epoch_order(self.data, self.regime, self.generator), 0
-            remaining = self.order[self.batch_in_epoch * batch_size:]
-            for fbank, targets, index in batch_loader(IndexedDataset(self.data.dataset), remaining, batch_size,
-                                                      self.num_workers, pin_memory=self.device.type == "cuda"):
-                self._unread.append((self.step + 1, self._update(fbank, targets, index)))
-                self.batch_in_epoch += 1
-                last = self.step >= self.total_steps
-                evaluates = on_evaluation_point is not None and (
-                    last or bool(evaluation_interval and self.step % evaluation_interval == 0))
-                stopping = stop is not None and stop.requested
-                checkpoints = (checkpoint is not None and bool(checkpoint_every)
-                               and self.step % checkpoint_every == 0 and not last)
-                if first or last or evaluates or stopping or checkpoints or self.step % log_every == 0:
-                    self._read_losses(log)  # before anything is written after a non-finite loss
-                    steady.saw("log read")
-                    first = False
-                if progress is not None:
-                    progress.update(1, **({"loss": self.losses[-1]} if self.losses else {}))
-                if evaluates:
-                    self.pending_evaluation = True
-                    self._evaluate(on_evaluation_point)
-                    steady.saw("evaluation point")
-                if stopping:
-                    raise Interrupted(f"stopped after step {self.step} of {self.total_steps}")
-                if checkpoints:
-                    checkpoint()
-                    steady.saw("state")
-                steady.saw("step")
-                if last:
-                    break
+        try:
+            while self.step < self.total_steps:
+                if self.order is None or self.batch_in_epoch * batch_size >= len(self.order):
+                    self.order, self.batch_in_epoch = epoch_order(self.data, self.regime, self.generator), 0
+                remaining = self.order[self.batch_in_epoch * batch_size:]
+                for fbank, targets, index in batch_loader(IndexedDataset(self.data.dataset), remaining, batch_size,
+                                                          self.num_workers, pin_memory=self.device.type == "cuda"):
+                    self._unread.append((self.step + 1, self._update(fbank, targets, index)))
+                    self.batch_in_epoch += 1
+                    last = self.step >= self.total_steps
+                    evaluates = on_evaluation_point is not None and (
+                        last or bool(evaluation_interval and self.step % evaluation_interval == 0))
+                    stopping = stop is not None and stop.requested
+                    checkpoints = (checkpoint is not None and bool(checkpoint_every)
+                                   and self.step % checkpoint_every == 0 and not last)
+                    if first or last or evaluates or stopping or checkpoints or self.step % log_every == 0:
+                        self._read_losses(log)  # before anything is written after a non-finite loss
+                        steady.saw("log read")
+                        first = False
+                    if progress is not None:
+                        progress.update(1, **({"loss": self.losses[-1]} if self.losses else {}))
+                    if evaluates:
+                        self.pending_evaluation = True
+                        self._evaluate(on_evaluation_point)
+                        steady.saw("evaluation point")
+                    if stopping:
+                        raise Interrupted(f"stopped after step {self.step} of {self.total_steps}")
+                    if checkpoints:
+                        checkpoint()
+                        steady.saw("state")
+                    steady.saw("step")
+                    if last:
+                        break
+        finally:
+            steady.end()  # the code after the loop (selection, test predictions) is not its steady state
         return FitResult(self.step, self.step / self.per_epoch, time.perf_counter() - started, self.losses)
 
     def _steady_state(self, evaluates: bool, checkpoints: bool, checkpoint_every: int | None):
@@ -257,7 +262,7 @@ class Fitter:
         kinds = {"step", "log read"} | ({"evaluation point"} if evaluates else set())
         if checkpoints and (self.step // checkpoint_every + 1) * checkpoint_every < self.total_steps:
             kinds.add("state")
-        return _SteadyState(kinds, self.on_steady)
+        return SteadyState(kinds, self.on_steady, self.on_steady_end)
 
     def _read_losses(self, log: Callable[[dict], None] | None) -> None:
         """Bring the unread losses to the host in one transfer; log each step's record in order, or stop at the
@@ -299,20 +304,6 @@ class Fitter:
             on_evaluation_point(self.step, self.step / self.per_epoch)
         self.pending_evaluation, self._rng_at_evaluation = False, None
         self.classifier.train()
-
-
-class _SteadyState:
-    """Calls `on_steady` once, when every kind of step in `kinds` has run at least once."""
-
-    def __init__(self, kinds: set[str], on_steady: Callable[[], None] | None) -> None:
-        self.missing = kinds if on_steady is not None else set()
-        self.on_steady = on_steady
-
-    def saw(self, kind: str) -> None:
-        if kind in self.missing:
-            self.missing.discard(kind)
-            if not self.missing:
-                self.on_steady()
 
 
 def fit(classifier: EncoderClassifier, data: TrainingData, regime: RegimeConfig, loss_kind: str,

@@ -29,7 +29,7 @@ from sslam.runtime.errors import SslamError
 from sslam.model.teacher import ema_decay
 from sslam.runtime.progress import Progress
 from sslam.fingerprints import compiled
-from sslam.runtime.jobs import MetricsLog
+from sslam.runtime.jobs import MetricsLog, SteadyState
 from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, any_rank, min_over_ranks
@@ -67,15 +67,16 @@ class Pretrainer:
     """Runs `config.steps` updates of `objective` on `dataset`, writing into `out_dir`.
 
     `on_steady` is called once, as soon as the loop has run every kind of step it has (an update, a log point
-    and a snapshot): from then on it runs no code it has not run before (the job harness stops the code
-    recorder there). `fused_optimizer`: AdamW's fused kernel (default: on CUDA, as `build_optimizer` says).
+    and a snapshot): from then on its updates run no function the first ones did not (the job harness pauses
+    the code recorder there), until `on_steady_end`, called when the loop stops stepping however it stops.
+    `fused_optimizer`: AdamW's fused kernel (default: on CUDA, as `build_optimizer` says).
     """
 
     def __init__(self, objective: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: str | Path,
                  identity: RunIdentity, context: DistributedContext | None = None,
                  metrics: MetricsLog | None = None, show_progress: bool | None = None,
                  stop: StopSignals | None = None, on_steady: Callable[[], None] | None = None,
-                 fused_optimizer: bool | None = None) -> None:
+                 on_steady_end: Callable[[], None] | None = None, fused_optimizer: bool | None = None) -> None:
         self.objective = objective
         self.dataset, self.config, self.identity = dataset, config, identity
         self.out_dir = Path(out_dir)
@@ -83,7 +84,7 @@ class Pretrainer:
         self.metrics = metrics or MetricsLog(self.out_dir / "metrics.jsonl")
         self.show_progress = show_progress
         self.stop = stop
-        self.on_steady = on_steady
+        self.on_steady, self.on_steady_end = on_steady, on_steady_end
         self.device = self.context.device
         self.objective.to(self.device)
         self.optimizer = build_optimizer(
@@ -234,7 +235,7 @@ class Pretrainer:
                 self.metrics.restore(self.metrics.lines(), self.step)  # the steps after the snapshot are re-done
         progress = self._progress()
         throughput, last = Throughput(), {}
-        steady = _SteadyState(("update", "log point", "snapshot"), self.on_steady)
+        steady = SteadyState(("update", "log point", "snapshot"), self.on_steady, self.on_steady_end)
         try:
             while self.step < config.steps:
                 fbank = next(batches)
@@ -267,6 +268,7 @@ class Pretrainer:
                                     f"{self.out_dir / 'state'} resumes it")
                 steady.saw("update")
         finally:
+            steady.end()  # before the progress bar's last line: the code from here on is not the loop's steady state
             if progress is not None:
                 progress.close()
         return last
@@ -424,17 +426,3 @@ class _Window:
             window._restored = {name: float(total) for name, total in state["sums"].items()} or None
             window.count = state["count"]
         return window
-
-
-class _SteadyState:
-    """Calls `on_steady` once, when every kind of step in `kinds` has run at least once."""
-
-    def __init__(self, kinds: tuple[str, ...], on_steady: Callable[[], None] | None) -> None:
-        self.missing = set(kinds) if on_steady is not None else set()
-        self.on_steady = on_steady
-
-    def saw(self, kind: str) -> None:
-        if kind in self.missing:
-            self.missing.discard(kind)
-            if not self.missing:
-                self.on_steady()

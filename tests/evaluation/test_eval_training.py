@@ -123,7 +123,8 @@ def test_on_steady_follows_every_kind_of_step_of_the_run():
         classifier = EncoderClassifier(AudioEncoder(TINY), ClassificationHead(32, 2))
         calls = []
         fitter = Fitter(classifier, data, regime, "ce", TrainingAugmentation.from_regime(regime, norm_std=1.0), 12, 1,
-                        torch.device("cpu"), seed=0, on_steady=lambda: calls.append(fitter.step))
+                        torch.device("cpu"), seed=0, on_steady=lambda: calls.append(fitter.step),
+                        on_steady_end=lambda: calls.append(("end", fitter.step)))
         fitter.run(on_evaluation_point=(lambda step, epoch: None) if evaluation else None,
                    evaluation_interval=evaluation, checkpoint=lambda: None, checkpoint_every=checkpoint_every)
-        assert calls == [expected], (evaluation, checkpoint_every, calls)
+        assert calls == [expected, ("end", 12)], (evaluation, checkpoint_every, calls)

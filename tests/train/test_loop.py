@@ -249,8 +249,9 @@ def test_on_steady_is_called_once_after_an_update_a_log_point_and_a_snapshot(tmp
     calls = []
     trainer = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), steps=7, log_every=2, checkpoint_every=3)
     trainer.on_steady = lambda: calls.append(trainer.step)
+    trainer.on_steady_end = lambda: calls.append(("end", trainer.step))
     trainer.run()
-    assert calls == [3]  # update 1, the log point of update 2, the snapshot of update 3
+    assert calls == [3, ("end", 7)]  # update 1, the log point of update 2, the snapshot of update 3; the last
 
 
 def test_logged_means_and_grad_norm_are_the_device_values(tmp_path):
