@@ -23,8 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
+# The demo prints, every 10 s, one line per running job from its log (step/total, ETA: sslam/runtime/watch.py);
+# its jobs write a progress line every PROGRESS_SECONDS (30 s elsewhere). results/demo is config/demo.yaml's.
+PROGRESS_SECONDS ?= 5
 demo: $(STAMP)
-	$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
+	SSLAM_PROGRESS_SECONDS=$(PROGRESS_SECONDS) $(BIN)/python -m sslam.runtime.watch --logs results/demo/logs -- \
+		$(BIN)/snakemake --snakefile workflow/Snakefile --configfile config/demo.yaml --cores $(CORES) --rerun-incomplete --printshellcmds
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -14,8 +14,13 @@ import sys
 
 from sslam.fingerprints import Registry, finish_recording
 
-DESCRIPTION = ("SSLAM (self-supervised learning from audio mixtures): the study's jobs, frozen embeddings, "
-               "checkpoints and tables. `sslam COMMAND --help` explains a command.")
+DESCRIPTION = ("Embed audio with SSLAM/EAT encoders, and run the SSLAM study (pretraining, evaluation, tables). "
+               "`sslam COMMAND --help` explains a command and shows its defaults.")
+EPILOG = ("Common starting points: `sslam extract hf:ta012/SSLAM_pretrain clips/ --out feats.h5` embeds a folder of "
+          "audio files (add `--layer all --granularity mean` for every layer); `sslam export CKPT --format onnx --out "
+          "sslam.onnx` writes an ONNX encoder; `make demo` runs the whole study on synthetic data (CPU, minutes); "
+          "`sslam plan --config config/config.yaml --gpu H100` says what the paper's study costs. Documentation: "
+          "README.md, docs/embeddings.md, docs/checkpoints.md.")
 
 # subcommand -> the module that runs it; a Registry, so that a job depends on its own entry only.
 COMMANDS = Registry("COMMANDS", {
@@ -56,7 +61,7 @@ SUMMARIES = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="sslam", description=DESCRIPTION, epilog=EPILOG)
 
     parser.add_argument("--version", action="version", version=f"sslam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

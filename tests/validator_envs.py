@@ -1,5 +1,5 @@
 """Separate virtual environments for the official checkers (HEAR's validator imports tensorflow, X-ARES pulls
-transformers and more), built once and cached outside the repository.
+transformers and more, mteb datasets and sentence-transformers), built once and cached outside the repository.
 
 An environment is keyed by its pinned requirements, the Python version and the interpreter running the
 tests. It sees this interpreter's site-packages (torch, torchaudio, numpy... through a path file, without
@@ -25,6 +25,9 @@ PINS: dict[str, tuple[list[str], list[str]]] = {
     # the CPU build is the same package at a third of the download.
     "hear": (["tensorflow-cpu==2.21.0"], ["hearvalidator==2021.0.2"]),
     "xares": (["xares==0.1.3"], []),
+    # MAEB's runner. Without the `audio` extra: datasets' Audio feature decodes through torchcodec, which needs
+    # FFmpeg's shared libraries; the test feeds mteb's mock tasks their arrays as they are instead.
+    "mteb": (["mteb==2.26.24"], []),
 }
 COMPLETE = ".complete"
 

@@ -217,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     build.add_argument("--manifest", required=True, help="canonical manifest.tsv")
     build.add_argument("--out", required=True, help="shard file to write, e.g. shard-000-of-004.h5")
     build.add_argument("--shard", type=cli_number(">= 0"), default=0, help="shard index i (takes rows i, i+N, ...)")
-    build.add_argument("--num-shards", type=cli_number(">= 1"), default=1, help="number of shards N")
+    build.add_argument("--num-shards", type=cli_number(">= 1"), default=1, help="number of shards N (default: %(default)s)")
     build.add_argument("--target-length", type=cli_number(f"[1, {MAX_TARGET_LENGTH}]"), required=True,
                        help="frames per clip after pad/truncate")
     build.add_argument("--config", help="study YAML (its front_end and cache sections)")

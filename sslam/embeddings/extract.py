@@ -1,7 +1,7 @@
 """`sslam extract`: frozen encoder features for many audio files (docs/embeddings.md).
 
-Inputs are files, folders (searched recursively by extension) and file lists (`--files-from`, one path per
-line, relative to the list's folder). Every input gets a key: its path relative to `--root` (default: the
+Inputs are files, folders (searched recursively by extension, every format libsndfile decodes by default,
+following folder links) and file lists (`--files-from`, one path per line, relative to the list's folder). Every input gets a key: its path relative to `--root` (default: the
 common folder of the inputs), so same-named files in different folders (Speech Commands' `yes/0a2b.wav`,
 `no/0a2b.wav`) never collide. Files are decoded in DataLoader workers, their windows batched on the device
 (optionally under bf16 autocast), and each result is written as soon as it is ready:
@@ -18,10 +18,13 @@ truncate` keeps the first window only, and says so.
 
 Granularities (D = encoder width, N = P·F_p patch tokens over the P time patches the windows span):
   all        (1+N, D)  the scene vector (CLS, pooled over windows) first, then every patch token
-  frame      (N, D)    patch tokens only, time-major
-  utterance  (D,)      the scene vector
+  cls        (D,)      the scene vector (EAT's name: utterance)
+  mean       (D,)      the mean of the patch tokens that hold audio
+  patch      (N, D)    patch tokens only, time-major (EAT's name: frame)
   timestamp  (T, D)    one vector per 160 ms time patch holding audio (mean over frequency patches)
-For a clip that fits one window, all/frame/utterance equal the official EAT/SSLAM extractor's output.
+For a clip that fits one window, all/patch/cls equal the official EAT/SSLAM extractor's output.
+`--layer` picks the hidden state: -1 (default) the last block's output, N block N's (0 = the first block's
+input), "4,8,12" several, "all" every one (depth + 1); several layers put a layer axis first: (L, ...).
 """
 from __future__ import annotations
 
@@ -38,16 +41,35 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.audio.front_end import FrontEndConfig, load_raw_fbank
-from sslam.embeddings.api import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder
+from sslam.audio.front_end import FrontEndConfig, clip_num_frames, load_raw_fbank
+from sslam.embeddings.api import DTYPES, GRANULARITIES, LONG_AUDIO, Embedder, load_encoder, token_name
 from sslam.runtime.device import resolve_device
 from sslam.runtime.errors import AudioError, SslamError
 from sslam.runtime.io import atomic_path, atomic_write_json
 from sslam.runtime.progress import Progress
 
-AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg")
+# libsndfile's formats (soundfile.available_formats(), what sslam.audio.front_end decodes) -> the file extensions
+# they are known by. Left out: MAT4/MAT5 (.mat files are mostly MATLAB data, not audio) and RAW (headerless: it
+# needs its sample format given).
+FORMAT_EXTENSIONS = {"WAV": ("wav", "wave"), "WAVEX": ("wav",), "AIFF": ("aif", "aiff", "aifc"), "AU": ("au", "snd"),
+                     "AVR": ("avr",), "CAF": ("caf",), "FLAC": ("flac",), "HTK": ("htk",), "IRCAM": ("sf",),
+                     "MP3": ("mp3",), "NIST": ("nist", "sph"), "OGG": ("ogg", "oga", "opus"), "PAF": ("paf",),
+                     "PVF": ("pvf",), "RF64": ("rf64",), "SD2": ("sd2",), "SDS": ("sds",), "SVX": ("8svx", "svx"),
+                     "VOC": ("voc",), "W64": ("w64",), "WVE": ("wve",), "XI": ("xi",)}
 INDEX_NAME = "extract_index.json"
 OUTPUT_FORMATS = ("npy", "hdf5")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def decodable_extensions() -> tuple[str, ...]:
+    """Every extension of an audio format this machine's libsndfile decodes (wav, flac, mp3, ogg, oga, opus...)."""
+    import soundfile
+
+    available = soundfile.available_formats()
+    return tuple(sorted({ext for name, exts in FORMAT_EXTENSIONS.items() if name in available for ext in exts}))
+
+
+AUDIO_EXTENSIONS = decodable_extensions()
 INDEX_EVERY_S = 30.0  # how often the npy index is rewritten during a run (a killed run redoes at most this)
 
 
@@ -58,17 +80,50 @@ class AudioInput:
     key: str  # the path relative to the root, with "/" separators and its extension
 
 
+def audio_files(folder: Path, wanted: set[str], skipped: dict[str, int]) -> list[Path]:
+    """Every file under `folder` with a wanted extension, in sorted order. Folder links are followed (a dataset
+    is often assembled from links); one that leads back into a folder already on the way is skipped, and counted
+    under "(folder link loop)". Files with other extensions are counted by extension in `skipped`."""
+    found: list[Path] = []
+    for current, folders, names in os.walk(folder, followlinks=True):
+        here = Path(current)
+        ancestors = {os.path.realpath(p) for p in [here, *here.parents] if p == folder or folder in p.parents}
+        for name in list(folders):
+            if (here / name).is_symlink() and os.path.realpath(here / name) in ancestors:
+                folders.remove(name)  # a loop: os.walk would descend for ever
+                skipped["(folder link loop)"] = skipped.get("(folder link loop)", 0) + 1
+        folders.sort()
+        for name in names:
+            path = here / name
+            extension = path.suffix.lower().lstrip(".")
+            if extension in wanted and path.is_file():
+                found.append(path)
+            elif path.is_file():
+                key = f".{extension}" if extension else "(no extension)"
+                skipped[key] = skipped.get(key, 0) + 1
+    return sorted(found)
+
+
 def collect_inputs(paths: list[Path], files_from: Path | None = None, extensions=AUDIO_EXTENSIONS,
-                   root: Path | None = None) -> list[AudioInput]:
-    """Files, folders (recursive, by extension) and a file list -> unique inputs with their keys, in order."""
-    wanted = {e.lower().lstrip(".") for e in extensions}
+                   root: Path | None = None, skipped: dict[str, int] | None = None) -> list[AudioInput]:
+    """Files, folders (recursive, by extension, following folder links) and a file list -> unique inputs with
+    their keys, in order. `skipped` receives how many files under the folders were left out, per extension."""
+    wanted = {e.lower().strip().lstrip(".") for e in extensions if e.strip()}
+    skipped = {} if skipped is None else skipped
+    if root is not None and not Path(root).is_dir():
+        raise SslamError(f"--root must be a folder (keys are paths relative to it): {root} "
+                         f"{'is a file' if Path(root).exists() else 'does not exist'}")
     files: list[Path] = []
     bases: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in wanted)
+            before = dict(skipped)
+            found = audio_files(path, wanted, skipped)
             if not found:
-                raise SslamError(f"no audio files ({', '.join('*.' + e for e in sorted(wanted))}) under {path}")
+                others = sum(skipped.values()) - sum(before.values())
+                raise SslamError(f"no audio files ({', '.join('*.' + e for e in sorted(wanted))}) under {path}"
+                                 + (f"; {others} file(s) with other extensions (--extensions adds some)" if others
+                                    else ""))
             files += found
             bases.append(path)
         elif path.is_file():
@@ -162,10 +217,17 @@ class Hdf5Writer:
     def __init__(self, path: Path, settings: dict[str, Any], overwrite: bool) -> None:
         import h5py
 
+        if path.is_dir():
+            raise SslamError(f"--out {path} is a folder; HDF5 output is one file: give a file name (e.g. "
+                             f"{path / 'features.h5'}), or --format npy to write into the folder")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.file = h5py.File(path, "w" if overwrite else "a")
         except OSError as error:
+            if "lock" in str(error).lower() or getattr(error, "errno", None) in (11, 35):  # EAGAIN / EWOULDBLOCK
+                raise SslamError(f"{path} is open in another process (another sslam extract writing it?): wait for "
+                                 "it to finish, or write to another --out; --overwrite cannot help while it is open"
+                                 ) from error
             raise SslamError(f"cannot open {path} as HDF5 ({error}); pass --overwrite to start again") from error
         if "settings" in self.file.attrs:
             try:
@@ -200,8 +262,16 @@ class Hdf5Writer:
         self.file.close()
 
 
+# Settings that earlier versions did not record, with the value those versions used: an output written
+# before the key existed is compared as if it recorded it.
+SETTINGS_BEFORE = {"layers": "last"}
+
+
 def check_settings(previous: dict | None, settings: dict[str, Any], out: Path) -> None:
-    if previous is None or previous == settings:
+    if previous is None:
+        return
+    previous = {**{k: v for k, v in SETTINGS_BEFORE.items() if k in settings}, **previous}
+    if previous == settings:
         return
     changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
     shown = ", ".join(f"{k} {previous.get(k)!r} -> {settings.get(k)!r}" for k in changed)
@@ -230,16 +300,37 @@ def _as_list(batch: list) -> list:
     return batch
 
 
+class WindowProgress(Progress):
+    """Progress in windows, whose total is corrected as each file's real length becomes known."""
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
+
+def expected_windows(model: Embedder, path: Path) -> int:
+    """The windows a file will give, from its header alone (1 when the header is unreadable: the file is then
+    skipped when it is decoded, and the count corrected)."""
+    try:
+        return model.num_windows(max(1, clip_num_frames(path, model.front_end)))
+    except AudioError:
+        return 1
+
+
 def extract_files(model: Embedder, inputs: list[AudioInput], writer: NpyWriter | Hdf5Writer,
                   granularity: str = "all", num_workers: int = 0, batch_size: int = 16,
                   show_progress: bool | None = None) -> dict[str, int]:
     """Embed every input and hand the results to `writer`; returns counts of written/skipped/truncated."""
-    if granularity not in GRANULARITIES:
-        raise SslamError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    token_name(granularity)  # a bad name is one line before any work
     loader = DataLoader(_DecodedAudio([item.path for item in inputs], model.front_end), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=_as_list)
     counts = {"written": 0, "skipped": 0, "truncated": 0}
-    progress = Progress(len(inputs), "extract", unit="clip", bar=show_progress)
+    # Progress counts windows, the unit of work (a 3-min clip is 18 windows, a 1-s clip one), from the files'
+    # headers; the count is corrected as each file is decoded, so the ETA stays honest for long files.
+    planned = [expected_windows(model, item.path) for item in inputs]
+    progress = WindowProgress(sum(planned), "extract", unit="window", bar=show_progress)
     try:
         for batch in loader:
             decoded = []
@@ -248,10 +339,13 @@ def extract_files(model: Embedder, inputs: list[AudioInput], writer: NpyWriter |
                 if fbank is None:
                     writer.skip(item.key, item.path, error)
                     counts["skipped"] += 1
+                    progress.set_total(progress.total - planned[index])  # nothing of it will be encoded
                     print(f"sslam extract: skipped: {error}", file=sys.stderr)  # the error names the file
                 else:
+                    progress.set_total(progress.total + model.num_windows(fbank.shape[0]) - planned[index])
                     decoded.append((item, fbank))
-            clips = model.embed_fbanks([fbank for _, fbank in decoded], warn_truncation=False)
+            clips = model.embed_fbanks([fbank for _, fbank in decoded], warn_truncation=False,
+                                       on_windows=progress.update)
             for (item, _), clip in zip(decoded, clips):
                 features = clip.granularity(granularity)
                 writer.write(item.key, item.path, features, {
@@ -265,7 +359,6 @@ def extract_files(model: Embedder, inputs: list[AudioInput], writer: NpyWriter |
                         print(f"sslam extract: warning: {item.path} ({clip.num_frames} frames) is longer than the "
                               f"window ({model.window} frames) and only its start is embedded (--long-audio "
                               "truncate); --long-audio window embeds whole clips", file=sys.stderr)
-            progress.update(len(batch))
     finally:
         progress.close()
         writer.close()
@@ -284,24 +377,37 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                         help="text file with one audio path per line (relative to the list's folder)")
     parser.add_argument("--root", type=Path, default=None, help="keys are paths relative to this folder "
                                                                "(default: the inputs' common folder)")
-    parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS), help="searched in folders")
+    parser.add_argument("--extensions", default=",".join(AUDIO_EXTENSIONS),
+                        help="comma-separated file extensions read from folders (default: every format this machine's libsndfile decodes: %(default)s)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (npy) or .h5 file (hdf5)")
-    parser.add_argument("--format", choices=OUTPUT_FORMATS, default="npy")
+    parser.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                        help="default: hdf5 when --out ends in .h5/.hdf5, else npy")
     parser.add_argument("--overwrite", action="store_true", help="re-extract keys already in --out")
-    parser.add_argument("--granularity", choices=GRANULARITIES, default="all")
+    parser.add_argument("--granularity", choices=GRANULARITIES, default="all",
+                        help="what of each layer is written: all (1+N, D) = cls then the patch tokens; cls (D,); mean "
+                             "(D,) of the patch tokens holding audio; patch (N, D); timestamp (T, D), one vector per "
+                             "160 ms; utterance = cls and frame = patch, as EAT names them (default: %(default)s)")
+    parser.add_argument("--layer", default="-1",
+                        help="which hidden state: -1 the last block's output, N block N's (0 = the first block's "
+                             "input), a comma-separated list, or 'all' (depth + 1 layers); several put a layer axis "
+                             "first (default: %(default)s)")
     parser.add_argument("--target-length", type=int, default=None,
                         help="window in frames, a multiple of 16 (default: what the checkpoint was trained with, "
                              "else 1024)")
     parser.add_argument("--hop-length", type=int, default=None, help="frames between windows (default: the window)")
     parser.add_argument("--long-audio", choices=LONG_AUDIO, default="window",
-                        help="window: embed clips longer than the window whole; truncate: keep the first window")
+                        help="window: embed clips longer than the window whole; truncate: keep the first window (default: "
+                             "%(default)s)")
     parser.add_argument("--norm-mean", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--norm-std", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--which", choices=["student", "teacher"], default="student",
-                        help="student (what the official extractor and fine-tuning use) or EMA teacher")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="bfloat16: autocast (GPU)")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips decoded together = windows per forward")
+                        help="student (what the official extractor and fine-tuning use) or EMA teacher (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N "
+                                                         "(default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="bfloat16: autocast, for GPUs (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="clips decoded together, and windows per forward pass (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="decoding processes (default: 0 on the CPU, where the encoder needs every core; "
                              "up to 4 with a GPU)")
@@ -311,6 +417,27 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--num-mel-bins", type=int, default=None, help="foreign files only (default: 128)")
 
 
+def choose_format(given: str | None, out: Path) -> str:
+    """--format, or what --out says: a name ending in .h5/.hdf5 is an HDF5 file. A .h5 name with --format npy
+    is refused: it would be a folder of .npy files that every reader takes for an HDF5 file."""
+    looks_hdf5 = out.suffix.lower() in HDF5_SUFFIXES
+    if given is None:
+        return "hdf5" if looks_hdf5 else "npy"
+    if given == "npy" and looks_hdf5:
+        raise SslamError(f"--out {out} ends in {out.suffix} but --format npy writes a folder of .npy files: drop "
+                         "--format (HDF5 is inferred from the name) or name a folder")
+    return given
+
+
+def layers_setting(model: Embedder) -> str | int | list[int]:
+    """How the layers are recorded: "last" for the last block's output (what every earlier version wrote), else
+    the layer numbers (0..depth), a list when the outputs have a layer axis."""
+    depth = model.encoder.config.depth
+    if not model.stacked:
+        return "last" if model.layers[0] == depth else model.layers[0]
+    return list(model.layers)
+
+
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before anything slow: a missing GPU is one line
     workers = args.num_workers
@@ -318,18 +445,25 @@ def run(args: argparse.Namespace) -> int:
         workers = 0 if device.type == "cpu" else min(4, os.cpu_count() or 1)
     if args.batch_size < 1 or workers < 0:
         raise SslamError("--batch-size must be >= 1 and --num-workers >= 0")
-    inputs = collect_inputs(args.audio, args.files_from, args.extensions.split(","), args.root)
-    if args.format == "npy":
+    output_format = choose_format(args.format, args.out)
+    skipped: dict[str, int] = {}
+    inputs = collect_inputs(args.audio, args.files_from, args.extensions.split(","), args.root, skipped)
+    if skipped:
+        shown = ", ".join(f"{count} {kind}" for kind, count in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        print(f"sslam extract: note: left out {sum(skipped.values())} file(s) under the input folders: {shown} "
+              "(--extensions chooses what is read)", file=sys.stderr)
+    if output_format == "npy":
         check_npy_names(inputs)
     model = load_encoder(args.checkpoint, args.which, device=str(device), window=args.target_length,
                          hop=args.hop_length, long_audio=args.long_audio, batch_size=args.batch_size,
                          dtype=args.dtype, norm_mean=args.norm_mean, norm_std=args.norm_std,
-                         num_heads=args.num_heads, num_mel_bins=args.num_mel_bins)
+                         num_heads=args.num_heads, num_mel_bins=args.num_mel_bins, layers=args.layer)
     settings = {"checkpoint": str(args.checkpoint), "which": args.which, "granularity": args.granularity,
+                "layers": layers_setting(model),
                 "window": model.window, "hop": model.hop, "long_audio": args.long_audio,
                 "norm_mean": model.settings.norm_mean, "norm_std": model.settings.norm_std, "dtype": args.dtype,
                 "freq_patches": model.encoder.config.freq_patches, "patch_ms": model.patch_ms}
-    writer = (NpyWriter if args.format == "npy" else Hdf5Writer)(args.out, settings, args.overwrite)
+    writer = (NpyWriter if output_format == "npy" else Hdf5Writer)(args.out, settings, args.overwrite)
     todo = [item for item in inputs if not writer.done(item.key)]
     if len(todo) < len(inputs):
         print(f"{len(inputs) - len(todo)} of {len(inputs)} file(s) already extracted in {args.out}")

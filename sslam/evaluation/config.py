@@ -46,7 +46,9 @@ class RegimeConfig:
     noise: bool = False                         # keyword-spotting noise + small time roll (spec §1)
     label_smoothing: float = 0.0
     loss: Literal["auto", "bce", "ce"] = "auto"  # auto: BCE for multilabel, CE for multiclass
-    pooling: Literal["cls", "mean"] = "cls"
+    # attentive: a learned query attends over the patch tokens (the patch-token probe, heads.AttentivePooling)
+    pooling: Literal["cls", "mean", "attentive"] = "cls"
+    attentive_heads: int | None = None          # heads of the attentive pooling; None = the encoder's num_heads
     head_norm: bool = True                      # LayerNorm (fc_norm) before the Linear head
     # batch: BatchNorm without affine on the pooled features before the head (MAE linear probing);
     # none: official. See heads.py for why near-constant features need it.
@@ -80,7 +82,8 @@ class RegimeConfig:
                      lr="> 0", min_lr=">= 0", weight_decay=">= 0", betas="[0, 1)", layer_decay="(0, 1]",
                      drop_path="[0, 1]", grad_clip=">= 0", mixup=">= 0", mixup_prob="[0, 1]", specaug_freq="[0, 1]",
                      specaug_time="[0, 1]", label_smoothing="[0, 1]", weighted_sampling=">= 1",
-                     eval_interval_steps=">= 1", checkpoint_every=">= 1", log_every=">= 1")
+                     eval_interval_steps=">= 1", checkpoint_every=">= 1", log_every=">= 1",
+                     attentive_heads=">= 1")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr {self.min_lr} is above lr {self.lr} (the cosine decays from lr to min_lr)")
 

@@ -10,6 +10,11 @@ matters when the pooled features share a large common part and differ across cli
 small one, as the CLS token of a randomly initialised or briefly pretrained encoder does
 (post-norm blocks, 0.02-std weights: the CLS output varies by <1 % across clips). A 0.02-init
 linear head then sees near-identical inputs, learns only the class bias and predicts one class.
+
+`pooling: attentive` is the patch-token probe: a learned query attends over the patch tokens
+(`AttentivePooling`), so the pooled vector can weight the patches where each sound is, instead of
+the CLS token or a uniform mean. CLS and mean-pool probes can misrepresent what frozen audio
+encoders hold on multi-label sets ("Unmute the Patch Tokens", ICLR 2026), SSLAM's polyphonic case.
 """
 from __future__ import annotations
 
@@ -23,17 +28,42 @@ from sslam.runtime.errors import ConfigError
 HEAD_INIT_STD = 0.02
 
 
+POOLINGS = ("cls", "mean", "attentive")
+
+
+class AttentivePooling(nn.Module):
+    """Patch tokens (N, L, D) -> (N, D): one learned query attends over the LayerNormed tokens with
+    `num_heads` heads (multi-head cross-attention, the query and the projections trained, the tokens
+    frozen under the linear probe); the heads' outputs are concatenated and projected back to D."""
+
+    def __init__(self, embed_dim: int, num_heads: int, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ConfigError(f"attentive_heads must divide the encoder width {embed_dim}, got {num_heads}")
+        self.token_norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.query = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.attention = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        nn.init.trunc_normal_(self.query, std=HEAD_INIT_STD)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.token_norm(tokens)
+        pooled, _ = self.attention(self.query.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens, tokens,
+                                   need_weights=False)
+        return pooled[:, 0]
+
+
 class ClassificationHead(nn.Module):
     """Pooled encoder features (N, 1+L, D), CLS first -> logits (N, num_classes)."""
 
     def __init__(self, embed_dim: int, num_classes: int, pooling: str = "cls", norm: bool = True,
-                 norm_eps: float = 1e-6, feature_norm: str = "none") -> None:
+                 norm_eps: float = 1e-6, feature_norm: str = "none", attentive_heads: int = 1) -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ConfigError(f"pooling must be cls or mean, got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if feature_norm not in ("none", "batch"):
             raise ConfigError(f"feature_norm must be none or batch, got {feature_norm!r}")
         self.pooling = pooling
+        self.attentive = AttentivePooling(embed_dim, attentive_heads, norm_eps) if pooling == "attentive" else None
         # momentum None: the running statistics are the plain average over all training batches.
         # An exponential average (momentum 0.1) still carries 1.5 % of its zero initial mean after
         # 40 steps, more than the cross-clip spread of such features: test-time inputs would be off.
@@ -44,8 +74,14 @@ class ClassificationHead(nn.Module):
         nn.init.trunc_normal_(self.linear.weight, std=HEAD_INIT_STD)
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        if self.attentive is not None:
+            return self.attentive(features[:, 1:])
         pooled = features[:, 0] if self.pooling == "cls" else features[:, 1:].mean(dim=1)
+        return pooled
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(features)
         if isinstance(self.feature_norm, nn.BatchNorm1d) and self.training and pooled.shape[0] == 1:
             # A batch of one has no spread to standardise with: use the running statistics.
             bn = self.feature_norm

@@ -102,7 +102,8 @@ def build_classifier(encoder: torch.nn.Module, num_classes: int, settings: Round
     regime, linear = settings.regime, settings.regime_name == "linear"
     encoder.set_drop_path(regime.drop_path)
     head = ClassificationHead(encoder.config.embed_dim, num_classes, regime.pooling, regime.head_norm,
-                              encoder.config.norm_eps, regime.feature_norm)
+                              encoder.config.norm_eps, regime.feature_norm,
+                              regime.attentive_heads or encoder.config.num_heads)
     # Paper linear evaluation: backbone in eval mode (no drop path); official: it follows .train().
     backbone_train_mode = not (linear and regime.linear_mode == "paper")
     return EncoderClassifier(encoder, head, frozen_backbone=linear, backbone_train_mode=backbone_train_mode)

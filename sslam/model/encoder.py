@@ -260,6 +260,34 @@ def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
+# Module functions rather than AudioEncoder methods: a method would change the class every pretraining and
+# evaluation job records (docs/fingerprints.md) and re-run them all, for code none of them runs.
+def layer_index(encoder: AudioEncoder, layer: int) -> int:
+    """A layer number -> 0..depth. Layer 0 is the sequence entering the first block (patch embeddings with their
+    positions, CLS prepended, after the pre-blocks LayerNorm); layer k the output of block k; negative numbers
+    count from the end, so -1 is the last block's output, what `AudioEncoder.forward` returns."""
+    depth = len(encoder.blocks)
+    if not -(depth + 1) <= layer <= depth:
+        raise ModelInputError(f"layer {layer} does not exist: this encoder has layers 0..{depth} "
+                              f"(or -{depth + 1}..-1 counted from the last)")
+    return layer % (depth + 1)
+
+
+def hidden_states(encoder: AudioEncoder, x: torch.Tensor, layers: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """fbank -> (N, len(layers), 1+L, D): the encoder's hidden states at the given layers (see `layer_index`), in
+    the order asked for; layer -1 is exactly `encoder(x)`. The blocks after the deepest layer asked for do not run."""
+    wanted = [layer_index(encoder, layer) for layer in layers]
+    if not wanted:
+        raise ModelInputError("no layer asked for")
+    seq = encoder.add_cls_and_norm(encoder.embed(x))
+    states = {0: seq} if 0 in wanted else {}
+    for number, block in enumerate(encoder.blocks[: max(wanted)], start=1):
+        seq, _ = block(seq)
+        if number in wanted:  # only what was asked for stays in memory
+            states[number] = seq
+    return torch.stack([states[number] for number in wanted], dim=1)
+
+
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """tokens (N, L, D), index (N, K) -> (N, K, D) = tokens[n, index[n, k]]."""
     if index.ndim != 2 or index.shape[0] != tokens.shape[0]:

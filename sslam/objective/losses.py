@@ -10,7 +10,9 @@ s(x) = Σ_d (pred_d − target_d)² / √D; `term_weights` then decides how the 
   sequences (weight = number of sequences, 96 per half per GPU in Stage 2, 192 in Stage 1). A run
   with another B·C than 12·16 per GPU changes that weight. On top of that, each term carries its own
   `official_factor`, set where the term is defined (the SRL's ×2 lives in source_retention.py).
-* `paper`: Eq. 1, 2 and 4 taken literally: plain means, each with weight 1.
+* `paper`: Eq. 1, 2 and 4 taken literally: plain means, each with its `paper_weight` — 1 for every term,
+  since the paper gives no inter-loss weights; a term's own weight is set where the term is defined (so
+  the SRL's official ×2 has, by design, no effect under `paper`: source_retention.PAPER_SRL_WEIGHT).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class LossTerm:
     count: int                           # masked tokens (local) or sequences (global)
     kind: Literal["local", "global"]
     official_factor: float = 1.0         # the released code's multiplier of this term's loss tensor
+    paper_weight: float = 1.0            # the term's weight under loss_weighting: paper
 
 
 def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -43,7 +46,8 @@ def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def local_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-               official_factor: float = 1.0, masked_index: torch.Tensor | None = None) -> LossTerm:
+               official_factor: float = 1.0, paper_weight: float = 1.0,
+               masked_index: torch.Tensor | None = None) -> LossTerm:
     """Decoder output (N, L, D) vs target (N, L, D), averaged over the masked (True) tokens of (N, L).
 
     `masked_index` (N, M), each row's masked positions in ascending order, when every row masks M tokens:
@@ -56,7 +60,8 @@ def local_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
         per_token = d2v_loss(prediction[mask], target[mask])
     else:
         per_token = d2v_loss(masked_tokens(prediction, masked_index), masked_tokens(target, masked_index))
-    return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local", official_factor=official_factor)
+    return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local", official_factor=official_factor,
+                    paper_weight=paper_weight)
 
 
 def masked_tokens(tokens: torch.Tensor, masked_index: torch.Tensor) -> torch.Tensor:
@@ -65,11 +70,12 @@ def masked_tokens(tokens: torch.Tensor, masked_index: torch.Tensor) -> torch.Ten
     return gathered.reshape(-1, tokens.shape[-1])
 
 
-def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor, official_factor: float = 1.0) -> LossTerm:
+def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor, official_factor: float = 1.0,
+                paper_weight: float = 1.0) -> LossTerm:
     """Student CLS output (N, D) vs pooled teacher target (N, D), averaged over the N sequences."""
     per_sequence = d2v_loss(cls_prediction, pooled_target)
     return LossTerm(value=per_sequence.mean(), count=per_sequence.numel(), kind="global",
-                    official_factor=official_factor)
+                    official_factor=official_factor, paper_weight=paper_weight)
 
 
 def official_weight(term: LossTerm, num_masked_tokens: int) -> float:
@@ -82,7 +88,7 @@ def official_weight(term: LossTerm, num_masked_tokens: int) -> float:
 def term_weights(terms: dict[str, LossTerm], weighting: LossWeighting, num_masked_tokens: int) -> dict[str, float]:
     """The factor of each term's mean in the total loss (see the module docstring)."""
     if weighting == "paper":
-        return {name: 1.0 for name in terms}
+        return {name: term.paper_weight for name, term in terms.items()}
     if weighting != "official":
         raise ConfigError(f"unknown loss_weighting {weighting!r}; known: official, paper")
     if num_masked_tokens < 1:

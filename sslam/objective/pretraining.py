@@ -27,7 +27,7 @@ from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.decoder import Decoder2d
 from sslam.model.encoder import AudioEncoder, gather_tokens
 from sslam.model.teacher import EMATeacher
-from sslam.objective.config import ObjectiveConfig, resolve_layer_count
+from sslam.objective.config import MIXED_TERMS, SRL_TERMS, UNMIXED_TERMS, ObjectiveConfig, resolve_layer_count
 from sslam.objective.losses import LossTerm, global_loss, local_loss, term_weights, total_loss
 from sslam.objective.masking import clone_masks, clone_rows, kept_and_masked_index, kept_cells
 from sslam.objective.mixing import MixedHalf, MixRegions, draw_regions, mix_frames
@@ -107,8 +107,7 @@ class PretrainingObjective(nn.Module):
             unmixed_global = (mixed_global if unmixed_setting is None
                               else resolve_layer_count(unmixed_setting, depth, "global_target_unmixed_layers"))
             self.global_layers = {"unmixed": unmixed_global, "mixed": mixed_global}
-            self.enabled_terms = {name for name in ("local_unmixed", "global_unmixed", "local_mixed",
-                                                    "global_mixed", "srl_local", "srl_global") if getattr(cfg, name)}
+            self.enabled_terms = {name for name in UNMIXED_TERMS + MIXED_TERMS + SRL_TERMS if getattr(cfg, name)}
             if cfg.mixit:
                 self.mixit = MixItSettings.from_config(cfg)
                 self.enabled_terms |= set(self.mixit.term_names)

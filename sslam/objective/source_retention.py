@@ -1,7 +1,8 @@
 """The source retention loss, SRL (paper §3.2.2, Eq. 4, Tables 5 and 11; spec algorithm.md §6, §11.7).
 
-THE ONE PLACE for the SRL: its target, its aggregation, its two loss terms and their weight. Changing
-the SRL means editing this file only; PretrainingObjective just calls `source_retention_terms`.
+THE ONE PLACE for the SRL: its target, its aggregation, its two loss terms and their weight under each
+`loss_weighting` (official: OFFICIAL_SRL_*_FACTOR; paper: PAPER_SRL_WEIGHT). Changing the SRL means editing
+this file only; PretrainingObjective just calls `source_retention_terms`.
 
 Notation (paper): the student sees the mixture of the base clip S2 (= clip i) and the foreign clip S1
 (= clip i − 1, from the batch roll). The target for a mixed-half token is
@@ -28,6 +29,9 @@ from sslam.objective.targets import global_target, make_targets, strip_cls
 # been on, would have been an ordinary CLS loss tensor.
 OFFICIAL_SRL_LOCAL_FACTOR = 2.0
 OFFICIAL_SRL_GLOBAL_FACTOR = 1.0
+# The paper (Eq. 4-5) adds the SRL as a plain mean with weight 1 and states no factor, so under
+# `loss_weighting: paper` the official ×2 above has no effect; set a weight here to study one.
+PAPER_SRL_WEIGHT = 1.0
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,10 @@ def source_retention_terms(teacher: AudioEncoder, half: MixedHalf, settings: Srl
     terms = {}
     if settings.with_local:
         terms["srl_local"] = local_loss(half.predictions, half.per_sequence(target), half.mask,
-                                        official_factor=OFFICIAL_SRL_LOCAL_FACTOR, masked_index=half.masked_index)
+                                        official_factor=OFFICIAL_SRL_LOCAL_FACTOR, paper_weight=PAPER_SRL_WEIGHT,
+                                        masked_index=half.masked_index)
     if settings.with_global:
         # Table 5's "global SRL": the student's CLS against the pooled SRL target (off officially).
         terms["srl_global"] = global_loss(half.cls, half.per_sequence(global_target(target)),
-                                          official_factor=OFFICIAL_SRL_GLOBAL_FACTOR)
+                                          official_factor=OFFICIAL_SRL_GLOBAL_FACTOR, paper_weight=PAPER_SRL_WEIGHT)
     return terms

@@ -451,7 +451,8 @@ def add_arguments(parser, command: str) -> None:
     finish.add_argument("--tracking", required=True, help="the study's tracking.json")
     finish.add_argument("--config", help="study config file to attach to the parent run")
     finish.add_argument("--git-commit", help="the code's git commit, tagged on the parent run")
-    finish.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"])
+    finish.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED"],
+                        help="the parent run's end state (default: %(default)s)")
     finish.add_argument("--done", default=None, help="file to write afterwards (a workflow target)")
 
 

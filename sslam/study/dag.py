@@ -316,6 +316,9 @@ class Study:
                  for spec in self._table_specs for suffix in ("md", "csv", "tex")}
         files.update({Path(name).name.replace(".", "_"): f"{self.tables_dir}/{name}" for name in SIGNIFICANCE_FILES})
         files["study_md"] = f"{self.tables_dir}/{STUDY_PAGE}"
+        # every Markdown page has an HTML twin (sslam.tables.html): what the report shows inline
+        files.update({key[:-len("_md")] + "_html": str(Path(path).with_suffix(".html"))
+                      for key, path in list(files.items()) if key.endswith("_md")})
         return files
 
     def figure_files(self) -> dict[str, str]:

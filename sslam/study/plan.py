@@ -28,7 +28,7 @@ from sslam.evaluation.config import BenchmarkConfig
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.objective.config import floor_count, stage1_variant_config, variant_config
 from sslam.runtime.configuration import from_dict, section
-from sslam.runtime.errors import ConfigError
+from sslam.runtime.errors import ConfigError, first_line
 from sslam.runtime.io import atomic_write_json
 from sslam.study.dag import Study
 from sslam.train.config import train_config_for_stage
@@ -79,6 +79,7 @@ class StudyPlan:
     cache_gib: dict[str, float] = field(default_factory=dict)
     sizes_assumed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)     # benchmarks whose sizes are not known before the manifest
+    unsized: list[str] = field(default_factory=list)     # datasets without a manifest yet or a published size
 
     @property
     def gpu_hours(self) -> float:
@@ -147,9 +148,9 @@ def dataset_clips(study, name: str) -> tuple[dict[str, int], bool]:
 
         try:
             counts = pd.read_csv(manifest, sep="\t", usecols=["split"])["split"].value_counts()
-            return {str(split): int(count) for split, count in counts.items()}, False
-        except (ValueError, KeyError, OSError):
-            pass
+        except (ValueError, KeyError, OSError) as error:  # a published size would hide a broken manifest
+            raise ConfigError(f"cannot count the clips of {name}: {manifest}: {first_line(error)}") from None
+        return {str(split): int(count) for split, count in counts.items()}, False
     entry = study.config["datasets"][name]
     key = entry["adapter"] + (f":{entry.get('options', {}).get('set')}" if entry["adapter"] == "audioset" else "")
     if entry["adapter"] == "synthetic":
@@ -229,6 +230,7 @@ def plan_study(study, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU) -> Study
     for name in study.used_datasets():
         clips, assumed = dataset_clips(study, name)
         if not clips:
+            plan.unsized.append(name)
             continue
         dataset = study.datasets[name]
         plan.cache_gib[name] = sum(clips.values()) * dataset.target_length * encoder.num_mel_bins * 2 / 2**30
@@ -254,6 +256,8 @@ def format_plan(plan: StudyPlan) -> str:
               "HDF5 cache (float16 log-mel):"]
     lines += [f"  {name:<28} {size:10.2f} GiB" for name, size in plan.cache_gib.items()]
     lines.append(f"  {'total':<28} {sum(plan.cache_gib.values()):10.2f} GiB")
+    if plan.unsized:
+        lines.append(f"cache size unknown (no manifest yet and no published size): {', '.join(plan.unsized)}")
     if plan.unknown:
         lines.append(f"not costed (clip counts unknown until their manifests exist: snakemake --until manifest): "
                      f"{', '.join(plan.unknown)}")
@@ -265,7 +269,7 @@ def format_plan(plan: StudyPlan) -> str:
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--config", required=True, help="the study YAML")
     parser.add_argument("--gpu", default=DEFAULT_GPU, choices=sorted(GPUS), help=f"accelerator (default {DEFAULT_GPU})")
-    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model-FLOPs utilisation to assume")
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="model-FLOPs utilisation to assume (default: %(default)s; benchmarks/device_check.sh measures it)")
     parser.add_argument("--json", help="also write the plan as JSON here")
 
 
@@ -276,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.json, {"gpu": plan.gpu, "mfu": plan.mfu, "gpu_hours": plan.gpu_hours,
                                       "jobs": [asdict(job) | {"gpu_hours": job.gpu_hours} for job in plan.jobs],
                                       "cache_gib": plan.cache_gib, "sizes_assumed": plan.sizes_assumed,
-                                      "not_costed": plan.unknown})
+                                      "not_costed": plan.unknown, "cache_unsized": plan.unsized})
     return 0
 
 

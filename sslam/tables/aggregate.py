@@ -22,6 +22,7 @@ from sslam import __version__
 from sslam.runtime.configuration import load_yaml, section
 from sslam.runtime.errors import SslamError
 from sslam.runtime.io import atomic_folder, atomic_write_text, read_text
+from sslam.tables.html import html_pages
 from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
 from sslam.tables.models import is_valid_model_id
 from sslam.tables.render import Decorator, metric_label, significance_tables, write_table
@@ -197,7 +198,7 @@ def _write_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: Pa
     if audioset_polyphony:
         written.append(plots.plot_audioset_polyphony(audioset_polyphony, out_dir / "audioset_polyphony.png"))
     written.append(write_study_page(config, out_dir / STUDY_PAGE))
-    return written
+    return written + html_pages(written)  # what the report shows inline (sslam/tables/html.py)
 
 
 STUDY_PAGE = "study.md"

@@ -90,3 +90,51 @@ def test_feature_norm_rejects_unknown_values():
     from sslam.runtime.configuration import from_dict
     with pytest.raises(ConfigError):
         from_dict(LinearProbeConfig, {"feature_norm": "group"}, where="linear")
+
+
+def paired_events(clips: int, seed: int, tokens: int = 8, dim: int = 16):
+    """Class c = a token +4·e_c and another token −4·e_c at random places among noise tokens: the mean of the
+    patch tokens is the same for every class (the pair cancels), one patch token tells them apart."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(2).repeat(clips // 2)
+    features = 0.1 * torch.randn(clips, 1 + tokens, dim, generator=generator)  # (N, 1+L, D), CLS first
+    for index, label in enumerate(labels.tolist()):
+        first, second = (1 + torch.randperm(tokens, generator=generator)[:2]).tolist()
+        features[index, first, label] += 4.0
+        features[index, second, label] -= 4.0
+    return features, labels
+
+
+def head_accuracy(pooling: str, steps: int = 150) -> float:
+    torch.manual_seed(0)
+    train, train_labels = paired_events(64, seed=1)
+    test, test_labels = paired_events(64, seed=2)
+    head = ClassificationHead(16, 2, pooling=pooling, attentive_heads=2)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(head(train), train_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    with torch.no_grad():
+        return (head(test).argmax(1) == test_labels).float().mean().item()
+
+
+def test_attentive_pooling_reads_what_the_mean_and_cls_of_the_patches_lose():
+    assert head_accuracy("attentive") >= 0.95
+    assert head_accuracy("mean") <= 0.7 and head_accuracy("cls") <= 0.7   # chance: 0.5
+
+
+def test_the_attentive_patch_token_probe_learns_through_the_evaluation_pipeline():
+    regime = LinearProbeConfig(steps=30, batch_size=8, lr=0.01, mixup=0.0, feature_norm="batch",
+                               pooling="attentive", precision="fp32")
+    assert probe_accuracy(regime) >= 0.6           # chance: 0.25
+    from sslam.runtime.configuration import from_dict
+    from sslam.runtime.errors import ConfigError
+
+    assert from_dict(LinearProbeConfig, {"pooling": "attentive", "attentive_heads": 2}, where="linear").attentive_heads == 2
+    with pytest.raises(ConfigError, match="attentive_heads must divide"):
+        ClassificationHead(32, 2, pooling="attentive", attentive_heads=3)
+    with pytest.raises(ConfigError):
+        from_dict(LinearProbeConfig, {"pooling": "attention"}, where="linear")

@@ -84,3 +84,31 @@ def test_random_init_export_from_a_study_config(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["export", "--out", str(tmp_path / "c")]) == 1
     assert "either a checkpoint or --random-init" in capsys.readouterr().err
+
+
+def test_an_output_the_export_cannot_write_is_one_line_before_the_work(tmp_path, capsys, monkeypatch):
+    checkpoint = write_project_checkpoint(tmp_path / "checkpoint.pt", tiny_encoder())
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    read = []  # the checkpoint must not even be read: the check comes before the work
+    import sslam.model.checkpoints.export as export
+
+    monkeypatch.setattr(export, "read_checkpoint", lambda *a, **k: read.append(a) or pytest.fail("read"))
+    cases = [(["--format", "onnx", "--out", str(existing)], "is a folder; ONNX export writes one file"),
+             (["--format", "pretrained", "--out", str(tmp_path / "file.txt")], "exists and is a file"),
+             (["--format", "onnx", "--out", str(tmp_path / "file.txt" / "m.onnx")], "is not a writable folder")]
+    for arguments, message in cases:
+        capsys.readouterr()
+        assert cli_main(["export", str(checkpoint), *arguments]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert read == [] and list(existing.iterdir()) == []
+
+
+def test_an_exported_config_records_no_local_path(tmp_path):
+    checkpoint = write_project_checkpoint(tmp_path / "deep" / "folder" / "checkpoint.pt", tiny_encoder())
+    assert cli_main(["export", str(checkpoint.resolve()), "--out", str(tmp_path / "exported")]) == 0
+    text = (tmp_path / "exported" / "config.json").read_text()
+    assert json.loads(text)["source"] == "checkpoint.pt (student)"
+    assert str(tmp_path) not in text

@@ -1,5 +1,11 @@
 """Checkpoint routes: hf: ids through huggingface_hub's cache (offline: the hub is never reached in tests),
-model folders, hub cache folders, and the input settings a checkpoint records."""
+model folders, hub cache folders, an unreachable hub (one line within seconds), and the input settings a
+checkpoint records."""
+import http.server
+import socket
+import threading
+import time
+
 import pytest
 
 from embed_helpers import (EAT_REPO, EAT_REVISION, TINY, TRAINED_INPUT, same_outputs, tiny_encoder,
@@ -10,7 +16,7 @@ from sslam.model.checkpoints.types import CheckpointError
 from sslam.model.checkpoints.read import load_encoder, read_checkpoint
 from sslam.model.checkpoints.export import save_pretrained
 from sslam.model.checkpoints.settings import InputSettings, default_input, input_settings
-from sslam.model.checkpoints.routes import resolve_checkpoint
+from sslam.model.checkpoints.routes import hub_unreachable, resolve_checkpoint
 
 hub_constants = pytest.importorskip("huggingface_hub.constants")
 
@@ -84,3 +90,57 @@ def test_project_checkpoint_records_its_input_settings(tmp_path):
     with pytest.raises(CheckpointError, match="norm_std must be > 0"):
         InputSettings(norm_std=0.0)
 
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A hub that accepts connections (the kernel completes them) and never answers a byte."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture
+def answering_endpoint():
+    """A local HTTP server that answers every request with 404: a hub that is there."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_unreachable_hub_is_one_line_within_seconds(tmp_path, monkeypatch, silent_endpoint, capsys):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    clip = tmp_path / "a.wav"
+    clip.write_bytes(b"")
+    for endpoint in (silent_endpoint, "http://sslam-no-such-host.invalid"):  # no answer; no such name
+        monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+        capsys.readouterr()
+        started = time.monotonic()
+        code = cli_main(["extract", "hf:someone/absent", str(clip), "--out", str(tmp_path / "o")])
+        elapsed = time.monotonic() - started
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 1 and elapsed < 5, elapsed
+        assert len(err) == 1 and "cannot be reached" in err[0], err  # no retry lines
+        assert "HF_HUB_OFFLINE=1" in err[0] and str(cache) in err[0]
+    # what the cache holds is still read, and the warning says why the hub was not asked
+    encoder = tiny_encoder()
+    write_hub_cache(cache, encoder)
+    with pytest.warns(UserWarning, match="cannot be reached"):
+        assert same_outputs(load_encoder(f"hf:{EAT_REPO}"), encoder)
+
+
+def test_a_hub_that_answers_is_reachable_whatever_the_status(answering_endpoint, silent_endpoint):
+    assert hub_unreachable(answering_endpoint) is None
+    started = time.monotonic()
+    why = hub_unreachable(silent_endpoint, timeout=1.0)
+    assert why is not None and time.monotonic() - started < 3, why

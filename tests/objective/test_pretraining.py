@@ -61,6 +61,18 @@ def test_paper_weighting_and_global_srl(tiny_encoder_cfg, tiny_decoder_cfg):
     assert torch.isclose(out.loss.detach(), sum(out.terms.values()))
 
 
+def test_the_srl_weight_under_paper_weighting_is_owned_by_source_retention(tiny_encoder_cfg, tiny_decoder_cfg,
+                                                                           monkeypatch):
+    """The SRL's weight is set in one file: changing PAPER_SRL_WEIGHT there changes the paper-weighted total."""
+    from sslam.objective import source_retention
+
+    monkeypatch.setattr(source_retention, "PAPER_SRL_WEIGHT", 3.0)
+    objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM", loss_weighting="paper", srl_global=True)
+    out = objective(fixed_batch())
+    assert out.weights["srl_local"] == out.weights["srl_global"] == 3.0
+    assert {weight for name, weight in out.weights.items() if not name.startswith("srl")} == {1.0}
+
+
 def test_stage2_halves_share_masks_in_sample_major_order(tiny_encoder_cfg, tiny_decoder_cfg):
     objective = tiny_objective(tiny_encoder_cfg, tiny_decoder_cfg, 2, "SSLAM")
     masks = objective.draw_masks(BATCH, (16, 4))

@@ -18,6 +18,7 @@ from sslam.tables.aggregate import make_tables, read_result
 from sslam.tables.layouts import table_specs
 from sslam.tables.models import default_label, model_order, parse_model_id
 from sslam.tables.paper_numbers import PAPER_TABLES
+from report_helpers import markdown_table_cells, parse_page
 from tables_helpers import multilabel, noisy_scores, one_hot, write_run
 
 VARIANTS = ["MB-UA", "SSLAM"]
@@ -118,6 +119,14 @@ def test_cli_writes_all_formats(tmp_path, metrics):
     assert code == 0
     for name in ["table2.md", "table2.csv", "table2.tex", "table3.md", "runs.csv", "summary.csv", "pretrain_loss.png"]:
         assert (tmp_path / "out" / name).is_file(), name
+    # every Markdown page has an HTML twin with the same cells (what the report shows inline)
+    for name in ["table2", "table3", "significance", "study"]:
+        markdown = (tmp_path / "out" / f"{name}.md").read_text()
+        page = parse_page((tmp_path / "out" / f"{name}.html").read_text())
+        assert page.rows == markdown_table_cells(markdown), name
+        assert page.title == markdown.splitlines()[0].lstrip("# ")
+    assert "± " in (tmp_path / "out" / "table2.html").read_text()
+    assert "variants:" in "".join(parse_page((tmp_path / "out" / "study.html").read_text()).pre)
 
 
 def test_bad_inputs_fail_clearly(tmp_path, metrics):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from sslam.runtime.tracking import resolve_tracking
 
+from report_helpers import embedded_html_pages, markdown_table_cells, parse_page
 from workflow_helpers import planned_jobs, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -83,4 +84,20 @@ def test_html_report_with_captions(finished_study, tmp_path):
     result = run_snakemake("--configfile", str(config_path), "--report", str(report), cwd=repo)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     html = report.read_text(errors="replace")
-    assert "table1.md" in html and "pretrain_loss.png" in html and "study.md" in html and "significance.md" in html
+    assert "pretrain_loss.png" in html and "study.html" in html and "significance.html" in html
+    # Every table, the significance table and the Study page are shown inline: the report embeds them as HTML
+    # (a Markdown result is only a download link), with every cell of the Markdown table rendered.
+    pages = {page.title: page for page in map(parse_page, embedded_html_pages(html))}
+    tables = repo / "results" / "tables"
+    expected = sorted(path for path in tables.glob("*.md"))
+    assert {path.stem for path in expected} >= {"table1", "table3", "significance", "study"}
+    for path in expected:
+        markdown = path.read_text()
+        title = markdown.splitlines()[0].lstrip("# ")
+        assert title in pages, (path.name, sorted(pages))
+        assert pages[title].rows == markdown_table_cells(markdown), path.name
+        assert path.name != "study.md" or "study:" in "".join(pages[title].pre)
+    assert any(len(page.rows) > 2 for page in pages.values())
+    for caption in ("sample standard deviation over the evaluation seeds", "paired bootstrap",
+                    "study config exactly as"):
+        assert caption in html, caption

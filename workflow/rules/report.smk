@@ -38,10 +38,11 @@ rule tables:
         pretraining=STUDY.pretraining_metrics(),
         polyphony=[ANALYSIS / "audioset_polyphony.json"] if STUDY.polyphony_segments() else [],
     output:
-        **{key: report(path, caption=f"../report/{Path(path).stem if key in ('study_md', 'significance_md') else 'table'}.rst",
-                       category="Study" if key == "study_md" else "Tables", labels={"table": Path(path).name})
-           for key, path in STUDY.table_files().items() if path.endswith(".md")},
-        **{key: path for key, path in STUDY.table_files().items() if not path.endswith(".md")},
+        # the HTML twins of the Markdown pages: the report shows HTML inline (a .md is only a download link)
+        **{key: report(path, caption=f"../report/{Path(path).stem if key in ('study_html', 'significance_html') else 'table'}.rst",
+                       category="Study" if key == "study_html" else "Tables", labels={"table": Path(path).stem})
+           for key, path in STUDY.table_files().items() if path.endswith(".html")},
+        **{key: path for key, path in STUDY.table_files().items() if not path.endswith(".html")},
         **{key: report(path, caption=f"../report/{key if key in ('pretrain_loss', 'audioset_polyphony') else 'polyphony'}.rst",
                        category="Figures", labels={"figure": Path(path).name})
            for key, path in STUDY.figure_files().items()},

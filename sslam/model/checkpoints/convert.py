@@ -57,7 +57,8 @@ def convert(source: str | Path, target: str | Path, which: str = "student", **ov
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("input", help="checkpoint: sslam .pt, fairseq .pt (pre-training or fine-tuned), safetensors")
     parser.add_argument("output", help="output .safetensors file (EAT/HF layout C)")
-    parser.add_argument("--which", choices=["student", "teacher"], default="student")
+    parser.add_argument("--which", choices=["student", "teacher"], default="student",
+                        help="which encoder of a pretraining checkpoint: the student or its EMA teacher (default: %(default)s)")
     parser.add_argument("--num-heads", type=cli_number(">= 1"), default=None,
                         help="override (default: from metadata or width/64)")
     parser.add_argument("--num-mel-bins", type=cli_number(">= 1"), default=None,

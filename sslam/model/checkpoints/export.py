@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -99,12 +100,15 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("checkpoint", nargs="?", default=None,
                         help="checkpoint file, hf:OWNER/NAME[@REV][:FILE] or model folder (docs/checkpoints.md)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (pretrained) or .onnx file")
-    parser.add_argument("--format", choices=FORMATS, default="pretrained")
-    parser.add_argument("--which", choices=["student", "teacher"], default="student")
+    parser.add_argument("--format", choices=FORMATS, default="pretrained",
+                        help="pretrained: a folder with model.safetensors + config.json, readable by every loader here; "
+                             "onnx: one .onnx file, the encoder with dynamic batch and time (default: %(default)s)")
+    parser.add_argument("--which", choices=["student", "teacher"], default="student",
+                        help="which encoder of a pretraining checkpoint: the student or its EMA teacher (default: %(default)s)")
     parser.add_argument("--random-init", action="store_true", help="export a randomly initialised encoder")
     parser.add_argument("--config", type=Path, default=None,
-                        help="with --random-init: study YAML whose model.encoder section sets the architecture")
-    parser.add_argument("--seed", type=int, default=0, help="with --random-init")
+                        help="with --random-init: study YAML whose model.encoder section sets the architecture (default: ViT-B/16)")
+    parser.add_argument("--seed", type=int, default=0, help="with --random-init: the seed of the weights (default: %(default)s)")
     parser.add_argument("--norm-mean", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--norm-std", type=float, default=None, help="default: what the checkpoint records")
     parser.add_argument("--target-length", type=int, default=None, help="default: what the checkpoint records")
@@ -112,9 +116,37 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--num-mel-bins", type=int, default=None, help="foreign files only (default: 128)")
 
 
+def portable_name(checkpoint: str) -> str:
+    """How an exported folder names its source: an hf: id as given, a local file or folder by its name only (an
+    absolute path would tell others nothing and this machine's layout to everyone)."""
+    text = str(checkpoint)
+    return text if text.startswith("hf:") else (Path(text).name or text)
+
+
+def check_output(out: Path, output_format: str) -> None:
+    """Refuse, before any work, an --out that the export could only fail on at its end."""
+    if output_format == "onnx":
+        if out.is_dir():
+            raise SslamError(f"--out {out} is a folder; ONNX export writes one file: give a file name (e.g. "
+                             f"{out / 'sslam.onnx'})")
+        try:
+            import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as error:
+            raise SslamError(f"ONNX export needs onnx and onnxscript ({error}): pip install 'sslam[embeddings]'"
+                             ) from error
+    elif out.exists() and not out.is_dir():
+        raise SslamError(f"--out {out} exists and is a file; --format pretrained writes a folder "
+                         "(model.safetensors + config.json): name a folder")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if parent is not None and not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+        raise SslamError(f"cannot write {out}: {parent} is not a writable folder")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.random_init == (args.checkpoint is not None):
         raise SslamError("give either a checkpoint or --random-init")
+    check_output(args.out, args.format)
     if args.random_init:
         raw = section(load_yaml(args.config), "model.encoder", default={}) if args.config else {}
         encoder = random_encoder(from_dict(EncoderConfig, raw, where="model.encoder"), args.seed)
@@ -123,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = read_checkpoint(args.checkpoint, num_heads=args.num_heads, num_mel_bins=args.num_mel_bins)
         encoder, settings = build_encoder(loaded, args.which), input_settings(loaded)
-        source = f"{args.checkpoint} ({args.which})"
+        source = f"{portable_name(args.checkpoint)} ({args.which})"
     overrides = {"norm_mean": args.norm_mean, "norm_std": args.norm_std, "target_length": args.target_length}
     if any(value is not None for value in overrides.values()):
         settings = InputSettings(**{**settings.as_dict(), **{k: v for k, v in overrides.items() if v is not None}},

@@ -7,7 +7,10 @@ A checkpoint argument (``sslam extract CKPT``, ``load_encoder(spec)``, ``--init`
 * ``hf:OWNER/NAME[@REV][:FILE]``: a Hugging Face Hub model repository (docs/checkpoints.md lists the
   released EAT and SSLAM ones). FILE defaults to ``model.safetensors``, whose ``config.json`` is fetched
   beside it when the repository has one. Downloads go through ``huggingface_hub``, so its cache
-  (``HF_HUB_CACHE`` / ``HF_HOME``), token and offline mode (``HF_HUB_OFFLINE=1``: cache only) apply;
+  (``HF_HUB_CACHE`` / ``HF_HOME``), token and offline mode (``HF_HUB_OFFLINE=1``: cache only) apply. The hub is
+  asked once, for at most `REACH_TIMEOUT_S` seconds, before anything is downloaded: when it does not answer, the
+  cache is read instead, and a file not there is one error line within seconds (huggingface_hub alone would
+  retry every file for over a minute);
 * a folder: a Hugging Face model folder holding ``model.safetensors`` (+ ``config.json``), as written by
   ``sslam export --format pretrained`` or ``hf download --local-dir``, or a hub cache entry
   ``…/models--OWNER--NAME`` (the snapshot its ``refs/main`` names, or its only snapshot).
@@ -17,6 +20,8 @@ huggingface_hub is imported only for the routes that need it (the optional ``emb
 from __future__ import annotations
 
 import re
+import urllib.parse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +77,26 @@ def _download(repo: str, filename: str, revision: str | None, what: str, *, opti
     hub = _huggingface_hub()
     from huggingface_hub import constants, errors
 
+    unreachable = options.pop("unreachable", None)
     try:
         return Path(hub.hf_hub_download(repo, filename, revision=revision, **options))
     except errors.LocalEntryNotFoundError as error:  # before EntryNotFoundError: it is one
         if optional:
             return None
         cache = options.get("cache_dir") or constants.HF_HUB_CACHE
+        if unreachable is not None:
+            host = urllib.parse.urlsplit(constants.ENDPOINT).netloc or constants.ENDPOINT
+            raise CheckpointError(
+                f"{what}: the Hugging Face hub ({host}) cannot be reached ({unreachable}) and {filename} is not in "
+                f"the Hugging Face cache ({cache}); download it where there is network (hf download {repo}) into "
+                "that cache (HF_HUB_CACHE), or name a local file or folder; HF_HUB_OFFLINE=1 reads only the cache, "
+                "without trying the network") from error
         if options.get("local_files_only"):
             reason = "this folder is read without the network"
         elif constants.HF_HUB_OFFLINE:
-            reason = "offline mode (HF_HUB_OFFLINE) is on"
+            reason = "offline mode (HF_HUB_OFFLINE=1) is on"
         else:
-            reason = "the hub is unreachable"
+            reason = "the hub is unreachable (HF_HUB_OFFLINE=1 reads only the cache, without trying the network)"
         raise CheckpointError(f"{what}: {filename} is not in the Hugging Face cache ({cache}) and {reason}") from error
     except errors.EntryNotFoundError:  # the remaining ones: the repository has no such file
         if optional:
@@ -102,9 +115,55 @@ def _from_hub(spec: str) -> Path:
     if match is None:
         raise CheckpointError(f"{spec!r} is not a Hugging Face id: expected hf:OWNER/NAME[@REVISION][:FILE]")
     repo, revision, filename = match["repo"], match["revision"], match["file"] or WEIGHTS_NAME
+    _huggingface_hub()
+    from huggingface_hub import constants
+
+    options: dict[str, Any] = {}
+    if not constants.HF_HUB_OFFLINE:
+        # huggingface_hub retries an unreachable hub for over a minute per file before it gives up; asking
+        # once, briefly, turns that into one line (or a read of the cache) within seconds.
+        why = hub_unreachable(constants.ENDPOINT)
+        if why is not None:
+            options = {"local_files_only": True, "unreachable": why}
     if filename == WEIGHTS_NAME:  # the architecture of an EAT-style repo is in its config.json
-        _download(repo, CONFIG_NAME, revision, spec, optional=True)
-    return _download(repo, filename, revision, spec)
+        _download(repo, CONFIG_NAME, revision, spec, optional=True, **options)
+    path = _download(repo, filename, revision, spec, **options)
+    if options:
+        warnings.warn(f"{spec}: the Hugging Face hub cannot be reached ({options['unreachable']}); using the copy "
+                      "in the Hugging Face cache", stacklevel=3)
+    return path
+
+
+REACH_TIMEOUT_S = 3.0  # how long the hub may take to answer one request before it counts as unreachable
+
+
+def hub_unreachable(endpoint: str, timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """None when the hub at `endpoint` answers an HTTP request (any status) within `timeout` seconds, else why
+    not. The request goes through the environment's proxy settings, as huggingface_hub's do. It runs in a
+    daemon thread, because a name lookup is not bounded by the socket timeout."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{endpoint.rstrip('/')}/api/models", method="HEAD"),
+                                   timeout=timeout).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer, even an error status: the hub is there
+            outcome.append(None)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            outcome.append(str(reason) or type(reason).__name__)
+
+    thread = threading.Thread(target=ask, name="sslam-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if not outcome:
+        return f"no answer within {timeout:g} s"
+    return outcome[0]
 
 
 def _from_cache_entry(entry: Path) -> Path:

@@ -114,3 +114,26 @@ def test_bfloat16_autocast_and_settings_validation(model):
         model.timestamp_embeddings([torch.randn(RATE), torch.randn(2 * RATE)])
     # silent or very short benchmark clips are embedded, not refused (files are checked by sslam.audio.front_end)
     assert model.scene_embeddings(torch.zeros(2, 100)).shape == (2, TINY["embed_dim"])
+
+
+def test_a_forgotten_checkpoint_is_an_error_on_every_route(tmp_path, monkeypatch, capsys):
+    import sslam.embeddings.hear as hear
+    from sslam.cli import main as cli_main
+    from sslam.embeddings.api import CHECKPOINT_ENVIRONMENT
+    from sslam.embeddings.xares import SSLAMEncoder
+
+    monkeypatch.delenv(CHECKPOINT_ENVIRONMENT, raising=False)
+    routes = {"load_encoder()": lambda: load_encoder(), "load_encoder('')": lambda: load_encoder(""),
+              "hear.load_model('')": lambda: hear.load_model(""), "SSLAMEncoder()": lambda: SSLAMEncoder()}
+    for name, route in routes.items():
+        with pytest.raises(SslamError, match=f"\\${CHECKPOINT_ENVIRONMENT} is unset"):
+            route()
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, 0.1 * np.random.default_rng(0).standard_normal(RATE).astype(np.float32), RATE)
+    capsys.readouterr()
+    assert cli_main(["extract", "", str(clip), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is unset" in err[0] and not (tmp_path / "out").exists()
+    # "random", and only "random", is a random network, with a warning
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        assert hear.load_model("random", device="cpu").encoder.config.depth == 12

@@ -15,7 +15,7 @@ from sslam.study.plan import GPUS, format_plan, plan_study, pretraining_step_flo
 from sslam.study.resources import Executor
 from sslam.study.dag import Study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -77,3 +77,29 @@ def test_runtime_auto_asks_for_the_planned_time_of_each_job():
     as2m = runtime(Wildcards(benchmark="as2m", regime="finetune"))
     esc50 = runtime(Wildcards(benchmark="esc50", regime="linear"))
     assert as2m > 10 * esc50 >= 100
+
+
+def test_a_dataset_of_unknown_size_is_reported_not_dropped(demo_study, monkeypatch, tmp_path):
+    import sslam.study.plan as plan_module
+
+    real = plan_module.dataset_clips
+    monkeypatch.setattr(plan_module, "dataset_clips",
+                        lambda study, name: ({}, True) if name == "synth_pretrain" else real(study, name))
+    plan = plan_study(demo_study, "H100", 0.35)
+    assert "synth_pretrain" not in plan.cache_gib and plan.unsized == ["synth_pretrain"]
+    assert "cache size unknown (no manifest yet and no published size): synth_pretrain" in format_plan(plan)
+
+
+def test_an_unreadable_manifest_is_one_line_not_a_published_size(tmp_path):
+    from types import SimpleNamespace
+
+    from sslam.study.plan import dataset_clips
+
+    manifest = tmp_path / "manifest.tsv"
+    manifest.write_text("path\tlabels\nx.wav\t\n")  # no split column
+    study = SimpleNamespace(manifest_path=lambda name: str(manifest),
+                            config={"datasets": {"esc": {"adapter": "esc50"}}})
+    with pytest.raises(ConfigError, match="cannot count the clips of esc: .*manifest.tsv"):
+        dataset_clips(study, "esc")
+    manifest.unlink()
+    assert dataset_clips(study, "esc") == ({"train": 2_000}, True)  # no manifest yet: the published size

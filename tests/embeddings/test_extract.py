@@ -212,3 +212,91 @@ def test_a_file_the_resampler_cannot_hold_is_skipped_and_the_batch_is_written(tm
     assert sorted(p.stem for p in out.glob("*.npy")) == sorted([f"good{i}" for i in range(8)] + ["prime"])
     assert "cannot resample 44100 Hz to 16000 Hz" in index["greedy.wav"]["skipped"]
     assert "skipped" in capsys.readouterr().err
+
+
+def test_progress_counts_windows_inside_a_long_file(tmp_path, checkpoint, monkeypatch, capsys):
+    long_file = write(tmp_path / "long" / "long.wav", seconds=60.0)
+    monkeypatch.setenv("SSLAM_PROGRESS_SECONDS", "0")  # a line after every batch of windows
+    out = tmp_path / "features"
+    assert cli_main(["extract", str(checkpoint), str(long_file), "--out", str(out), "--num-workers", "0",
+                     "--batch-size", "4", "--granularity", "cls"]) == 0
+    windows = json.loads((out / "extract_index.json").read_text())["files"]["long.wav"]["num_windows"]
+    assert windows > 20  # 60 s in windows of 1.92 s
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[extract] window ")]
+    counted = [tuple(map(int, line.split()[2].split("/"))) for line in lines]
+    # the total is known from the header before anything is decoded, and the count moves inside the file
+    assert {total for _, total in counted} == {windows}
+    done = [d for d, _ in counted]
+    assert done[0] == 4 and done == sorted(done) and done[-1] == windows and len(set(done)) > 5
+    assert all("ETA" in line for line in lines)
+
+
+def test_every_soundfile_format_is_read_and_what_is_left_out_is_said(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "audio"
+    write(folder / "a.wav")
+    soundfile.write(folder / "b.oga", 0.1 * np.random.default_rng(2).standard_normal(8000), 16000, format="OGG")
+    (folder / "notes.txt").write_text("not audio")
+    (folder / "labels.csv").write_text("a,b")
+    out = tmp_path / "features"
+    assert cli_main(["extract", str(checkpoint), str(folder), "--out", str(out), "--num-workers", "0"]) == 0
+    files = json.loads((out / "extract_index.json").read_text())["files"]
+    assert sorted(files) == ["a.wav", "b.oga"] and "features" in files["b.oga"]
+    err = capsys.readouterr().err
+    assert "left out 2 file(s) under the input folders: 1 .csv, 1 .txt" in err or \
+        "left out 2 file(s) under the input folders: 1 .txt, 1 .csv" in err, err
+
+
+def test_folder_links_are_followed_and_loops_are_not(tmp_path, checkpoint, capsys):
+    data = tmp_path / "data"
+    write(data / "own" / "a.wav")
+    elsewhere = write(tmp_path / "elsewhere" / "speakers" / "b.wav", seed=1).parent
+    (data / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (data / "own" / "loop").symlink_to(data, target_is_directory=True)  # would recurse for ever
+    out = tmp_path / "features"
+    assert cli_main(["extract", str(checkpoint), str(data), "--out", str(out), "--num-workers", "0"]) == 0
+    files = json.loads((out / "extract_index.json").read_text())["files"]
+    assert sorted(files) == ["linked/b.wav", "own/a.wav"]  # keys keep the link's name
+    assert "1 (folder link loop)" in capsys.readouterr().err
+
+
+def test_output_and_root_mistakes_are_one_line_before_any_work(tmp_path, checkpoint, clips, capsys):
+    short = str(clips / "short.wav")
+    # --out feats.h5 without --format is an HDF5 file, not a folder of .npy files called feats.h5
+    assert cli_main(["extract", str(checkpoint), short, "--out", str(tmp_path / "feats.h5"), "--num-workers", "0"]) == 0
+    assert (tmp_path / "feats.h5").is_file() and h5py.is_hdf5(tmp_path / "feats.h5")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (["--out", str(tmp_path / "x.h5"), "--format", "npy"], "--format npy writes a folder"),
+        (["--out", str(tmp_path / "o"), "--root", short], "--root must be a folder"),
+        (["--out", str(tmp_path / "o"), "--format", "hdf5", "--root", str(tmp_path / "none")], "does not exist"),
+        (["--out", str(tmp_path / "folder"), "--format", "hdf5"], "is a folder; HDF5 output is one file"),
+    ]
+    for arguments, message in cases:
+        capsys.readouterr()
+        assert cli_main(["extract", str(checkpoint), short, *arguments]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_locked_hdf5_output_says_what_helps(tmp_path, checkpoint, clips, capsys):
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "features.h5"
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time\nf = h5py.File(sys.argv[1], 'a')\n"
+                               "print('open', flush=True)\ntime.sleep(60)", str(target)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        for extra in ([], ["--overwrite"]):
+            capsys.readouterr()
+            started = time.monotonic()
+            code = cli_main(["extract", str(checkpoint), str(clips / "short.wav"), "--out", str(target), *extra])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 1 and time.monotonic() - started < 30
+            assert len(err) == 1 and "open in another process" in err[0] and "--overwrite cannot help" in err[0], err
+    finally:
+        holder.kill()
+        holder.wait()

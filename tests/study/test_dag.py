@@ -14,7 +14,7 @@ from sslam.runtime.errors import ConfigError
 from sslam.study.resources import Executor
 from sslam.study.dag import RANDOM_BASELINE, STAGE1, Study, one_of, record_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

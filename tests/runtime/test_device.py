@@ -10,7 +10,7 @@ import torch
 
 from sslam.runtime.device import DeviceError, banner, resolve_device
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 
 

@@ -14,6 +14,7 @@ import sslam.embeddings.xares
 from embed_helpers import EAT_REPO, TINY, tiny_encoder, write_hub_cache, write_project_checkpoint
 from sslam.embeddings.api import CHECKPOINT_ENVIRONMENT
 from sslam.embeddings.xares import SSLAMEncoder
+from sslam.runtime.errors import SslamError
 from validator_envs import ensure_environment, environment_variables
 
 REPO = Path(sslam.__file__).resolve().parents[1]
@@ -29,11 +30,14 @@ def test_encoder_contract(tmp_path):
     assert [name for name in dir(sslam.embeddings.xares) if name.endswith("Encoder")] == ["SSLAMEncoder"]
 
 
-def test_no_arguments_uses_the_environment_or_a_warned_random_vit_b(tmp_path, monkeypatch):
+def test_no_arguments_uses_the_environment_and_never_silently_a_random_model(tmp_path, monkeypatch):
     checkpoint = write_project_checkpoint(tmp_path / "checkpoint.pt", tiny_encoder())
     monkeypatch.setenv(CHECKPOINT_ENVIRONMENT, str(checkpoint))
     assert SSLAMEncoder().output_dim == TINY["embed_dim"]
     monkeypatch.delenv(CHECKPOINT_ENVIRONMENT)
+    with pytest.raises(SslamError, match=f"\\${CHECKPOINT_ENVIRONMENT} is unset"):
+        SSLAMEncoder()
+    monkeypatch.setenv(CHECKPOINT_ENVIRONMENT, "random")  # a random network only when asked for by name
     with pytest.warns(UserWarning, match="randomly initialised ViT-B"):
         default = SSLAMEncoder()
     assert default.output_dim == 768 and default.embedder.encoder.config.depth == 12
