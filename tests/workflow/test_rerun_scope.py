@@ -33,6 +33,8 @@ def downstream_of(*models: str) -> set[tuple[str, str]]:
     return pretraining(*models) | evaluation(models) | TABLES
 
 
+# Lines of code every job that mixes (the SRL target: SSLAM) runs, for the edits below.
+MIXED_EVERYWHERE = "    mixed_everywhere = combine_spectrograms(fbank, foreign_clips(fbank), op, norm_stats)"
 SRL_REBUILT = "    rebuilt = base.index_copy(1, token_positions(mixed_tokens), foreign_mixed_tokens.to(base.dtype))"
 FOREIGN_CLIPS = '''def foreign_clips(batch: torch.Tensor) -> torch.Tensor:
     """Clip i's mixing partner is clip i − 1 (wrap-around), the official roll by +1."""
@@ -44,9 +46,7 @@ FOREIGN_CLIPS = '''def foreign_clips(batch: torch.Tensor) -> torch.Tensor:
 MUTATIONS = [
     ("the SRL target", "sslam/objective/source_retention.py",
      SRL_REBUILT, SRL_REBUILT + " * 1.0", downstream_of("SSLAM")),
-    ("mixing", "sslam/objective/mixing.py",
-     "    if regions.is_identity:\n        return fbank", "    if regions.is_identity:\n        return fbank + 0",
-     downstream_of("SSLAM")),
+    ("mixing", "sslam/objective/mixing.py", MIXED_EVERYWHERE, MIXED_EVERYWHERE + " + 0", downstream_of("SSLAM")),
     ("masking", "sslam/objective/masking.py",
      "    noise = torch.rand(num_masks, num_cells, generator=generator)",
      "    noise = torch.rand(num_masks, num_cells, generator=generator) * 1.0", downstream_of(*PRETRAINED)),
@@ -96,7 +96,8 @@ MUTATIONS = [
     ("a docstring only", "sslam/objective/targets.py",
      "    2. average over the k layers;", "    2. average over the k layers (a plain mean);", set()),
     ("formatting only", "sslam/objective/mixing.py",
-     "    if regions.is_identity:\n        return fbank", "    if (regions.is_identity):\n\n        return (fbank)", set()),
+     "    return torch.where(unmixed_frames[None, :, None], fbank, mixed_everywhere)",
+     "    return (torch.where(unmixed_frames[None, :, None],\n\n                        fbank, mixed_everywhere))", set()),
     ("a new variant preset nobody uses", "sslam/objective/config.py",
      '    "SSLAM": {},', '    "SSLAM": {},\n    "SSLAM-max": dict(srl_aggregation="max"),', set()),
     ("a new CLI command nobody runs", "sslam/cli.py",
