@@ -78,10 +78,15 @@ def num_fbank_frames(num_samples: int, config: FrontEndConfig = DEFAULT_FRONT_EN
     return 0 if num_samples < window else 1 + (num_samples - window) // shift
 
 
+def clip_num_samples(path: str | Path, config: FrontEndConfig = DEFAULT_FRONT_END) -> int:
+    """Samples the whole file has at the front end's rate, from its header alone (no decoding)."""
+    info = audio_info(path)
+    return math.ceil(info.frames * config.sample_rate / info.samplerate)
+
+
 def clip_num_frames(path: str | Path, config: FrontEndConfig = DEFAULT_FRONT_END) -> int:
     """Frames the whole file would give, from its header alone (no decoding)."""
-    info = audio_info(path)
-    return num_fbank_frames(math.ceil(info.frames * config.sample_rate / info.samplerate), config)
+    return num_fbank_frames(clip_num_samples(path, config), config)
 
 
 def _seconds_for_frames(max_frames: int, config: FrontEndConfig) -> float:

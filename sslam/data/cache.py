@@ -14,7 +14,10 @@ the normalisation sums, and `complete = True` is written last.
 A shard is written to `SHARD.h5.tmp` and renamed only when complete, so a killed job never leaves
 a file that looks finished and a rebuild never destroys a good shard before its successor exists.
 Clips the front end rejects (missing, undecodable, oversize, empty, silent, too short, NaN/inf) are listed
-in `SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`. Only the
+in `SHARD.skips.tsv`; the build fails only when their fraction exceeds `max_failure_fraction`. Clips shorter than
+`min_samples` (datasets.<name>.min_samples, default the official 10,000 samples at 16 kHz) are dropped as the
+official loader drops them, whatever the dataset's adapter: listed there too, with reason `short`, and not
+counted as failures. Only the
 audio the target length needs is decoded, so memory follows the target length, not the file.
 """
 from __future__ import annotations
@@ -34,9 +37,10 @@ import pandas as pd
 import torch
 
 from sslam import __version__
-from sslam.audio.front_end import DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, fit_length, load_raw_fbank
+from sslam.audio.front_end import (DEFAULT_FRONT_END, FrontEndConfig, clip_num_frames, clip_num_samples, fit_length,
+                                   load_raw_fbank)
 from sslam.runtime.configuration import cli_number, from_dict, load_yaml, section
-from sslam.data.config import CacheConfig
+from sslam.data.config import OFFICIAL_MIN_SAMPLES, CacheConfig
 from sslam.data.manifest import COLUMNS, Manifest, read_manifest
 from sslam.data.shards import (  # noqa: F401  (verify_shard, verify_shard_set, BASE_DATASETS: re-exported)
     BASE_DATASETS, create_checked_dataset, front_end_json, shard_rows, verify_shard, verify_shard_set,
@@ -71,6 +75,7 @@ class ShardReport:
     written: int
     skipped: int
     seconds: float
+    short: int = 0          # dropped for having fewer than min_samples samples (not failures)
 
 
 def _extra_columns(manifest: Manifest) -> list[str]:
@@ -100,6 +105,7 @@ def build_shard(
     target_length: int = 1024,
     front_end: FrontEndConfig = DEFAULT_FRONT_END,
     config: CacheConfig | None = None,
+    min_samples: int = OFFICIAL_MIN_SAMPLES,
 ) -> ShardReport:
     """Cache rows shard_index, shard_index + num_shards, ... of the manifest into `out_path`.
 
@@ -110,13 +116,13 @@ def build_shard(
     torch.set_num_threads(1)
     try:
         return _build_shard(manifest_path, Path(out_path), shard_index, num_shards, target_length, front_end,
-                            config or CacheConfig())
+                            config or CacheConfig(), min_samples)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: int, target_length: int,
-                 front_end: FrontEndConfig, config: CacheConfig) -> ShardReport:
+                 front_end: FrontEndConfig, config: CacheConfig, min_samples: int) -> ShardReport:
     if not 1 <= target_length <= MAX_TARGET_LENGTH:
         raise CacheError(f"target_length must be in [1, {MAX_TARGET_LENGTH}], got {target_length}")
     started = time.perf_counter()
@@ -126,6 +132,7 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
     num_bins = front_end.num_mel_bins
     kept: list[int] = []
     skips: list[tuple[str, str, str]] = []
+    short = 0
     stat_sum = stat_sumsq = 0.0
     stat_count = 0
 
@@ -148,6 +155,11 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                 clip_id = manifest.table.at[row, "clip_id"]
                 path = manifest.audio_path(row)
                 try:
+                    samples = clip_num_samples(path, front_end) if min_samples else 0
+                    if samples < min_samples:
+                        skips.append((clip_id, str(path), f"short: {samples} samples < min_samples {min_samples}"))
+                        short += 1
+                        continue
                     # Only what the target length needs is decoded: memory follows target_length, not the file.
                     raw = load_raw_fbank(path, front_end, max_frames=target_length)
                     clip_frames = clip_num_frames(path, front_end) if len(raw) == target_length else len(raw)
@@ -167,7 +179,8 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
             progress.close()
             fbank.resize(len(kept), axis=0)
 
-            too_many_failures = bool(rows) and len(skips) / len(rows) > config.max_failure_fraction
+            failures = len(skips) - short
+            too_many_failures = len(rows) > short and failures / (len(rows) - short) > config.max_failure_fraction
             if not too_many_failures:
                 _write_columns(shard, manifest, kept, num_frames)
                 shard.attrs.update({
@@ -176,6 +189,7 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
                     "sslam_version": __version__, "classes": json.dumps(manifest.classes),
                     "class_names": json.dumps(manifest.class_names), "num_classes": manifest.num_classes,
                     "shard_index": shard_index, "num_shards": num_shards, "num_skipped": len(skips),
+                    "num_short": short, "min_samples": min_samples,
                     "stat_sum": stat_sum, "stat_sumsq": stat_sumsq, "stat_count": stat_count,
                 })
                 shard.flush()
@@ -183,10 +197,10 @@ def _build_shard(manifest_path, out_path: Path, shard_index: int, num_shards: in
         _write_skips(skips_path, skips)
         if too_many_failures:
             raise CacheError(
-                f"{len(skips)} of {len(rows)} clips failed ({len(skips) / len(rows):.1%} > max_failure_fraction "
-                f"{config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
+                f"{failures} of {len(rows) - short} clips failed ({failures / (len(rows) - short):.1%} > "
+                f"max_failure_fraction {config.max_failure_fraction}); see {skips_path}; {out_path} was left untouched"
             )
-    return ShardReport(out_path, skips_path, len(rows), len(kept), len(skips), time.perf_counter() - started)
+    return ShardReport(out_path, skips_path, len(rows), len(kept), len(skips), time.perf_counter() - started, short)
 
 
 def _write_columns(shard: h5py.File, manifest: Manifest, kept: list[int], num_frames: list[int]) -> None:
@@ -221,6 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     build.add_argument("--target-length", type=cli_number(f"[1, {MAX_TARGET_LENGTH}]"), required=True,
                        help="frames per clip after pad/truncate")
     build.add_argument("--config", help="study YAML (its front_end and cache sections)")
+    build.add_argument("--min-samples", type=cli_number(">= 0"), default=OFFICIAL_MIN_SAMPLES,
+                       help="drop clips with fewer samples at the front end's rate (default: %(default)s, the official "
+                            "min_sample_size; 0 keeps all)")
     build.add_argument("--max-failure-fraction", type=cli_number("[0, 1]", float),
                        help="overrides cache.max_failure_fraction")
     verify = actions.add_parser("verify", help="check shards (every chunk's checksum, NaN/inf, manifest rows); "
@@ -244,8 +261,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         if args.max_failure_fraction is not None:
             cache_config = dataclasses.replace(cache_config, max_failure_fraction=args.max_failure_fraction)
-        report = build_shard(args.manifest, args.out, args.shard, args.num_shards, args.target_length, front_end, cache_config)
-        print(f"{report.path}: {report.written} clips cached, {report.skipped} skipped (see {report.skips_path}), "
+        report = build_shard(args.manifest, args.out, args.shard, args.num_shards, args.target_length, front_end,
+                             cache_config, args.min_samples)
+        print(f"{report.path}: {report.written} clips cached, {report.skipped} skipped ({report.short} short; see "
+              f"{report.skips_path}), "
               f"{report.seconds:.1f} s")
         return 0
     manifest = read_manifest(args.manifest) if args.manifest else None

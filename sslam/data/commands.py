@@ -18,6 +18,7 @@ import yaml
 from sslam.runtime.configuration import from_dict, load_yaml, section
 from sslam.data.adapters import ADAPTERS, get_adapter
 from sslam.data.config import DatasetConfig
+from sslam.data.holdout import hold_out
 from sslam.data.manifest import Manifest, write_manifest
 from sslam.runtime.errors import ConfigError
 
@@ -43,7 +44,7 @@ def build_manifest(config: DatasetConfig, where: str = "dataset") -> Manifest:
     if not root.is_dir():
         raise ConfigError(f"{where}.root: folder not found: {root}")
     _check_options(config.adapter, build, config.options, f"{where}.options")
-    return build(root, **config.options)
+    return hold_out(build(root, **config.options), config.holdout, where)
 
 
 def parse_option(text: str) -> tuple[str, Any]:

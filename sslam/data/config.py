@@ -13,6 +13,10 @@ from sslam.runtime.errors import ConfigError
 from sslam.runtime.limits import MAX_TARGET_LENGTH
 
 
+# The official loader's `min_sample_size`: clips with fewer samples are dropped from training and evaluation.
+OFFICIAL_MIN_SAMPLES = 10_000
+
+
 @dataclass
 class DatasetConfig:
     """One entry of the `datasets:` config section.
@@ -20,7 +24,11 @@ class DatasetConfig:
     `adapter` names the on-disk layout (see sslam.data.adapters.ADAPTERS), `root` its folder and
     `options` the adapter's keyword options. `target_length` (fbank frames), `norm_mean`/`norm_std`
     and `shards` are read by the HDF5 cache and the datasets; norm_* null = computed from the
-    cached train split (the defaults are the official AudioSet statistics).
+    cached train split (the defaults are the official AudioSet statistics). `finetune_norm_mean`/
+    `finetune_norm_std` replace them for fine-tuning where the paper gives a second pair (Degrees of
+    Polyphony, Table 8). `holdout` moves that share of the training clips to a `valid` split
+    (sslam.data.holdout), whatever the adapter; `min_samples` drops clips shorter than that many samples at
+    16 kHz from the cache, as the official loader does (`min_sample_size` 10000; 0 keeps every clip).
     """
 
     adapter: str
@@ -30,11 +38,24 @@ class DatasetConfig:
     norm_mean: float | None = -4.268
     norm_std: float | None = 4.569
     shards: int = 1
+    finetune_norm_mean: float | None = None     # None = norm_mean in both regimes
+    finetune_norm_std: float | None = None
+    holdout: float = 0.0                        # share of the training clips held out as `valid` (0 = none)
+    min_samples: int = OFFICIAL_MIN_SAMPLES     # shorter clips are not cached (0 keeps every clip)
 
     def __post_init__(self) -> None:
         # target_length within the limit every shard reader checks (sslam.runtime.limits).
         check_ranges(self, target_length=f"[1, {MAX_TARGET_LENGTH}]", norm_mean="(-inf, inf)", norm_std="> 0",
-                     shards=">= 1")
+                     shards=">= 1", finetune_norm_mean="(-inf, inf)", finetune_norm_std="> 0", holdout="[0, 1)",
+                     min_samples=">= 0")
+        if (self.finetune_norm_mean is None) != (self.finetune_norm_std is None):
+            raise ConfigError("give both finetune_norm_mean and finetune_norm_std, or neither")
+
+    def normalisation(self, regime: str) -> tuple[float | None, float | None]:
+        """(mean, std) that `regime` (finetune | linear) normalises this dataset's clips with."""
+        if regime == "finetune" and self.finetune_norm_mean is not None:
+            return self.finetune_norm_mean, self.finetune_norm_std
+        return self.norm_mean, self.norm_std
 
 
 @dataclass

@@ -14,6 +14,14 @@ from typing import ClassVar, Literal
 from sslam.runtime.configuration import check_ranges
 from sslam.runtime.errors import ConfigError
 
+# The model selections every evaluation job records (sslam.evaluation.selection), and the file beside its
+# metrics.json that holds each one's per-clip test predictions (read by the significance tests).
+SELECTIONS = ("last", "best_on_valid", "best_on_eval")
+
+
+def selection_predictions(name: str) -> str:
+    return f"predictions.{name}.npz"
+
 
 @dataclass
 class RegimeConfig:
@@ -55,8 +63,11 @@ class RegimeConfig:
     feature_norm: Literal["none", "batch"] = "none"
     encoder_weights: Literal["student", "teacher"] = "student"
     weighted_sampling: int | None = None        # draws per epoch from the `weight` column (AS-2M: 200k)
-    selection: Literal["last", "best_on_eval", "best_on_valid"] = "last"
-    eval_interval_steps: int | None = None      # evaluations for model selection; None = once per epoch
+    # Which of the selections every job records (sslam.evaluation.selection) is its headline: best_on_valid (the
+    # validation split's best point; the last model where a benchmark has no validation rows), last, or
+    # best_on_eval (the official runs' choice on the test set: only to compare with the paper).
+    selection: Literal["last", "best_on_eval", "best_on_valid"] = "best_on_valid"
+    eval_interval_steps: int | None = None      # evaluation points (test + validation rows); None = once per epoch
     linear_mode: Literal["official", "paper"] = "official"  # only read by the linear probe
     # bf16 autocast on CUDA (the official code trains in fp16 with loss scaling; bf16 needs none).
     # CPU runs are always fp32.
@@ -101,6 +112,15 @@ class RegimeConfig:
 
     def default_warmup(self, steps_per_epoch: int) -> int:
         return 0
+
+    def evaluation_interval(self, steps_per_epoch: int) -> int:
+        """Steps between evaluation points: `eval_interval_steps`, else once per epoch (the official cadence)."""
+        return self.eval_interval_steps or steps_per_epoch
+
+    def evaluation_points(self, total_steps: int, steps_per_epoch: int) -> int:
+        """How many evaluation points a round of `total_steps` scores: every interval, and after the last step."""
+        interval = self.evaluation_interval(steps_per_epoch)
+        return total_steps // interval + (1 if total_steps % interval else 0)
 
 
 @dataclass

@@ -10,7 +10,7 @@ scores of several rounds combine into one headline number.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -72,9 +72,17 @@ def plan_rounds(benchmark: BenchmarkConfig, folds_in_data: Sequence[int] = (),
     missing = sorted(set(folds) - {int(f) for f in folds_in_data}) if len(folds_in_data) else []
     if missing:
         raise ConfigError(f"folds {missing} listed for dataset {test_name!r} have no cached clip")
-    return [Round(f"fold{test_fold}", Subset(train_name, folds=tuple(f for f in folds if f != test_fold)),
-                  Subset(test_name, folds=(test_fold,)), None, test_fold)
-            for test_fold in folds]
+    # A fold's held-out clips (sslam.data.holdout) validate the rounds that train on that fold and are tested
+    # like every other clip of the fold in its own round.
+    has_valid = bool(benchmark.valid_split) and benchmark.valid_split in set(splits_in_training_data)
+    rounds = []
+    for test_fold in folds:
+        training_folds = tuple(f for f in folds if f != test_fold)
+        valid = Subset(train_name, splits=(benchmark.valid_split,), folds=training_folds) if has_valid else None
+        rounds.append(Round(f"fold{test_fold}", Subset(train_name, splits=tuple(benchmark.train_splits),
+                                                       folds=training_folds),
+                            Subset(test_name, folds=(test_fold,)), valid, test_fold))
+    return rounds
 
 
 def check_no_leak(train_ids: Sequence[str], test_ids: Sequence[str], round_name: str) -> None:
@@ -97,6 +105,16 @@ class RoundResult:
     epochs: float
     num_train: int
     clip_ids: list[str] | None = None   # (N_test,) ids of the test clips, in the order of targets/scores
+    # Every selection of the round (sslam.evaluation.selection): name -> {targets, scores, record}
+    selections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def selected(self, name: str) -> "RoundResult":
+        """This round as if `name` had been the headline: that selection's test predictions and record. A round
+        that kept no selections trained one model without evaluation points: every selection is that model."""
+        if not self.selections:
+            return self
+        kept = self.selections[name]
+        return replace(self, targets=kept["targets"], scores=kept["scores"], selection=kept["record"])
 
 
 def combine(metric: str, classes: Sequence[str], results: Sequence[RoundResult]) -> dict[str, Any]:
@@ -129,6 +147,26 @@ def combine(metric: str, classes: Sequence[str], results: Sequence[RoundResult])
         bins = np.concatenate([r.bins for r in results])
         summary["per_bin"] = metric_functions.per_bin(metric, targets, scores, bins, classes)
     return summary
+
+
+def selection_summary(metric: str, classes: Sequence[str], results: Sequence[RoundResult], name: str
+                      ) -> dict[str, Any]:
+    """One entry of metrics.json `selections`: the test score of selection `name` over every round (the mean over
+    folds), the step it picked (a list, one per fold, for the folds protocol), the validation score that picked it
+    (best_on_valid), and the per-bin scores where the benchmark has bins."""
+    chosen = [result.selected(name) for result in results]
+    summary = combine(metric, classes, chosen)
+    records = [result.selection for result in chosen]
+    entry: dict[str, Any] = {"value": summary["value"]}
+    if len(records) == 1:
+        entry.update({key: records[0][key] for key in ("step", "epoch", "valid_value", "valid_clips", "note")
+                      if key in records[0]})
+    else:
+        entry["step"] = [record["step"] for record in records]
+        entry["per_fold"] = [{"fold": result.round.fold, **record} for result, record in zip(chosen, records)]
+    if "per_bin" in summary:
+        entry["per_bin"] = summary["per_bin"]
+    return entry
 
 
 def pooled_predictions(results: Sequence[RoundResult]) -> dict[str, np.ndarray]:

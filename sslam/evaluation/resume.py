@@ -7,7 +7,8 @@
                           (checkpoint path, weights, size and mtime of the file), benchmark config section,
                           max_steps, normalisation, shard files, round names, device type}
     finished             one record per finished round: round name, classes, test clip ids, targets and scores
-                         (tensors), bins, selection, steps, epochs, num_train
+                         (tensors), bins, selection, steps, epochs, num_train, and every selection's targets,
+                         scores and record (`selections`)
     round_index          the round in progress
     round_state          its {"fit": Fitter.state_dict(), "selection": policy state}, or None between rounds
     log_lines            how many metrics.jsonl lines belong to the state (later ones are dropped on resume)
@@ -53,7 +54,11 @@ def outcome_record(classes: Sequence[str], result: RoundResult) -> dict[str, Any
             "scores": torch.from_numpy(np.ascontiguousarray(result.scores)),
             "bins": None if result.bins is None else np.asarray(result.bins).tolist(),
             "selection": result.selection, "steps": result.steps, "epochs": result.epochs,
-            "num_train": result.num_train}
+            "num_train": result.num_train,
+            "selections": {name: {"record": kept["record"],
+                                  "targets": torch.from_numpy(np.ascontiguousarray(kept["targets"])),
+                                  "scores": torch.from_numpy(np.ascontiguousarray(kept["scores"]))}
+                           for name, kept in result.selections.items()}}
 
 
 def outcome_from_record(record: dict[str, Any], round_: Round) -> tuple[list[str], RoundResult]:
@@ -62,7 +67,10 @@ def outcome_from_record(record: dict[str, Any], round_: Round) -> tuple[list[str
     bins = None if record["bins"] is None else np.asarray(record["bins"])
     return record["classes"], RoundResult(round_, record["targets"].numpy(), record["scores"].numpy(), bins,
                                           record["selection"], record["steps"], record["epochs"],
-                                          record["num_train"], record["clip_ids"])
+                                          record["num_train"], record["clip_ids"],
+                                          {name: {"record": kept["record"], "targets": kept["targets"].numpy(),
+                                                  "scores": kept["scores"].numpy()}
+                                           for name, kept in record.get("selections", {}).items()})
 
 
 @dataclass

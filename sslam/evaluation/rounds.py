@@ -1,5 +1,5 @@
-"""One round of an evaluation protocol: load its rows, build the classifier, train it, select the model
-(`sslam.evaluation.selection`), and predict the test rows.
+"""One round of an evaluation protocol: load its rows, build the classifier, train it, score every evaluation
+point and keep each selection's test predictions (`sslam.evaluation.selection`).
 
 A round can stop on a stop signal (SIGUSR1/SIGTERM) at any step boundary or between the batches of an
 evaluation pass: it hands its state ({"fit", "selection"}) to `RoundResume.save` and raises `Preempted`;
@@ -20,7 +20,7 @@ from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import BenchmarkConfig, RegimeConfig
 from sslam.evaluation.heads import ClassificationHead, EncoderClassifier
 from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
-from sslam.evaluation.selection import selection_policy
+from sslam.evaluation.selection import Selections, headline
 from sslam.evaluation.training import Fitter, Interrupted, TrainingData, predict, steps_per_epoch
 from sslam.runtime.jobs import Job
 from sslam.runtime.progress import Progress
@@ -115,7 +115,7 @@ def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
     """Train, select and predict one round. `job`: the harness whose code recorder pauses in the steady state
     of the round's training loop (and only there: the selection and test predictions after it are traced)."""
     benchmark, regime, resume = settings.benchmark, settings.regime, resume or RoundResume()
-    train, test, policy = load_round(round_, settings)
+    train, test, selections = load_round(round_, settings)
     torch.manual_seed(settings.seed)
     classifier = build_classifier(encoder, train.num_classes, settings)
     per_epoch, total, warmup = round_lengths(len(train), settings)
@@ -125,7 +125,7 @@ def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
                     on_steady_end=job.steady_end if job is not None else None)
     if resume.state is not None:
         fitter.load_state_dict(resume.state["fit"])
-        policy.load_state_dict(resume.state["selection"])
+        selections.load_state_dict(resume.state["selection"])
     logged = (lambda record: log({"round": round_.name, **record})) if log is not None else None
 
     def predictions(dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -133,26 +133,28 @@ def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
                        benchmark.num_workers, regime.precision, resume.stop, fitter.forward)
 
     def on_evaluation_point(step: int, epoch: float) -> None:
-        record = policy.evaluate(step, epoch, predictions)
-        if logged is not None and record is not None:
+        record = selections.evaluate(step, epoch, predictions)
+        if logged is not None:
             logged(record)  # after the whole point: an interrupted point leaves no line behind
 
     def save() -> None:
-        resume.save({"fit": fitter.state_dict(), "selection": policy.state_dict()})
+        resume.save({"fit": fitter.state_dict(), "selection": selections.state_dict()})
 
     progress = Progress(total, f"{settings.regime_name} {round_.name}", initial=fitter.step, rate_unit="clips",
                         rate_per_unit=regime.batch_size, bar=settings.progress_bar)
     try:
         with progress:
-            fitted = fitter.run(on_evaluation_point if policy.evaluates else None,
-                                regime.eval_interval_steps or per_epoch, logged, resume.stop,
+            fitted = fitter.run(on_evaluation_point, regime.evaluation_interval(per_epoch), logged, resume.stop,
                                 save if resume.save is not None else None, regime.checkpoint_every, progress)
-            targets, scores, selection = policy.result(predictions, fitted.steps, fitted.epochs)
+            kept = selections.results(predictions, fitted.steps, fitted.epochs)
     except Interrupted as stopped:
         save()
         raise Preempted(f"{round_.name}: {stopped}") from None
-    result = RoundResult(round_, targets, scores, bin_values(test, benchmark.bin_column), selection,
-                         fitted.steps, fitted.epochs, len(train), list(test.clip_ids))
+    selection = headline(regime.selection, selections.valid is not None)
+    chosen = kept[selection["policy"]]
+    selection.update(chosen["record"])
+    result = RoundResult(round_, chosen["targets"], chosen["scores"], bin_values(test, benchmark.bin_column),
+                         selection, fitted.steps, fitted.epochs, len(train), list(test.clip_ids), kept)
     return RoundOutcome(train.classes, result)
 
 
@@ -162,7 +164,7 @@ def training_data(train, regime: RegimeConfig) -> TrainingData:
 
 
 def load_round(round_: Round, settings: RoundSettings):
-    """(training rows, test rows, selection policy) of `round_`, checked for leaks between them."""
+    """(training rows, test rows, selection tracker) of `round_`, checked for leaks between them."""
     train = load_subset(round_.train, settings, round_.name)
     test = load_subset(round_.test, settings, round_.name)
     if train.classes != test.classes:
@@ -170,14 +172,11 @@ def load_round(round_: Round, settings: RoundSettings):
     if round_.train.dataset == round_.test.dataset:
         check_no_leak(train.clip_ids, test.clip_ids, round_.name)
 
-    def load_valid():
+    valid = None
+    if round_.valid is not None:
         valid = load_subset(round_.valid, settings, round_.name)
         check_no_leak(train.clip_ids, valid.clip_ids, round_.name + " (valid)")
-        return valid
-
-    policy = selection_policy(settings.regime.selection, settings.benchmark.metric, train.classes, test,
-                              load_valid if round_.valid is not None else None)
-    return train, test, policy
+    return train, test, Selections(settings.benchmark.metric, train.classes, test, valid)
 
 
 def round_lengths(num_train: int, settings: RoundSettings) -> tuple[int, int, int]:

@@ -7,8 +7,10 @@
 
 metrics.json (the source of truth for every table): benchmark, regime, variant, seed, checkpoint,
 metric + value (the headline), per_class, classes_without_positives, per_bin / per_fold where the
-benchmark has them, selection, steps, epochs, wall_time_s, code_hash, predictions. predictions.npz: the
-per-clip test scores (docs/evaluation.md). The same numbers go to MLflow when tracking is on (tags
+benchmark has them, selection (which model is the headline), selections (last, best_on_valid and best_on_eval
+from the same run, each with its score, step and predictions file), steps, epochs, wall_time_s, code_hash,
+predictions. predictions.npz: the per-clip test scores of the headline; predictions.<selection>.npz those of
+each selection (docs/evaluation.md). The same numbers go to MLflow when tracking is on (tags
 job=evaluate, variant, benchmark, regime, seed, code: sslam.runtime.tracking's vocabulary).
 
 On SIGUSR1/SIGTERM the job writes OUT/state/last.pt at the next step boundary and exits with code 75
@@ -30,8 +32,8 @@ import torch
 from sslam import __version__
 from sslam.audio.config import FrontEndConfig
 from sslam.data.config import DatasetConfig
-from sslam.evaluation.config import BenchmarkConfig
-from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions
+from sslam.evaluation.config import SELECTIONS, BenchmarkConfig, selection_predictions
+from sslam.evaluation.protocols import combine, plan_rounds, pooled_predictions, selection_summary
 from sslam.evaluation.resume import EvaluationState, file_identity
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round
 from sslam.model.encoder import AudioEncoder, EncoderConfig
@@ -178,6 +180,8 @@ def tracked_result(metrics: dict[str, Any]) -> dict[str, float]:
         values[f"{name}/bin_{key}/clips"] = entry.get("clips")
     for entry in metrics.get("per_fold") or []:
         values[f"{name}/fold_{entry.get('fold')}"] = entry.get("value")
+    for selection, entry in (metrics.get("selections") or {}).items():
+        values[f"{name}/{selection}"] = entry.get("value")
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -228,6 +232,11 @@ def evaluate(job: EvaluationJob) -> dict[str, Any] | None:
         results = [result for _, result in outcomes]
         summary = combine(job.benchmark.metric, classes, results)
         num_clips = write_predictions(job.out / PREDICTIONS, results)
+        selections = {}
+        for name in SELECTIONS:
+            selections[name] = {**selection_summary(job.benchmark.metric, classes, results, name),
+                                "predictions": selection_predictions(name)}
+            write_predictions(job.out / selection_predictions(name), [r.selected(name) for r in results])
         metrics = {
             "benchmark": job.benchmark_name, "regime": job.regime_name, "variant": variant, "seed": job.seed,
             **{key: value for key, value in job.backbone.items() if key != "variant"},
@@ -239,6 +248,7 @@ def evaluate(job: EvaluationJob) -> dict[str, Any] | None:
             # One round: its selection; folds: the policy (each fold's choice is under per_fold).
             "selection": results[0].selection if len(results) == 1 else
             {key: results[0].selection[key] for key in ("policy", "requested")},
+            "selections": selections,
             "steps": sum(r.steps for r in results),
             "epochs": results[0].epochs,
             "num_train": results[0].num_train,
@@ -284,8 +294,9 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else test_shards
     else:
         train_shards = [Path(p) for p in args.train_shards] if args.train_shards else default_shards(config, train_name)
-    # Train and test clips are both normalised with the TRAINING dataset's constants.
-    train_settings = dataset_config(config, train_name)
+    # Train and test clips are both normalised with the TRAINING dataset's constants, of this regime (Table 8
+    # gives Degrees of Polyphony a fine-tuning pair of its own).
+    norm_mean, norm_std = dataset_config(config, train_name).normalisation(regime_name)
     check_cache(config, benchmark.dataset, test_shards)
     if train_name != benchmark.dataset:
         check_cache(config, train_name, train_shards)
@@ -293,7 +304,7 @@ def job_from_args(args: argparse.Namespace) -> EvaluationJob:
         raise ConfigError("--max-steps must be positive")
     linked = None if spec.startswith(RANDOM_INIT) else results_relative(spec, section(config, "study.results", default=""))
     return EvaluationJob(args.benchmark, benchmark, regime_name, encoder, backbone, test_shards, train_shards,
-                         train_settings.norm_mean, train_settings.norm_std, Path(args.out),
+                         norm_mean, norm_std, Path(args.out),
                          args.seed, args.variant, str(device), args.tracking, args.max_steps,
                          progress_bar=args.progress, pretrain_checkpoint=linked)
 

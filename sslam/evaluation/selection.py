@@ -1,14 +1,21 @@
-"""Model-selection policies (`RegimeConfig.selection`): which model of a round is scored on the test rows.
+"""Model selection: every selection a paper or a reader may ask for, from one training run.
 
-* `last` (default): the model after the last step; nothing else is evaluated on the test rows.
-* `best_on_eval`: the official behaviour (the eval set doubles as the validation set, spec §9); scores the
-  test rows at every evaluation point and keeps the best. It flatters the result and is there only to
-  reproduce the official numbers.
-* `best_on_valid`: scores a held-out `valid` split and reports the test score of the best validation point;
-  without valid rows it falls back to `last` and says so in the result.
+A round is scored at each of its evaluation points (once per epoch, the official cadence, or every
+`eval_interval_steps`, and always after the last step) on its test rows and, when it has them, on its held-out
+validation rows. Three models are kept, each with its test predictions:
 
-A policy sees the round only through `predict(dataset) -> (targets, scores)`. Its state (the best point so
-far) is plain data, so that an interrupted round resumes with the same choice ahead of it.
+* `last`: the model after the last step (the honest default when there is no validation split);
+* `best_on_valid`: the evaluation point with the best validation score (the honest choice when there is one);
+  without validation rows it is the last model, and says so;
+* `best_on_eval`: the point with the best TEST score. This is what every official fine-tuning run reports
+  (`valid_subset: eval`, `best_checkpoint_metric`; spec §9): it selects on the test set, flatters the
+  result, and is kept only to compare with the paper's numbers.
+
+Ties keep the later point, as fairseq's `checkpoint_best.pt` does (`is_better` is `>=` when maximising).
+`RegimeConfig.selection` only names which of the three is the job's headline.
+
+The tracker sees the round only through `predict(dataset) -> (targets, scores)`. Its state (the models kept so
+far) is plain data and tensors, so that an interrupted round resumes with the same choices ahead of it.
 """
 from __future__ import annotations
 
@@ -18,109 +25,79 @@ from typing import Any
 import numpy as np
 import torch
 
+from sslam.evaluation.config import SELECTIONS
 from sslam.evaluation.metrics import score
 
 Predict = Callable[[Any], tuple[np.ndarray, np.ndarray]]
 
-
-class LastModel:
-    """`last`: the model after the last step."""
-
-    name = "last"
-    evaluates = False  # no evaluation points during training
-
-    def __init__(self, metric: str, classes: Sequence[str], test, requested: str | None = None,
-                 note: str | None = None) -> None:
-        self.metric, self.classes, self.test = metric, list(classes), test
-        self.requested, self.note = requested or self.name, note
-
-    def evaluate(self, step: int, epoch: float, predict: Predict) -> dict[str, Any] | None:
-        """Score one evaluation point; returns the record to log (None: nothing to log)."""
-        return None
-
-    def result(self, predict: Predict, steps: int, epochs: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """(test targets, test scores, selection record) of the selected model once training is over."""
-        targets, scores = predict(self.test)
-        return targets, scores, {**self._record(), "step": steps, "epoch": epochs}
-
-    def _record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"policy": self.name, "requested": self.requested}
-        if self.note:
-            record["note"] = self.note
-        return record
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+LAST, BEST_ON_VALID, BEST_ON_EVAL = SELECTIONS
+NO_VALID_NOTE = "no validation rows: the last model"
 
 
-class BestOnEval(LastModel):
-    """`best_on_eval`: the evaluation point with the best test score (official, flattering)."""
+class Selections:
+    """Scores the evaluation points of one round and keeps the `last`, `best_on_valid` and `best_on_eval` models."""
 
-    name = "best_on_eval"
-    evaluates = True
-
-    def __init__(self, metric: str, classes: Sequence[str], test, requested: str | None = None,
-                 note: str | None = None) -> None:
-        super().__init__(metric, classes, test, requested, note)
-        self.best: dict[str, Any] = {}
-
-    def scored_rows(self):
-        return self.test
+    def __init__(self, metric: str, classes: Sequence[str], test, valid=None) -> None:
+        self.metric, self.classes, self.test, self.valid = metric, list(classes), test, valid
+        self.kept: dict[str, dict[str, Any]] = {}   # selection -> {step, epoch, value, valid_value, targets, scores}
 
     def evaluate(self, step: int, epoch: float, predict: Predict) -> dict[str, Any]:
-        targets, scores = predict(self.scored_rows())
-        value = score(self.metric, targets, scores, self.classes)["value"]
-        if value is not None and ("value" not in self.best or value > self.best["value"]):
-            if self.scored_rows() is not self.test:
-                targets, scores = predict(self.test)
-            # Updated only once every prediction of the point is done: an interrupted point leaves no trace.
-            self.best = {"value": value, "step": step, "epoch": epoch, "targets": targets, "scores": scores}
-        return {"step": step, "evaluation": value, "on": self.name}
+        """Score one evaluation point on the test (and validation) rows; returns the record to log."""
+        targets, scores = predict(self.test)
+        value = self._score(targets, scores)
+        valid_value = self._score(*predict(self.valid)) if self.valid is not None else None
+        point = {"step": step, "epoch": epoch, "value": value, "valid_value": valid_value,
+                 "targets": targets, "scores": scores}
+        # Updated only once every prediction of the point is done: an interrupted point leaves no trace.
+        self.kept[LAST] = point
+        if _at_least(value, self.kept.get(BEST_ON_EVAL, {}).get("value")):
+            self.kept[BEST_ON_EVAL] = point
+        if self.valid is not None and _at_least(valid_value, self.kept.get(BEST_ON_VALID, {}).get("valid_value")):
+            self.kept[BEST_ON_VALID] = point
+        record = {"step": step, "evaluation": value}
+        if valid_value is not None:
+            record["valid"] = valid_value
+        return record
 
-    def result(self, predict: Predict, steps: int, epochs: float) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        if "value" not in self.best:  # no evaluation point gave a score
-            return super().result(predict, steps, epochs)
-        best = self.best
-        return best["targets"], best["scores"], {**self._record(), "step": best["step"], "epoch": best["epoch"],
-                                                 "selection_value": best["value"]}
+    def _score(self, targets: np.ndarray, scores: np.ndarray) -> float | None:
+        return score(self.metric, targets, scores, self.classes)["value"]
+
+    def results(self, predict: Predict, steps: int, epochs: float) -> dict[str, dict[str, Any]]:
+        """Every selection once training is over: {name: {targets, scores, record}}; the record holds the step,
+        epoch, test score and (best_on_valid) the validation score that chose it."""
+        if LAST not in self.kept or self.kept[LAST]["step"] != steps:  # the loop always scores its last step
+            self.evaluate(steps, epochs, predict)
+        chosen = {LAST: self.kept[LAST], BEST_ON_EVAL: self.kept.get(BEST_ON_EVAL, self.kept[LAST]),
+                  BEST_ON_VALID: self.kept.get(BEST_ON_VALID, self.kept[LAST])}
+        out = {}
+        for name, point in chosen.items():
+            record = {"step": point["step"], "epoch": point["epoch"], "value": point["value"]}
+            if name == BEST_ON_VALID:
+                if self.valid is None:
+                    record["note"] = NO_VALID_NOTE
+                else:
+                    record.update(valid_value=point["valid_value"], valid_clips=len(self.valid))
+            out[name] = {"targets": point["targets"], "scores": point["scores"], "record": record}
+        return out
 
     def state_dict(self) -> dict[str, Any]:
-        if not self.best:
-            return {}
-        return {**self.best, "targets": torch.from_numpy(np.ascontiguousarray(self.best["targets"])),
-                "scores": torch.from_numpy(np.ascontiguousarray(self.best["scores"]))}
+        return {name: {**point, "targets": torch.from_numpy(np.ascontiguousarray(point["targets"])),
+                       "scores": torch.from_numpy(np.ascontiguousarray(point["scores"]))}
+                for name, point in self.kept.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = ({**state, "targets": state["targets"].numpy(), "scores": state["scores"].numpy()}
-                     if state else {})
+        self.kept = {name: {**point, "targets": point["targets"].numpy(), "scores": point["scores"].numpy()}
+                     for name, point in (state or {}).items()}
 
 
-class BestOnValid(BestOnEval):
-    """`best_on_valid`: the test score of the evaluation point with the best validation score."""
-
-    name = "best_on_valid"
-
-    def __init__(self, metric: str, classes: Sequence[str], test, valid, requested: str | None = None) -> None:
-        super().__init__(metric, classes, test, requested)
-        self.valid = valid
-
-    def scored_rows(self):
-        return self.valid
+def _at_least(value: float | None, best: float | None) -> bool:
+    return value is not None and (best is None or value >= best)
 
 
-def selection_policy(requested: str, metric: str, classes: Sequence[str], test,
-                     load_valid: Callable[[], Any] | None) -> LastModel:
-    """The policy `requested` (RegimeConfig.selection) for a round; `load_valid` gives the round's validation
-    rows (None: the round has none, and best_on_valid falls back to `last`, noting why)."""
-    if requested == "last":
-        return LastModel(metric, classes, test)
-    if requested == "best_on_eval":
-        return BestOnEval(metric, classes, test)
-    if requested == "best_on_valid":
-        if load_valid is None:
-            return LastModel(metric, classes, test, requested, "no validation rows: fell back to the last model")
-        return BestOnValid(metric, classes, test, load_valid(), requested)
-    raise ValueError(f"unknown selection policy {requested!r}")
+def headline(requested: str, has_valid: bool) -> dict[str, Any]:
+    """The `selection` record of metrics.json: which selection is the headline (`policy`) for the one asked for."""
+    if requested not in SELECTIONS:
+        raise ValueError(f"unknown selection {requested!r}")
+    if requested == BEST_ON_VALID and not has_valid:
+        return {"policy": LAST, "requested": requested, "note": f"{NO_VALID_NOTE}, fell back to last"}
+    return {"policy": requested, "requested": requested}

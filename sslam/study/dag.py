@@ -151,6 +151,10 @@ class Study:
         self._table_specs = table_specs(config)  # the study's tables plus the paper layouts that apply
         datasets = {name: from_dict(DatasetConfig, entry, where=f"datasets.{name}")
                     for name, entry in config["datasets"].items()}
+        for name, dataset in datasets.items():
+            # The hold-out runs after an adapter (sslam manifest); `sslam synth` writes its sets without one.
+            if dataset.holdout and dataset.adapter == SYNTHETIC_ADAPTER:
+                raise ConfigError(f"datasets.{name}.holdout: the synthetic corpus has no hold-out; set it to 0")
         for name, entry in section(config, "evaluation.benchmarks").items():
             from_dict(BenchmarkConfig, entry, where=f"evaluation.benchmarks.{name}")
         for stage in (1, 2):
@@ -372,7 +376,7 @@ class Study:
         return inputs
 
     def pretrain_inputs(self, model: str) -> dict[str, Any]:
-        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset), "tracking": self.tracking_file}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(self.pretrain_dataset)}
         if self.lineage(model)[0] != STAGE1:
             inputs["init"] = self.init_of(model)
         return inputs
@@ -394,7 +398,7 @@ class Study:
 
     def evaluation_inputs(self, model: str, benchmark: str) -> dict[str, Any]:
         test, train = self.benchmark_datasets(benchmark)
-        inputs: dict[str, Any] = {"tracking": self.tracking_file, "shards": self.shard_paths(test)}
+        inputs: dict[str, Any] = {"shards": self.shard_paths(test)}
         if self.checkpoint(model) is not None:
             inputs["checkpoint"] = self.checkpoint(model)
         if train != test:

@@ -45,8 +45,8 @@ RUNTIME_SAFETY = 1.5      # `runtime: auto` asks SLURM for this multiple of the 
 ASSUMED_CLIPS: dict[str, dict[str, int]] = {
     "audioset:as2m": {"train": 1_930_000}, "audioset:as20k": {"train": 20_550},
     "audioset:eval": {"eval": 18_886}, "esc50": {"train": 2_000},
-    "ks1": {"train": 51_088, "test": 6_835}, "ks2": {"train": 84_843, "test": 11_005},
-    "spass": {"train": 3_750, "eval": 1_250}, "urbansed": {"train": 6_000, "test": 2_000},
+    "ks1": {"train": 51_088, "valid": 6_798, "test": 6_835}, "ks2": {"train": 84_843, "valid": 9_981, "test": 11_005},
+    "spass": {"train": 3_750, "eval": 1_250}, "urbansed": {"train": 6_000, "valid": 2_000, "test": 2_000},
 }
 
 
@@ -61,6 +61,7 @@ class JobCost:
     gpu_hours_per_job: float
     peak_memory_gib: float | None = None
     note: str = ""
+    scoring_share: float | None = None   # evaluation: FLOPs of scoring its evaluation points / of its training
 
     @property
     def gpu_hours(self) -> float:
@@ -166,7 +167,15 @@ def dataset_clips(study, name: str) -> tuple[dict[str, int], bool]:
         held_out = [dataset_clips(study, source) for source in study.polyphony_sources(name)]
         total = sum(clips.get("eval", 0) + clips.get("test", 0) for clips, _ in held_out)
         return ({"eval": total} if total else {}), any(assumed for _, assumed in held_out)
-    return dict(ASSUMED_CLIPS.get(key, {})), True
+    return with_holdout(dict(ASSUMED_CLIPS.get(key, {})), float(entry.get("holdout") or 0.0)), True
+
+
+def with_holdout(clips: dict[str, int], holdout: float) -> dict[str, int]:
+    """Published split sizes after the study's hold-out (sslam.data.holdout) moved its share of train to valid."""
+    if holdout and clips.get("train"):
+        held = round(clips["train"] * holdout)
+        clips = {**clips, "train": clips["train"] - held, "valid": clips.get("valid", 0) + held}
+    return clips
 
 
 def plan_study(study, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU) -> StudyPlan:
@@ -215,18 +224,24 @@ def plan_study(study, gpu: str = DEFAULT_GPU, mfu: float = DEFAULT_MFU) -> Study
         num_train = sum(count for split, count in train_clips.items() if split in entry.train_splits) or sum(train_clips.values())
         num_train = num_train * (folds - 1) // folds if folds > 1 else num_train
         num_test = test_clips.get(entry.eval_split, sum(test_clips.values()) // max(1, folds))
+        num_valid = train_clips.get(entry.valid_split, 0) if entry.valid_split else 0
+        # a round validates on the held-out clips of its training folds only
+        num_valid = num_valid * (folds - 1) // folds if folds > 1 else num_valid
         for regime_name in study.regimes:
             regime = entry.regime(regime_name)
             draws = regime.weighted_sampling or num_train
             per_epoch = max(1, math.ceil(draws / regime.batch_size))
             steps = regime.total_steps(per_epoch) * folds
             train_flops = steps * regime.batch_size * forward * (3 if regime_name == "finetune" else 1)
-            evaluations = 1 if regime.selection == "last" else max(1, steps // folds // per_epoch)
-            total = train_flops + folds * evaluations * num_test * forward
+            # Every evaluation point scores the test and the validation rows (sslam.evaluation.selection).
+            evaluations = regime.evaluation_points(steps // folds, per_epoch)
+            scoring = folds * evaluations * (num_test + num_valid) * forward
+            total = train_flops + scoring
             plan.jobs.append(JobCost("evaluate", f"evaluate:{benchmark}:{regime_name}", models, evaluation_gpus, steps,
                                      total / 1e12, gpu_hours(total),
                                      evaluation_memory_gib(encoder, regime_name, regime.batch_size, tokens),
-                                     note="sizes assumed" if assumed_train or assumed_test else ""))
+                                     note="sizes assumed" if assumed_train or assumed_test else "",
+                                     scoring_share=scoring / train_flops))
     for name in study.used_datasets():
         clips, assumed = dataset_clips(study, name)
         if not clips:
@@ -245,14 +260,17 @@ def format_plan(plan: StudyPlan) -> str:
     lines = [f"Plan for {plan.gpu} ({GPUS[plan.gpu][0] / 1e12:.0f} TFLOP/s bf16 dense, {memory:.0f} GiB) at an "
              f"assumed MFU of {plan.mfu:.0%} (benchmarks/device_check.sh measures it)", "",
              f"{'job':<36} {'jobs':>5} {'GPUs':>5} {'steps':>9} {'TFLOP/job':>11} {'GPU-h/job':>10} "
-             f"{'wall h/job':>10} {'GPU-h':>9} {'peak GiB':>9}  fits"]
+             f"{'wall h/job':>10} {'GPU-h':>9} {'peak GiB':>9}  fits  scoring"]
     for job in plan.jobs:
         peak = f"{job.peak_memory_gib:9.1f}" if job.peak_memory_gib is not None else f"{'-':>9}"
         fits = "" if job.peak_memory_gib is None else ("yes" if job.peak_memory_gib < memory * 0.95 else "NO")
+        scoring = f"{job.scoring_share:+.0%}" if job.scoring_share is not None else ""
         lines.append(f"{job.name:<36} {job.jobs:>5} {job.gpus_per_job:>5} {job.steps:>9} {job.tflop_per_job:>11.3g} "
-                     f"{job.gpu_hours_per_job:>10.3g} {job.wall_hours_per_job:>10.3g} {job.gpu_hours:>9.4g} {peak}  {fits} "
-                     f"{job.note}".rstrip())
-    lines += ["", f"total: {plan.gpu_hours:,.1f} GPU-hours over {sum(job.jobs for job in plan.jobs)} GPU jobs", "",
+                     f"{job.gpu_hours_per_job:>10.3g} {job.wall_hours_per_job:>10.3g} {job.gpu_hours:>9.4g} {peak}  {fits:<4}  "
+                     f"{scoring:>7} {job.note}".rstrip())
+    lines += ["", "scoring: what scoring the evaluation points (test + validation rows, every selection of "
+              "sslam.evaluation.selection) adds to a job's training FLOPs",
+              f"total: {plan.gpu_hours:,.1f} GPU-hours over {sum(job.jobs for job in plan.jobs)} GPU jobs", "",
               "HDF5 cache (float16 log-mel):"]
     lines += [f"  {name:<28} {size:10.2f} GiB" for name, size in plan.cache_gib.items()]
     lines.append(f"  {'total':<28} {sum(plan.cache_gib.values()):10.2f} GiB")

@@ -2,7 +2,10 @@
 
 The metrics.json files (and the predictions.npz beside them, for the significance tests) are the
 source of truth; this step only reads them, so the tables can be rebuilt at any time without a
-tracking server. Cells are mean ± sample std over seeds (the paper's Table 12 style), in percent by
+tracking server. The study's tables print each job's headline (its `selection`: best_on_valid where the
+benchmark has validation rows, else the last model); every table has a `<name>_paper_protocol` twin that prints
+the same runs' `best_on_eval` selection (chosen on the test set, as the official runs are) beside the paper's
+numbers, with the difference per cell. Cells are mean ± sample std over seeds (the paper's Table 12 style), in percent by
 default because the paper prints percent. docs/tables.md describes every output.
 
     sslam tables --config config/demo.yaml --metrics results/demo/eval/*/*/*/seed*/metrics.json \\
@@ -23,7 +26,8 @@ from sslam.runtime.configuration import load_yaml, section
 from sslam.runtime.errors import SslamError
 from sslam.runtime.io import atomic_folder, atomic_write_text, read_text
 from sslam.tables.html import html_pages
-from sslam.tables.layouts import StudyRows, build_table, table_specs, tables_config
+from sslam.tables.layouts import (HEADLINE, StudyRows, build_table, table_specs, tables_config,
+                                  with_differences)
 from sslam.tables.models import is_valid_model_id
 from sslam.tables.render import Decorator, metric_label, significance_tables, write_table
 from sslam.tables.significance import OVERALL, Bootstrap
@@ -49,6 +53,8 @@ class RunResult:
     per_bin_left_out: dict[str, int] = field(default_factory=dict)
     predictions: str | None = None                             # predictions.npz, when there is one
     path: str = ""
+    policy: str = ""                                           # the selection the headline is (metrics.json)
+    selections: dict[str, dict[str, Any]] = field(default_factory=dict)  # every selection: value, per_bin, predictions
 
 
 def _optional_int(value: Any) -> int | None:
@@ -92,6 +98,8 @@ def read_result(path: str | Path) -> RunResult:
         raise SslamError(f"{path}: malformed field ({error})") from error
     named = data.get("predictions")
     predictions = path.parent / (str(named) if named else PREDICTIONS)
+    selection = data.get("selection")
+    policy = str(selection.get("policy", "")) if isinstance(selection, dict) else str(selection or "")
     return RunResult(
         benchmark=str(data["benchmark"]), regime=str(data["regime"]), model=model, seed=seed,
         metric=str(data["metric"]), value=value,
@@ -99,8 +107,42 @@ def read_result(path: str | Path) -> RunResult:
         clips=clips, per_bin_clips={label: c for label, (v, c, _) in bins.items() if v is not None and c is not None},
         classes=classes, left_out=left_out,
         per_bin_left_out={label: n for label, (v, _, n) in bins.items() if v is not None and n is not None},
-        predictions=str(predictions) if predictions.is_file() else None, path=str(path),
+        predictions=str(predictions) if predictions.is_file() else None, path=str(path), policy=policy,
+        selections=_selections(path, data.get("selections")),
     )
+
+
+def _selections(path: Path, raw: Any) -> dict[str, dict[str, Any]]:
+    """metrics.json `selections` (older files have none): name -> value, per_bin entries, predictions file."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SslamError(f"{path}: `selections` must be a mapping")
+    selections = {}
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or entry.get("value") is None:
+            continue
+        try:
+            bins = {str(label): _bin_entry(value) for label, value in (entry.get("per_bin") or {}).items()}
+            predictions = path.parent / str(entry["predictions"]) if entry.get("predictions") else None
+            selections[str(name)] = {"value": float(entry["value"]), "bins": bins, "step": entry.get("step"),
+                                     "predictions": str(predictions) if predictions and predictions.is_file() else None}
+        except (TypeError, ValueError, AttributeError) as error:
+            raise SslamError(f"{path}: malformed selections.{name} ({error})") from error
+    return selections
+
+
+def selected(result: RunResult, name: str) -> RunResult | None:
+    """`result` with selection `name` as its numbers (and predictions); None when its metrics.json lacks it."""
+    entry = result.selections.get(name)
+    if entry is None:
+        return None
+    bins = entry["bins"]
+    return replace(result, value=entry["value"],
+                   per_bin={label: v for label, (v, _, _) in bins.items() if v is not None},
+                   per_bin_clips={label: c for label, (v, c, _) in bins.items() if v is not None and c is not None},
+                   per_bin_left_out={label: n for label, (v, _, n) in bins.items() if v is not None and n is not None},
+                   predictions=entry["predictions"], policy=name)
 
 
 def runs_frame(results: list[RunResult], percent: bool) -> pd.DataFrame:
@@ -169,25 +211,29 @@ def _write_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: Pa
             replace(settings.significance, replicates=replicates)
         settings = replace(settings, significance=significance)
     results = sorted((read_result(path) for path in metrics), key=lambda r: (r.benchmark, r.regime, r.model, r.seed))
-    runs = runs_frame(results, settings.percent)
-    summary = summarise(runs)
-    bootstrap = Bootstrap(settings.significance, 100.0 if settings.percent else 1.0)
-    if settings.significance.enabled:
-        wanted = sorted({(b, r) for spec in specs for b in spec.benchmarks for r in spec.regimes})
-        for benchmark, regime in wanted:
-            group = [r for r in results if r.benchmark == benchmark and r.regime == regime]
-            if group:
-                bootstrap.add(benchmark, regime, group)
+    runs, summary, bootstrap = scored(results, [s for s in specs if s.selection == HEADLINE], settings)
+    # The paper-protocol twins: the same runs' best_on_eval selection (runs written before selections existed
+    # have none and are left out of them).
+    selections = sorted({spec.selection for spec in specs} - {HEADLINE})
+    by_selection = {HEADLINE: (summary, bootstrap)}
+    for name in selections:
+        chosen = [r for r in (selected(result, name) for result in results) if r is not None]
+        _, chosen_summary, chosen_bootstrap = scored(chosen, [s for s in specs if s.selection == name], settings)
+        by_selection[name] = (chosen_summary, chosen_bootstrap)
     written = [out_dir / "runs.csv", out_dir / "summary.csv"]
     atomic_write_text(written[0], runs.to_csv(index=False, lineterminator="\n"))
     atomic_write_text(written[1], summary.to_csv(index=False, lineterminator="\n"))
     metrics_of = dict(zip(summary.benchmark, summary.metric))
     decorated = []
     for spec in specs:
-        decorator = Decorator(spec, settings, bootstrap)
-        cells = decorator.decorate(build_table(spec, summary, study, settings))
-        decorated.append((spec, cells))
-        written += write_table(spec, cells, settings, bootstrap, out_dir, metrics_of, decorator)
+        cells_summary, cells_bootstrap = by_selection[spec.selection]
+        decorator = Decorator(spec, settings, cells_bootstrap)
+        cells = decorator.decorate(build_table(spec, cells_summary, study, settings))
+        if spec.selection != HEADLINE:
+            cells = with_differences(cells)
+        else:
+            decorated.append((spec, cells))   # the Δ-vs-Stage-1 tables compare headline selections
+        written += write_table(spec, cells, settings, cells_bootstrap, out_dir, metrics_of, decorator)
         if spec.kind == "polyphony_bins":
             ours = cells[cells.source == "ours"]
             written.append(plots.plot_polyphony(ours, spec, out_dir / f"{spec.name}_polyphony.png",
@@ -199,6 +245,22 @@ def _write_tables(config: dict[str, Any], metrics: list[str | Path], out_dir: Pa
         written.append(plots.plot_audioset_polyphony(audioset_polyphony, out_dir / "audioset_polyphony.png"))
     written.append(write_study_page(config, out_dir / STUDY_PAGE))
     return written + html_pages(written)  # what the report shows inline (sslam/tables/html.py)
+
+
+def scored(results: list[RunResult], specs, settings) -> tuple[pd.DataFrame, pd.DataFrame, Bootstrap]:
+    """(runs frame, summary, bootstrap over the benchmarks and regimes of `specs`) of a set of runs."""
+    columns = ["benchmark", "regime", "model", "column", "metric", "mean", "std", "n", "clips_min", "clips_max",
+               "classes", "left_out", "seeds", "clips"]
+    runs = runs_frame(results, settings.percent)
+    summary = summarise(runs) if len(runs) else pd.DataFrame(columns=columns)
+    bootstrap = Bootstrap(settings.significance, 100.0 if settings.percent else 1.0)
+    if settings.significance.enabled:
+        wanted = sorted({(b, r) for spec in specs for b in spec.benchmarks for r in spec.regimes})
+        for benchmark, regime in wanted:
+            group = [r for r in results if r.benchmark == benchmark and r.regime == regime]
+            if group:
+                bootstrap.add(benchmark, regime, group)
+    return runs, summary, bootstrap
 
 
 STUDY_PAGE = "study.md"

@@ -7,6 +7,11 @@ single benchmark (Table 3). The study's baselines (`study.baselines`, default `[
 every table. The paper's published numbers for the same cells are added as rows labelled "(paper)"
 when `paper_numbers` is on and the table names a paper table.
 
+Every table has a paper-protocol twin `<name>_paper_protocol` (`paper_protocol: true`, the default): the same
+rows and columns, but each run's `best_on_eval` selection, the model chosen on the TEST set as every official
+fine-tuning run chooses it, next to the paper's numbers and the difference (ours − paper) per cell. The study's
+own tables print each run's headline selection (best_on_valid where a benchmark has validation rows, else last).
+
 A spec may start from a paper layout (`layout: table4|table9|table12|mixit`, PAPER_LAYOUTS): its keys
 fill whatever the spec leaves out. With `paper_layouts: true` (the default) those layouts are also
 added on their own whenever the study has their models and one of their benchmarks.
@@ -30,6 +35,10 @@ REGIME_LABELS = {"linear": "Linear evaluation", "finetune": "Fine-tuning"}
 METRIC_LABELS = {"map": "mAP", "accuracy": "accuracy"}
 PAPER_SUFFIX = " (paper)"
 PAPER_RUNS = 3       # paper Appendix F: its ± values are over three independent runs
+HEADLINE = "headline"                   # a table of each run's headline value (metrics.json `value`)
+PAPER_PROTOCOL = "best_on_eval"         # metrics.json `selections` key of the official protocol (selected on test)
+PROTOCOL_SUFFIX = "_paper_protocol"
+DIFFERENCE_SUFFIX = " − paper"
 
 
 @dataclass
@@ -49,6 +58,8 @@ class TableSpec:
     paper: str | list[str] | None = None                   # key(s) of paper_numbers.PAPER_TABLES, first wins
     paper_rows: dict[str, str] = field(default_factory=dict)  # our model id -> the paper's row label
     decimals: int | None = None                            # None = TablesConfig.decimals
+    # Which number of each run the cells hold: its headline, or (paper-protocol twins) a metrics.json selection.
+    selection: Literal["headline", "best_on_eval"] = HEADLINE
 
     def __post_init__(self) -> None:
         where = f"study.tables.{self.name}"
@@ -85,6 +96,7 @@ class TablesConfig:
     percent: bool = True             # metrics.json holds fractions; the paper prints percent
     decimals: int = 1
     paper_layouts: bool = True       # add the paper's Table 4/9/12 and MixIT layouts when the study has their models
+    paper_protocol: bool = True      # add a `<name>_paper_protocol` twin of every table (best_on_eval vs the paper)
     labels: dict[str, str] = field(default_factory=dict)  # model id -> row label, for every table
     significance: SignificanceConfig = field(default_factory=SignificanceConfig)
     specs: list[TableSpec] = field(default_factory=list)
@@ -214,7 +226,17 @@ def table_specs(config: dict[str, Any]) -> list[TableSpec]:
                 preset = _preset(layout, study)
                 preset["benchmarks"] = [b for b in preset["benchmarks"] if b in study.benchmarks]
                 specs.append(dict(preset, name=layout))
+    if raw.get("paper_protocol", True):
+        specs += [protocol_twin(spec) for spec in specs]
     return from_dict(TablesConfig, {**raw, "specs": specs}, where="study.tables").specs
+
+
+def protocol_twin(spec: dict[str, Any]) -> dict[str, Any]:
+    """The paper-protocol version of a table spec: its runs' best_on_eval cells, the paper's rows and the
+    differences; no Stage-1 markers (the cells were chosen on the test set)."""
+    title = spec.get("title") or spec["name"]
+    return dict(spec, name=spec["name"] + PROTOCOL_SUFFIX, selection=PAPER_PROTOCOL, markers=False,
+                title=f"{title} — paper protocol: selected on the test set (best_on_eval)")
 
 
 def tables_config(config: dict[str, Any]) -> TablesConfig:
@@ -281,6 +303,21 @@ def build_table(spec: TableSpec, summary: pd.DataFrame, study: StudyRows, config
             if config.paper_numbers:
                 rows += _paper_rows(spec, regime, model)
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
+
+
+def with_differences(cells: pd.DataFrame) -> pd.DataFrame:
+    """After each model's paper row, a row of ours − paper for every column both have (paper-protocol tables)."""
+    rows = []
+    for (block, model), group in cells.groupby(["block", "model"], sort=False):
+        rows += group.to_dict("records")
+        ours = group[group.source == "ours"].set_index("column")
+        paper = group[group.source == "paper"].set_index("column")
+        for column in [c for c in ours.index if c in paper.index]:
+            record = ours.loc[column]
+            rows.append(dict(record, source="difference", label=record["label"] + DIFFERENCE_SUFFIX, column=column,
+                             mean=record["mean"] - paper.loc[column, "mean"], std=np.nan, n=1, seeds="",
+                             clips=np.nan, classes=np.nan, left_out=np.nan))
+    return pd.DataFrame(rows, columns=cells.columns)
 
 
 def _paper_rows(spec: TableSpec, regime: str, model: str) -> list[dict[str, Any]]:

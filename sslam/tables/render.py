@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from sslam.runtime.io import atomic_write_text
-from sslam.tables.layouts import (METRIC_LABELS, PAPER_SUFFIX, REGIME_LABELS, TablesConfig, TableSpec, format_cell,
-                                  row_label, table_columns)
+from sslam.tables.layouts import (DIFFERENCE_SUFFIX, HEADLINE, METRIC_LABELS, PAPER_SUFFIX, REGIME_LABELS, TablesConfig,
+                                  TableSpec, format_cell, row_label, table_columns)
 from sslam.tables.paper_numbers import PAPER_TABLES
 from sslam.tables.significance import Bootstrap, Delta
 
@@ -130,6 +130,9 @@ class Layout:
         return column
 
     def cell(self, record, latex: bool) -> str:
+        if record.source == "difference":
+            text = "–" if np.isnan(record.mean) else f"{record.mean:+.{self.decimals}f}"
+            return latex_escape(text) if latex else text
         text = format_cell(record.mean, record.std, record.n, self.decimals)
         if record.source == "ours" and self.seeds is not None and record.n != self.seeds:
             text += f" ({int(record.n)} seed{'s' if record.n != 1 else ''})"
@@ -183,11 +186,21 @@ class Layout:
                          "models (a single clip scores 100.0 for every model that ranks its classes first).")
         return notes
 
+    def selection_note(self) -> str:
+        """Which model of each run the cells hold (sslam.evaluation.selection)."""
+        if self.spec.selection == HEADLINE:
+            return ("Model selection: each run's headline (its `selection`): the evaluation point with the best "
+                    "score on held-out validation rows where the benchmark has them, else the last model.")
+        return (f"Model selection: {self.spec.selection}, the evaluation point with the best score ON THE TEST SET, "
+                "as every official fine-tuning run selects (valid_subset: eval); it flatters the numbers and is "
+                "printed only to compare with the paper's. Rows ending in "
+                f"'{DIFFERENCE_SUFFIX.strip()}': our mean minus the published number.")
+
     def notes(self, bootstrap: Bootstrap, decorator: Decorator) -> list[str]:
         config, significance = self.config, self.config.significance
         ours = self.cells[self.cells.source == "ours"]
         unit = "percent" if config.percent else "fractions"
-        notes = []
+        notes = [self.selection_note()]
         if self.seeds is not None:
             seeds = sorted({int(s) for text in ours.seeds.dropna() for s in str(text).split()})
             listed = f" (seeds {', '.join(map(str, seeds))})" if seeds else ""

@@ -88,7 +88,9 @@ def test_statistics_cover_unpadded_train_frames_only(tiny_corpus, tmp_path):
 
 def test_bad_inputs_are_skipped_and_reported(tiny_corpus, tmp_path):
     manifest_path = bad_input_manifest(tmp_path, tiny_corpus["poly"])
-    report = build_shard(manifest_path, tmp_path / "shard.h5", target_length=TARGET, config=CacheConfig(max_failure_fraction=0.5))
+    # min_samples 0: the front end's own checks, not the official short-clip drop, are under test here
+    report = build_shard(manifest_path, tmp_path / "shard.h5", target_length=TARGET,
+                         config=CacheConfig(max_failure_fraction=0.5), min_samples=0)
     skips = pd.read_csv(report.skips_path, sep="\t", dtype=str, keep_default_na=False)
     assert report.skips_path.name == "shard.skips.tsv"
     assert sorted(skips["clip_id"]) == sorted(["corrupt", "empty", "silent", "nan", "tiny", "missing"])
@@ -230,3 +232,27 @@ def test_a_build_writes_progress_lines_without_a_terminal(tiny_corpus, tmp_path,
     total = len(read_manifest(tiny_corpus["mono"]))
     assert lines[0].startswith(f"[cache shard.h5] clip 1/{total}") and f"clip {total}/{total}" in lines[-1]
     assert all("clips/s" in line and "ETA" in line and "skipped" in line for line in lines)
+
+
+def test_clips_below_the_official_min_samples_are_dropped_not_failed(tmp_path):
+    """The official loader drops clips with fewer than 10,000 samples (min_sample_size); so does every cache,
+    whatever the adapter: 9,999 samples at 16 kHz (or the same length at 32 kHz) go, 10,000 stay."""
+    import soundfile
+
+    from sslam.data.manifest import Manifest, write_manifest
+
+    rng = np.random.default_rng(0)
+    lengths = {"short": (9_999, 16_000), "enough": (10_000, 16_000), "short32k": (19_998, 32_000), "long": (16_000, 16_000)}
+    rows = []
+    for name, (samples, rate) in lengths.items():
+        soundfile.write(tmp_path / f"{name}.wav", 0.1 * rng.standard_normal(samples), rate)
+        rows.append({"clip_id": name, "path": str(tmp_path / f"{name}.wav"), "split": "train", "labels": ""})
+    manifest = tmp_path / "m.tsv"
+    write_manifest(Manifest(pd.DataFrame(rows), []), manifest)
+    report = build_shard(manifest, tmp_path / "s.h5", target_length=TARGET)   # default: the official drop
+    assert (report.written, report.short) == (2, 2)
+    skips = pd.read_csv(report.skips_path, sep="\t")
+    assert sorted(skips.clip_id) == ["short", "short32k"] and skips.reason.str.startswith("short:").all()
+    with h5py.File(report.path, "r") as shard:
+        assert sorted(shard["clip_id"].asstr()[()]) == ["enough", "long"] and shard.attrs["min_samples"] == 10_000
+    assert build_shard(manifest, tmp_path / "all.h5", target_length=TARGET, min_samples=0).written == 4

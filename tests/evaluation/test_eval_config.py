@@ -12,7 +12,7 @@ def test_official_defaults():
     assert (finetune.lr, finetune.batch_size, finetune.layer_decay, finetune.drop_path) == (5e-5, 48, 0.65, 0.1)
     assert (finetune.mixup, finetune.mixup_prob, finetune.specaug_freq, finetune.grad_clip) == (0.8, 0.9, 0.2, 0.0)
     assert finetune.betas == (0.9, 0.95) and finetune.encoder_weights == "student"
-    assert finetune.selection == "last" and finetune.pooling == "cls" and finetune.head_norm
+    assert finetune.selection == "best_on_valid" and finetune.pooling == "cls" and finetune.head_norm
     assert (linear.total_steps(10), linear.warmup(10), linear.lr) == (500, 0, 1e-3)  # 50 epochs, no warm-up
 
 
@@ -43,3 +43,10 @@ def test_yaml_section_parses_and_rejects_typos_and_contradictions():
         BenchmarkConfig(dataset="x").regime("probe")
     with pytest.raises(ConfigError):
         FinetuneConfig(mixup_prob=1.5)
+
+
+def test_evaluation_points_follow_the_official_cadence_and_include_the_last_step():
+    regime = FinetuneConfig(epochs=50)
+    assert regime.evaluation_interval(79) == 79 and regime.evaluation_points(3950, 79) == 50
+    assert FinetuneConfig(steps=3906).evaluation_points(3906, 79) == 50        # 49 epochs + the last step
+    assert FinetuneConfig(eval_interval_steps=2).evaluation_points(6, 3) == 3

@@ -30,8 +30,9 @@ class StopAtCheck:
         return self.queries >= self.at
 
 
-def _round_setup(cache_dir, selection):
-    benchmark = from_dict(BenchmarkConfig, dict(POLY, finetune={
+def _round_setup(cache_dir, selection, valid_split="valid"):
+    # valid_split "test": poly's test rows double as validation rows, so every evaluation pass scores both
+    benchmark = from_dict(BenchmarkConfig, dict(POLY, valid_split=valid_split, finetune={
         "steps": 7, "batch_size": 8, "selection": selection, "eval_interval_steps": 3, "checkpoint_every": None,
         "precision": "fp32"}), where="poly")
     shards = [cache_dir / "cache" / "poly" / "shard-000-of-001.h5"]
@@ -53,9 +54,10 @@ def _through_a_file(state):
     return torch.load(buffer, weights_only=True)
 
 
-@pytest.mark.parametrize("selection", ["best_on_eval", "last"])
-def test_a_round_stopped_anywhere_resumes_to_the_same_result(cache_dir, selection):
-    settings, round_ = _round_setup(cache_dir, selection)
+@pytest.mark.parametrize("selection, valid_split", [("best_on_eval", "valid"), ("last", "valid"),
+                                                    ("best_on_valid", "test")])
+def test_a_round_stopped_anywhere_resumes_to_the_same_result(cache_dir, selection, valid_split):
+    settings, round_ = _round_setup(cache_dir, selection, valid_split)
     reference_log = []
     reference = run_round(_encoder(), round_, settings, reference_log.append).result
 
@@ -75,6 +77,9 @@ def test_a_round_stopped_anywhere_resumes_to_the_same_result(cache_dir, selectio
         np.testing.assert_array_equal(resumed.scores, reference.scores, err_msg=where)
         np.testing.assert_array_equal(resumed.targets, reference.targets, err_msg=where)
         assert resumed.selection == reference.selection, where
+        for name, kept in reference.selections.items():   # every selection, not only the headline
+            np.testing.assert_array_equal(resumed.selections[name]["scores"], kept["scores"], err_msg=where)
+            assert resumed.selections[name]["record"] == kept["record"], where
         assert (resumed.steps, resumed.clip_ids) == (reference.steps, reference.clip_ids)
         # Nothing logged after the state was taken: the two attempts log exactly the uninterrupted log.
         assert log == reference_log, where

@@ -29,11 +29,13 @@ def test_probe_from_a_checkpoint_writes_well_formed_metrics(write_config, tmp_pa
     scored = [v for v in metrics["per_class"].values() if v is not None]
     assert metrics["value"] == pytest.approx(sum(scored) / len(scored))
     assert metrics["classes_without_positives"] == len(metrics["per_class"]) - len(scored)
-    assert metrics["selection"]["policy"] == "last"
+    # poly has no validation rows: the default best_on_valid headline is the last model, and says so
+    assert metrics["selection"]["policy"] == "last" and metrics["selection"]["requested"] == "best_on_valid"
     # (not compared with a fingerprint computed now: the package may be edited while the test runs)
     assert metrics["code_hash"].startswith("static-") and int(metrics["code_hash"].removeprefix("static-"), 16) >= 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in log if "evaluation" in r] == [3]   # one epoch of 24 clips: one evaluation point
 
 
 def test_finetune_random_init_with_official_selection(write_config, tmp_path):
@@ -45,7 +47,7 @@ def test_finetune_random_init_with_official_selection(write_config, tmp_path):
     metrics = read_metrics(out)
     assert metrics["regime"] == "finetune" and metrics["variant"] == "random-init"
     assert metrics["selection"]["policy"] == "best_on_eval" and metrics["selection"]["step"] in (2, 4)
-    assert metrics["value"] == pytest.approx(metrics["selection"]["selection_value"])
+    assert metrics["value"] == pytest.approx(metrics["selection"]["value"])
     evaluations = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "evaluation" in l]
     assert [e["step"] for e in evaluations] == [2, 4]
     assert metrics["value"] == pytest.approx(max(e["evaluation"] for e in evaluations))
@@ -72,7 +74,7 @@ def test_folds_protocol_reports_the_mean_over_folds(write_config, tmp_path):
     assert metrics["value"] == pytest.approx(sum(f["value"] for f in folds) / 3)
     assert metrics["num_test"] == sum(f["num_test"] for f in folds) == 42
     assert all(f["num_train"] + f["num_test"] == 42 for f in folds)
-    assert metrics["selection"] == {"policy": "last", "requested": "last"}
+    assert metrics["selection"] == {"policy": "last", "requested": "best_on_valid"}
 
 
 def test_polyphony_trains_on_poly_and_scores_each_bin(write_config, tmp_path):
@@ -120,7 +122,8 @@ def test_best_on_valid_reports_the_test_score_at_the_best_validation_point(write
     assert main(["probe", "--config", str(config), "--benchmark", "poly", "--random-init", "--out", str(out)]) == 0
     metrics = read_metrics(out)
     assert metrics["selection"]["policy"] == "best_on_valid"
-    assert metrics["value"] == pytest.approx(metrics["selection"]["selection_value"])
+    assert metrics["value"] == pytest.approx(metrics["selection"]["value"])
+    assert metrics["selection"]["valid_value"] == pytest.approx(metrics["selection"]["value"])
 
 
 def test_predictions_npz_holds_each_test_clip_once_and_reproduces_the_scores(write_config, tmp_path):
@@ -217,3 +220,32 @@ def test_a_shard_declaring_a_billion_rows_is_one_line_not_an_oom_kill(write_conf
     errors = [line for line in run.stderr.splitlines() if line.startswith("sslam probe: error:")]
     assert len(errors) == 1 and "declares 1000000000 clips but stores" in errors[0], run.describe()
     assert "Traceback" not in run.stderr and run.growth < 2**30, run.describe()
+
+
+def test_one_run_records_every_selection_with_its_step_score_and_predictions(write_config, tmp_path):
+    # The test rows double as validation rows here (poly has no held-out split), so best_on_valid must pick the
+    # same point as best_on_eval; last is the final step. Each selection's predictions reproduce its score.
+    from sslam.evaluation.metrics import score
+
+    finetune = {"steps": 6, "batch_size": 8, "eval_interval_steps": 2, "selection": "last"}
+    config = write_config({"poly": dict(POLY, valid_split="test", finetune=finetune)})
+    out = tmp_path / "eval"
+    assert main(["finetune", "--config", str(config), "--benchmark", "poly", "--random-init", "--out", str(out)]) == 0
+    metrics = read_metrics(out)
+    points = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if "evaluation" in l]
+    assert [p["step"] for p in points] == [2, 4, 6]
+    selections = metrics["selections"]
+    assert set(selections) == {"last", "best_on_valid", "best_on_eval"}
+    assert selections["last"]["step"] == 6 and metrics["selection"]["policy"] == "last"
+    assert metrics["value"] == pytest.approx(selections["last"]["value"])
+    best = max(p["evaluation"] for p in points)
+    assert selections["best_on_eval"]["value"] == pytest.approx(best)
+    # ties keep the later point (fairseq's checkpoint_best rule)
+    assert selections["best_on_eval"]["step"] == max(p["step"] for p in points if p["evaluation"] == best)
+    assert selections["best_on_valid"]["step"] == selections["best_on_eval"]["step"]
+    assert selections["best_on_valid"]["valid_value"] == pytest.approx(best)
+    assert selections["best_on_valid"]["valid_clips"] == metrics["num_test"]     # the test rows, here
+    classes = metrics["classes"]
+    for name, entry in selections.items():
+        with np.load(out / entry["predictions"], allow_pickle=False) as saved:
+            assert score("map", saved["targets"], saved["scores"], classes)["value"] == pytest.approx(entry["value"])

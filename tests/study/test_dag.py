@@ -75,6 +75,8 @@ def test_a_given_stage1_checkpoint_replaces_stage1_training(demo):
     (lambda c: c["evaluation"]["benchmarks"]["synth_poly"].update(metric="bleu"), "evaluation.benchmarks.synth_poly.metric"),
     (lambda c: c["variants"].update({"X": {"base": "NOPE"}}) or c["study"]["variants"].append("X"), "variants.X.base"),
     (lambda c: c["study"]["tables"]["specs"][0]["benchmarks"].append("esc50"), "study.tables.specs[0]"),
+    (lambda c: c["datasets"]["synth_poly"].update(holdout=0.1), "datasets.synth_poly.holdout: the synthetic corpus"),
+    (lambda c: c["datasets"]["synth_poly"].update(holdout=1.5), "datasets.synth_poly.holdout"),
 ])
 def test_config_errors_name_the_key(demo, edit, message):
     edit(demo)

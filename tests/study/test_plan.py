@@ -79,6 +79,17 @@ def test_runtime_auto_asks_for_the_planned_time_of_each_job():
     assert as2m > 10 * esc50 >= 100
 
 
+def test_scoring_every_evaluation_point_is_costed_per_benchmark():
+    """Issue 19: each evaluation point scores the test and validation rows; AS-20K fine-tuning at paper size:
+    20,550 clips − 5 % hold-out = 19,522 → 407 steps per epoch → 99 points over 40k steps, each scoring
+    18,886 test + 1,028 validation clips, against 40k × 48 clips × 3 (forward + backward) of training."""
+    study = Study.from_file(str(REPO / "config" / "config.yaml"), check_data_roots=False)
+    jobs = {job.name: job for job in plan_study(study).jobs}
+    assert jobs["evaluate:as20k:finetune"].scoring_share == pytest.approx(99 * (18_886 + 1_028) / (40_000 * 48 * 3))
+    assert jobs["evaluate:as2m:finetune"].scoring_share < 0.1
+    assert "scoring" in format_plan(plan_study(study))
+
+
 def test_a_dataset_of_unknown_size_is_reported_not_dropped(demo_study, monkeypatch, tmp_path):
     import sslam.study.plan as plan_module
 

@@ -101,3 +101,26 @@ def test_html_report_with_captions(finished_study, tmp_path):
     for caption in ("sample standard deviation over the evaluation seeds", "paired bootstrap",
                     "study config exactly as"):
         assert caption in html, caption
+
+
+def test_every_evaluation_records_all_selections_and_the_tables_show_both_protocols(finished_study):
+    """Issue 19: one run gives last, best_on_valid and best_on_eval (score, step, predictions); the tables print
+    the headline and, in a `_paper_protocol` twin, the test-selected best_on_eval numbers."""
+    repo, _ = finished_study
+    results = repo / "results"
+    files = sorted(results.glob("eval/*/*/*/seed*/metrics.json"))
+    assert files
+    for path in files:
+        metrics = json.loads(path.read_text())
+        assert set(metrics["selections"]) == {"last", "best_on_valid", "best_on_eval"}, path
+        for name, entry in metrics["selections"].items():
+            assert entry["value"] is not None and entry["step"], (path, name)
+            assert (path.parent / entry["predictions"]).is_file(), (path, name)
+        assert metrics["selections"]["best_on_eval"]["value"] >= metrics["selections"]["last"]["value"] - 1e-9
+        policy = metrics["selection"]["policy"]
+        assert abs(metrics["value"] - metrics["selections"][policy]["value"]) < 1e-9, path
+    twins = sorted((results / "tables").glob("*_paper_protocol.md"))
+    assert twins
+    for twin in twins:
+        assert (twin.parent / twin.name.replace("_paper_protocol", "")).is_file()
+        assert "ON THE TEST SET" in twin.read_text()

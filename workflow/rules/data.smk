@@ -136,6 +136,7 @@ rule cache_shard:
         code=code("cache", CACHE / f"{SHARD}.h5"),
         settings=lambda wildcards: STUDY.settings("front_end", "cache", f"datasets.{wildcards.dataset}"),
         target_length=lambda wildcards: STUDY.datasets[wildcards.dataset].target_length,
+        min_samples=lambda wildcards: STUDY.datasets[wildcards.dataset].min_samples,
         env=EXECUTOR.thread_environment("cache"),
     threads: STUDY.resources("cache")["threads"]
     resources:
@@ -149,4 +150,5 @@ rule cache_shard:
     shell:
         f"{RECORD} {{params.env}} {SSLAM} cache build --manifest {{input.manifest:q}} --out {{output.shard:q}} "
         "--shard {wildcards.shard} --num-shards {wildcards.num_shards} --target-length {params.target_length} "
+        "--min-samples {params.min_samples} "
         f"--config {q(STUDY_CONFIG)} > {{log:q}} 2>&1"

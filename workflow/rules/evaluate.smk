@@ -5,6 +5,8 @@
 # resumes it and ends identical to an uninterrupted run (docs/evaluation.md, "Preemption").
 
 
+from sslam.evaluation.config import SELECTIONS, selection_predictions
+
 EVAL = JobFolder("eval/{model}/{benchmark}/{regime}/seed{seed}", log="eval/{model}/{benchmark}/{regime}-seed{seed}")
 
 
@@ -15,6 +17,7 @@ rule evaluate:
     output:
         metrics=EVAL / "metrics.json",
         predictions=EVAL / "predictions.npz",
+        **{f"predictions_{name}": EVAL / selection_predictions(name) for name in SELECTIONS},   # each selection's
         code=EVAL / "metrics.code.json",
     wildcard_constraints:
         model=one_of(STUDY.models),

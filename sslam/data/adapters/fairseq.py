@@ -22,10 +22,11 @@ import pandas as pd
 import soundfile
 
 from sslam.data.adapters.common import finish, join_labels, read_lines, require_dir, require_file
+from sslam.data.config import OFFICIAL_MIN_SAMPLES
 from sslam.data.manifest import LABEL_SEPARATOR, Manifest
 from sslam.runtime.errors import ManifestError
 
-MIN_SAMPLE_SIZE = 10000  # official `min_sample_size`: shorter rows are dropped at load time
+MIN_SAMPLE_SIZE = OFFICIAL_MIN_SAMPLES  # official `min_sample_size`: shorter rows are dropped at load time
 FAIRSEQ_LABEL_SEPARATOR = ","
 LABEL_DESCRIPTORS = "label_descriptors.csv"
 
