@@ -17,13 +17,13 @@ def test_fit_steps_run_untraced_after_the_steady_state_and_the_record_is_complet
     tracking.write_text(json.dumps({"uri": "sqlite:///mlflow.db", "deferred": True}))
     finetune = {"steps": 12, "batch_size": 8, "selection": "best_on_eval", "eval_interval_steps": 4,
                 "checkpoint_every": 5, "log_every": 3}
-    # Folds: three rounds; no evaluation point (selection: last) and no state before the last step.
+    # Folds: three rounds of 28 training clips, evaluated once per epoch (4 steps), no state before the last step.
     linear = {"steps": 24, "batch_size": 8, "log_every": 5}
     config = write_config({"poly": {"dataset": "poly", "eval_split": "test", "num_workers": 0, "finetune": finetune},
                            "mono": {"dataset": "mono", "task": "multiclass", "metric": "accuracy",
                                     "protocol": "folds", "num_workers": 0, "linear": linear}})
     jobs = {"finetune": (["finetune", "--benchmark", "poly", "--random-init"], [([TRACED] * 5, [UNTRACED] * 7)]),
-            "probe": (["probe", "--benchmark", "mono", "--random-init"], [([TRACED], [UNTRACED] * 23)] * 3)}
+            "probe": (["probe", "--benchmark", "mono", "--random-init"], [([TRACED] * 4, [UNTRACED] * 20)] * 3)}
     for name, (command, expected) in jobs.items():
         records = []
         for pause in (True, False):
@@ -32,7 +32,7 @@ def test_fit_steps_run_untraced_after_the_steady_state_and_the_record_is_complet
                                          "--tracking", str(tracking), "--no-progress"], UPDATE,
                                         out.with_suffix(".code.json"), pause))
         (paused, events), (traced, reference) = records
-        # finetune: steady after step 5 (step 1 read, step 4 evaluated, step 5 saved); probe: after step 1.
+        # finetune: steady after step 5 (step 1 read, step 4 evaluated, step 5 saved); probe: after step 4.
         assert loop_runs(events) == expected, events
         assert UNTRACED not in reference
         assert paused == traced, "the paused job's record misses code the traced job ran"

@@ -33,7 +33,7 @@ def downstream_of(*models: str) -> set[tuple[str, str]]:
     return pretraining(*models) | evaluation(models) | TABLES
 
 
-# Lines of code every job that mixes (the SRL target: SSLAM) runs, for the edits below.
+# Lines that only the jobs with a mixed half run (SSLAM in this study), for the edits below.
 MIXED_EVERYWHERE = "    mixed_everywhere = combine_spectrograms(fbank, foreign_clips(fbank), op, norm_stats)"
 SRL_REBUILT = "    rebuilt = base.index_copy(1, token_positions(mixed_tokens), foreign_mixed_tokens.to(base.dtype))"
 FOREIGN_CLIPS = '''def foreign_clips(batch: torch.Tensor) -> torch.Tensor:
