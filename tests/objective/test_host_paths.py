@@ -11,7 +11,7 @@ from sslam.objective.mixing import MixRegions, no_regions_mixed
 from sslam.objective.pretraining import PretrainingObjective
 from sslam.objective.config import ObjectiveConfig, variant_config
 from sslam.objective.source_retention import foreign_dropped_features, mixed_token_mask, srl_target
-from sslam.objective.targets import (NORM_EPS, make_targets, strip_cls, teacher_targets,
+from sslam.objective.targets import (NORM_EPS, make_targets, teacher_targets,
                                      teacher_targets_of_batches)
 
 REGIONS = MixRegions(128, 8, ((2, 6), (9, 13)))
