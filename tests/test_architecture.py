@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sslam"

@@ -25,11 +25,19 @@ GAIN_BETA = 10.0        # official: gain = Beta(10, 10) + 0.5, i.e. in [0.5, 1.5
 NOISE_ROLL_FRAMES = 10  # keyword-spotting roll: numpy randint(-10, 10) -> offsets in [-10, 9]
 
 
+def on_device(tensor: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A per-clip value drawn on the host, on `like`'s device. To a GPU it goes from pinned memory: a copy
+    from ordinary memory would first wait for every kernel already queued."""
+    if like.device.type == "cuda":
+        return tensor.pin_memory().to(like.device, dtype, non_blocking=True)
+    return tensor.to(like.device, dtype)
+
+
 def _per_example_roll(fbank: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Roll example b's first lengths[b] frames circularly by offsets[b]; frames after stay put."""
     time = torch.arange(fbank.shape[1], device=fbank.device)[None, :]
-    lengths = lengths.to(fbank.device)[:, None].clamp(min=1)
-    source = torch.where(time < lengths, (time - offsets.to(fbank.device)[:, None]) % lengths, time)
+    lengths = on_device(lengths, fbank)[:, None].clamp(min=1)
+    source = torch.where(time < lengths, (time - on_device(offsets, fbank)[:, None]) % lengths, time)
     return fbank.gather(1, source[..., None].expand(-1, -1, fbank.shape[2]))
 
 
@@ -39,9 +47,10 @@ def roll_and_gain(fbank: torch.Tensor, num_frames: torch.Tensor, norm_std: float
     lengths = num_frames.clamp(max=total_frames).to(torch.long)
     offsets = (torch.rand(batch) * lengths).to(torch.long)
     rolled = _per_example_roll(fbank, offsets, lengths)
-    gain = torch.distributions.Beta(GAIN_BETA, GAIN_BETA).sample((batch,)) + 0.5
-    offset = (2.0 * torch.log(gain) / (2.0 * norm_std)).to(fbank)
-    inside = torch.arange(total_frames, device=fbank.device)[None, :] < lengths.to(fbank.device)[:, None]
+    # validate_args=False: checking the constant parameters would read them back at every step.
+    gain = torch.distributions.Beta(GAIN_BETA, GAIN_BETA, validate_args=False).sample((batch,)) + 0.5
+    offset = on_device(2.0 * torch.log(gain) / (2.0 * norm_std), fbank, fbank.dtype)
+    inside = torch.arange(total_frames, device=fbank.device)[None, :] < on_device(lengths, fbank)[:, None]
     return rolled + offset[:, None, None] * inside[..., None]
 
 
@@ -62,7 +71,7 @@ def mixup(fbank: torch.Tensor, targets: torch.Tensor, alpha: float, prob: float
     Returns (fbank, targets, λ); λ = 1 when mixup is off or not drawn."""
     if alpha <= 0 or torch.rand(()) >= prob:
         return fbank, targets, 1.0
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = float(torch.distributions.Beta(alpha, alpha, validate_args=False).sample())
     mixed = lam * fbank + (1.0 - lam) * fbank.flip(0)
     return mixed, lam * targets + (1.0 - lam) * targets.flip(0), lam
 

@@ -76,6 +76,9 @@ class RegimeConfig:
     # Write the exact-resume state (OUT/state/last.pt) every N steps; it is also written on SIGUSR1/SIGTERM
     # and after every round. null = only then.
     checkpoint_every: int | None = 5000
+    # Read the training losses back from the device (one transfer, then one metrics.jsonl line per step) every
+    # N steps, and before every evaluation point and state: between reads a step never waits for the device.
+    log_every: int = 100
     compile: bool = False                       # torch.compile the classifier's forward
 
     # Length and warm-up when none is given; subclasses set the official values.
@@ -91,7 +94,8 @@ class RegimeConfig:
                      lr="> 0", min_lr=">= 0", weight_decay=">= 0", betas="[0, 1)", layer_decay="(0, 1]",
                      drop_path="[0, 1]", grad_clip=">= 0", mixup=">= 0", mixup_prob="[0, 1]", specaug_freq="[0, 1]",
                      specaug_time="[0, 1]", label_smoothing="[0, 1]", weighted_sampling=">= 1",
-                     eval_interval_steps=">= 1", checkpoint_every=">= 1", attentive_heads=">= 1")
+                     eval_interval_steps=">= 1", checkpoint_every=">= 1", log_every=">= 1",
+                     attentive_heads=">= 1")
         if self.min_lr > self.lr:
             raise ConfigError(f"min_lr {self.min_lr} is above lr {self.lr} (the cosine decays from lr to min_lr)")
 

@@ -27,6 +27,7 @@ from sslam.evaluation.protocols import Round, RoundResult, Subset, check_no_leak
 from sslam.evaluation.metrics import score
 from sslam.evaluation.selection import LAST, Selections, headline
 from sslam.evaluation.training import Fitter, Interrupted, TrainingData, predict, steps_per_epoch
+from sslam.runtime.jobs import Job
 from sslam.runtime.progress import Progress
 from sslam.runtime.snapshots import Preempted, StopSignals
 
@@ -168,8 +169,10 @@ def run_lbfgs_round(encoder: torch.nn.Module, round_, settings, log_record=None,
 
 
 def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
-              log: Callable[[dict[str, Any]], None] | None = None, resume: RoundResume | None = None
-              ) -> RoundOutcome:
+              log: Callable[[dict[str, Any]], None] | None = None, resume: RoundResume | None = None,
+              job: Job | None = None) -> RoundOutcome:
+    """Train, select and predict one round. `job`: the harness whose code recorder pauses in the steady state
+    of the round's training loop (and only there: the selection and test predictions after it are traced)."""
     benchmark, regime, resume = settings.benchmark, settings.regime, resume or RoundResume()
     if settings.regime_name == "linear" and getattr(regime, "solver", "adamw") == "lbfgs":
         return run_lbfgs_round(encoder, round_, settings, log, resume)
@@ -179,7 +182,8 @@ def run_round(encoder: torch.nn.Module, round_: Round, settings: RoundSettings,
     per_epoch, total, warmup = round_lengths(len(train), settings)
     fitter = Fitter(classifier, training_data(train, regime), regime, benchmark.loss(regime),
                     TrainingAugmentation.from_regime(regime, settings.norm_std), total, warmup, settings.device,
-                    settings.seed, benchmark.num_workers)
+                    settings.seed, benchmark.num_workers, on_steady=job.steady if job is not None else None,
+                    on_steady_end=job.steady_end if job is not None else None)
     if resume.state is not None:
         fitter.load_state_dict(resume.state["fit"])
         selections.load_state_dict(resume.state["selection"])

@@ -226,7 +226,7 @@ def evaluate(job: EvaluationJob) -> dict[str, Any] | None:
         outcomes = state.outcomes(rounds)
         for round_ in rounds[len(outcomes):]:
             resume = RoundResume(state.round_state, lambda part: state.save(part, len(log_file.lines())), harness.stop)
-            outcome = run_round(copy.deepcopy(job.encoder), round_, settings, log_record, resume)
+            outcome = run_round(copy.deepcopy(job.encoder), round_, settings, log_record, resume, harness)
             state.finish_round(outcome.classes, outcome.result, len(log_file.lines()))
             outcomes.append((outcome.classes, outcome.result))
         classes = outcomes[0][0]

@@ -9,6 +9,10 @@ asked for. The loop takes objects and never reads YAML.
 data order and position, every random stream, a pending evaluation point): the data loaders draw nothing
 from the global random streams (they have their own generators), so only the augmentations and drop path
 do, and those streams are captured with the state.
+
+A steady-state step never waits for the device: its loss stays there until the next read, every
+`log_every` steps, before every evaluation point and state, and at the end; the per-step log records and
+the finiteness check happen then, in step order (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from sslam.evaluation.augment import TrainingAugmentation
 from sslam.evaluation.config import RegimeConfig
 from sslam.evaluation.heads import EncoderClassifier, layer_decay_groups
 from sslam.evaluation.schedule import LearningRateSchedule, group_learning_rates
+from sslam.runtime.jobs import SteadyState
 from sslam.runtime.progress import Progress
 from sslam.fingerprints import compiled
 from sslam.runtime.snapshots import StopSignals, capture_rng_state, restore_rng_state
@@ -111,11 +116,13 @@ def epoch_order(data: TrainingData, regime: RegimeConfig, generator: torch.Gener
     return torch.randperm(len(data.dataset), generator=generator)
 
 
-def batch_loader(dataset: Dataset, order: torch.Tensor | None, batch_size: int, num_workers: int) -> DataLoader:
+def batch_loader(dataset: Dataset, order: torch.Tensor | None, batch_size: int, num_workers: int,
+                 pin_memory: bool = False) -> DataLoader:
     """Batches of `dataset` in `order` (None: dataset order). Its own generator: creating the loader draws
-    nothing from the global torch RNG that the augmentations use."""
+    nothing from the global torch RNG that the augmentations use. `pin_memory` (for a GPU): batches in pinned
+    memory, which reach the GPU without waiting for it."""
     return DataLoader(dataset, batch_size=batch_size, sampler=None if order is None else order.tolist(),
-                      num_workers=num_workers, drop_last=False, generator=torch.Generator())
+                      num_workers=num_workers, drop_last=False, generator=torch.Generator(), pin_memory=pin_memory)
 
 
 def epoch_loader(data: TrainingData, regime: RegimeConfig, generator: torch.Generator, num_workers: int
@@ -126,18 +133,27 @@ def epoch_loader(data: TrainingData, regime: RegimeConfig, generator: torch.Gene
 
 
 class Fitter:
-    """Trains `classifier` for `total_steps` optimiser steps; resumable at every step boundary."""
+    """Trains `classifier` for `total_steps` optimiser steps; resumable at every step boundary.
+
+    `on_steady` is called once, as soon as the loop has run every kind of step it has (a step, a log read,
+    an evaluation point and a state, those of them this run has): from then on its steps run no function the
+    first ones did not (the job harness pauses the code recorder there), until `on_steady_end`, called when the
+    loop stops stepping however it stops. `fused_optimizer`: AdamW's fused kernel (default: on CUDA).
+    """
 
     def __init__(self, classifier: EncoderClassifier, data: TrainingData, regime: RegimeConfig, loss_kind: str,
                  augmentation: TrainingAugmentation, total_steps: int, warmup_steps: int, device: torch.device,
-                 seed: int, num_workers: int = 0) -> None:
+                 seed: int, num_workers: int = 0, on_steady: Callable[[], None] | None = None,
+                 on_steady_end: Callable[[], None] | None = None, fused_optimizer: bool | None = None) -> None:
         self.classifier, self.data, self.regime, self.loss_kind = classifier, data, regime, loss_kind
         self.augmentation, self.total_steps, self.device = augmentation, total_steps, device
         self.num_workers = num_workers
+        self.on_steady, self.on_steady_end = on_steady, on_steady_end
         classifier.to(device)
         groups = layer_decay_groups(classifier, regime.weight_decay, regime.layer_decay)
-        fused = {"fused": True} if device.type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(groups, lr=regime.lr, betas=tuple(regime.betas), eps=1e-8, **fused)
+        fused = device.type == "cuda" if fused_optimizer is None else fused_optimizer
+        self.optimizer = torch.optim.AdamW(groups, lr=regime.lr, betas=tuple(regime.betas), eps=1e-8,
+                                           **({"fused": True} if fused else {}))
         self.schedule = LearningRateSchedule(regime.lr, regime.min_lr, warmup_steps, total_steps)
         self.scales = [group["lr_scale"] for group in self.optimizer.param_groups]
         self.trainable = [p for group in groups for p in group["params"]]
@@ -146,6 +162,7 @@ class Fitter:
         self.per_epoch = steps_per_epoch(len(data.dataset), regime)
         self.step, self.batch_in_epoch, self.order = 0, 0, None
         self.losses: list[float] = []
+        self._unread: list[tuple[int, torch.Tensor]] = []   # (step, loss on the device) since the last read
         self.pending_evaluation = False             # stopped inside an evaluation point: redo it on resume
         self._rng_at_evaluation: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
@@ -156,7 +173,10 @@ class Fitter:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next steps depend on, as tensors and plain data (torch.load weights_only)."""
+        """Everything the next steps depend on, as tensors and plain data (torch.load weights_only). The loop
+        reads its losses first (`run` writes states only at step boundaries where it has)."""
+        if self._unread:
+            raise RuntimeError("Fitter.state_dict() with unread losses: take it between steps of `run`")
         def on_cpu(module: torch.nn.Module) -> dict[str, torch.Tensor]:
             return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
 
@@ -195,50 +215,88 @@ class Fitter:
         self.classifier.train()
         if self.pending_evaluation:
             self._evaluate(on_evaluation_point)
-        batch_size = self.regime.batch_size
-        while self.step < self.total_steps:
-            if self.order is None or self.batch_in_epoch * batch_size >= len(self.order):
-                self.order, self.batch_in_epoch = epoch_order(self.data, self.regime, self.generator), 0
-            remaining = self.order[self.batch_in_epoch * batch_size:]
-            for fbank, targets, index in batch_loader(IndexedDataset(self.data.dataset), remaining, batch_size,
-                                                      self.num_workers):
-                loss = self._update(fbank, targets, index)
-                self.batch_in_epoch += 1
-                if log is not None:
-                    log({"step": self.step, "loss": loss, "lr": self.schedule(self.step - 1)})
-                if progress is not None:
-                    progress.update(1, loss=loss)
-                last = self.step >= self.total_steps
-                if on_evaluation_point is not None and (
-                        last or (evaluation_interval and self.step % evaluation_interval == 0)):
-                    self.pending_evaluation = True
-                    self._evaluate(on_evaluation_point)
-                if stop is not None and stop.requested:
-                    raise Interrupted(f"stopped after step {self.step} of {self.total_steps}")
-                if checkpoint is not None and checkpoint_every and self.step % checkpoint_every == 0 and not last:
-                    checkpoint()
-                if last:
-                    break
+        batch_size, log_every = self.regime.batch_size, self.regime.log_every
+        steady = self._steady_state(on_evaluation_point is not None, checkpoint is not None and checkpoint_every,
+                                    checkpoint_every)
+        first = True  # read after this run's first step too: its progress lines show a loss from the start
+        try:
+            while self.step < self.total_steps:
+                if self.order is None or self.batch_in_epoch * batch_size >= len(self.order):
+                    self.order, self.batch_in_epoch = epoch_order(self.data, self.regime, self.generator), 0
+                remaining = self.order[self.batch_in_epoch * batch_size:]
+                for fbank, targets, index in batch_loader(IndexedDataset(self.data.dataset), remaining, batch_size,
+                                                          self.num_workers, pin_memory=self.device.type == "cuda"):
+                    self._unread.append((self.step + 1, self._update(fbank, targets, index)))
+                    self.batch_in_epoch += 1
+                    last = self.step >= self.total_steps
+                    evaluates = on_evaluation_point is not None and (
+                        last or bool(evaluation_interval and self.step % evaluation_interval == 0))
+                    stopping = stop is not None and stop.requested
+                    checkpoints = (checkpoint is not None and bool(checkpoint_every)
+                                   and self.step % checkpoint_every == 0 and not last)
+                    if first or last or evaluates or stopping or checkpoints or self.step % log_every == 0:
+                        self._read_losses(log)  # before anything is written after a non-finite loss
+                        steady.saw("log read")
+                        first = False
+                    if progress is not None:
+                        progress.update(1, **({"loss": self.losses[-1]} if self.losses else {}))
+                    if evaluates:
+                        self.pending_evaluation = True
+                        self._evaluate(on_evaluation_point)
+                        steady.saw("evaluation point")
+                    if stopping:
+                        raise Interrupted(f"stopped after step {self.step} of {self.total_steps}")
+                    if checkpoints:
+                        checkpoint()
+                        steady.saw("state")
+                    steady.saw("step")
+                    if last:
+                        break
+        finally:
+            steady.end()  # the code after the loop (selection, test predictions) is not its steady state
         return FitResult(self.step, self.step / self.per_epoch, time.perf_counter() - started, self.losses)
 
-    def _update(self, fbank: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> float:
-        fbank, targets = self.augmentation(fbank.to(self.device), targets.to(self.device),
-                                           self.data.num_frames[index])
+    def _steady_state(self, evaluates: bool, checkpoints: bool, checkpoint_every: int | None):
+        """Which kinds of step this run has (an evaluation point only with a callback, a state only when one
+        falls on a step before the last), for `on_steady`."""
+        kinds = {"step", "log read"} | ({"evaluation point"} if evaluates else set())
+        if checkpoints and (self.step // checkpoint_every + 1) * checkpoint_every < self.total_steps:
+            kinds.add("state")
+        return SteadyState(kinds, self.on_steady, self.on_steady_end)
+
+    def _read_losses(self, log: Callable[[dict], None] | None) -> None:
+        """Bring the unread losses to the host in one transfer; log each step's record in order, or stop at the
+        first non-finite one (the records before it are logged, as when they were read one by one)."""
+        if not self._unread:
+            return
+        values = torch.stack([loss for _, loss in self._unread]).tolist()
+        steps = [step for step, _ in self._unread]
+        self._unread = []
+        for step, loss in zip(steps, values):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at step {step - 1}")
+            self.losses.append(loss)
+            if log is not None:
+                log({"step": step, "loss": loss, "lr": self.schedule(step - 1)})
+
+    def _update(self, fbank: torch.Tensor, targets: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """One optimiser step; returns its loss, detached, on the device (nothing here waits for the device)."""
+        fbank, targets = self.augmentation(fbank.to(self.device, non_blocking=True),
+                                           targets.to(self.device, non_blocking=True), self.data.num_frames[index])
         for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.step)):
             group["lr"] = lr
         with autocast(self.device, self.regime.precision):
             logits = self.forward(fbank)
         loss = classification_loss(logits.float(), targets, self.loss_kind, self.regime.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # The gradients handed over at the leaves, as zero_grad(set_to_none=True) + backward() leave them, without
+        # one AccumulateGrad node per parameter (sslam.train.loop.backpropagate; no DDP here).
+        for parameter, grad in zip(self.trainable, torch.autograd.grad(loss, self.trainable, allow_unused=True)):
+            parameter.grad = grad
         if self.regime.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.regime.grad_clip)
         self.optimizer.step()
         self.step += 1
-        self.losses.append(loss.item())
-        return self.losses[-1]
+        return loss.detach()
 
     def _evaluate(self, on_evaluation_point: Callable[[int, float], None] | None) -> None:
         self._rng_at_evaluation = capture_rng_state()

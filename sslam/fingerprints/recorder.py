@@ -12,9 +12,10 @@ closes them over the data they read and writes `{fingerprint: P, rules, units: {
 The fingerprint machinery (this package) is never part of a record: like Snakemake, it observes the job
 and does not compute its results.
 
-Tracing can stop before the job ends (`stop_tracing`): a training loop that has run every kind of step it
-has (its first update, log point, evaluation point and snapshot) executes no code after that which it
-has not executed before, so the rest of the job runs at full speed and the record is still complete.
+Tracing pauses while a training loop is in its steady state (`stop_tracing`, then `resume_tracing` when the
+loop ends): once the loop has run every kind of step it has (its first update, log point, evaluation point and
+snapshot), a later step runs no function the first ones did not, so the loop runs at full speed and the record
+is still complete (docs/fingerprints.md, "Steady state"). The code after the loop is traced again.
 """
 from __future__ import annotations
 
@@ -57,6 +58,24 @@ class CodeRecorder:
 
     # ------------------------------------------------------------------ recording
     def install(self) -> None:
+        self.trace()
+        registry.observe(self)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def trace(self) -> None:
+        """Start (or, after `uninstall`, resume) seeing first calls; what was seen before is kept."""
+        if self.tracing:
+            return
+        if self.seen:
+            # Resuming: the functions on the stack were entered while tracing was off (the hooks that resume it
+            # among them). They run, so they count, as if their call had been seen.
+            frame = sys._getframe(1)
+            while frame is not None:
+                if frame.f_code not in self.seen:
+                    self._first_run(frame.f_code)
+                frame = frame.f_back
+        self.tracing = True  # first: `_on_call` drops a tracer it finds while this is False
         if sys.version_info >= (3, 12):
             monitoring = sys.monitoring
             monitoring.use_tool_id(monitoring.PROFILER_ID, "sslam-code-record")
@@ -67,10 +86,6 @@ class CodeRecorder:
             threading.settrace(self._on_call)
             self._import = builtins.__import__
             builtins.__import__ = self._import_untraced
-        self.tracing = True
-        registry.observe(self)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
 
     def uninstall(self) -> None:
         """Stop tracing (what was seen is kept); registry lookups and compiled modules are still noted."""
@@ -81,6 +96,8 @@ class CodeRecorder:
             sys.monitoring.set_events(sys.monitoring.PROFILER_ID, 0)
             sys.monitoring.free_tool_id(sys.monitoring.PROFILER_ID)
         else:
+            # sys.settrace reaches only the calling thread; a thread already running (a DataLoader's pin-memory
+            # thread) drops its tracer itself at its next call (`_on_call`).
             sys.settrace(None)
             threading.settrace(None)
             builtins.__import__ = self._import
@@ -98,6 +115,9 @@ class CodeRecorder:
         return self._import(name, globals, locals, fromlist, level)
 
     def _on_call(self, frame, event, arg):  # sys.settrace: called on every new frame, never traces lines
+        if not self.tracing:
+            sys.settrace(None)  # a thread that was running when tracing stopped
+            return None
         code = frame.f_code
         if code not in self.seen:
             self._first_run(code)
@@ -229,10 +249,16 @@ def start_recording_if_asked() -> None:
 
 
 def stop_tracing() -> None:
-    """From here on the job runs code it has already run (see the module docstring): tracing stops, the record
-    is still written when the command succeeds."""
+    """A training loop's steady state begins: until `resume_tracing`, the job runs only functions it has already
+    run (see the module docstring). Tracing pauses; the record is still written when the command succeeds."""
     if _RECORDER is not None:
         _RECORDER.uninstall()
+
+
+def resume_tracing() -> None:
+    """The steady state has ended (the loop returned or raised): the code from here on is traced again."""
+    if _RECORDER is not None:
+        _RECORDER.trace()
 
 
 def is_tracing() -> bool:

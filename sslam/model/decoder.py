@@ -61,9 +61,10 @@ class Decoder2d(nn.Module):
         return torch.argsort(is_kept, dim=1, stable=True)[:, :num_positions - keep_index.shape[1]]
 
     def scatter_to_grid(self, visible: torch.Tensor, keep_index: torch.Tensor, noise: torch.Tensor,
-                        num_positions: int) -> torch.Tensor:
+                        num_positions: int, masked_index: torch.Tensor | None = None) -> torch.Tensor:
         """(N, K, D) visible tokens at `keep_index`, (N, L − K, D) noise tokens at the other positions in
-        ascending order -> (N, L, D) time-major grid tokens."""
+        ascending order -> (N, L, D) time-major grid tokens. `masked_index`: those other positions, when the
+        caller has them already (`sslam.objective.masking.kept_and_masked_index`)."""
         batch, kept, dim = visible.shape
         if keep_index.shape != (batch, kept):
             raise ModelInputError(f"keep_index must be {(batch, kept)}, got {tuple(keep_index.shape)}")
@@ -72,18 +73,19 @@ class Decoder2d(nn.Module):
         if noise.shape != (batch, num_positions - kept, dim):
             raise ModelInputError(f"noise must be {(batch, num_positions - kept, dim)} (one token per masked "
                                   f"position), got {tuple(noise.shape)}")
-        masked_index = self.masked_index(keep_index, num_positions)
+        if masked_index is None:
+            masked_index = self.masked_index(keep_index, num_positions)
         tokens = visible.new_empty(batch, num_positions, dim)
         tokens = tokens.scatter(1, masked_index.unsqueeze(-1).expand(-1, -1, dim), noise.to(visible.dtype))
         return tokens.scatter(1, keep_index.unsqueeze(-1).expand(-1, -1, dim), visible)
 
     def forward(self, visible: torch.Tensor, keep_index: torch.Tensor, grid: tuple[int, int],
-                noise: torch.Tensor) -> torch.Tensor:
+                noise: torch.Tensor, masked_index: torch.Tensor | None = None) -> torch.Tensor:
         time_patches, freq_patches = grid
         batch, _, dim = visible.shape
         if dim != self.embed_dim:
             raise ModelInputError(f"decoder expects width {self.embed_dim}, got {dim}")
-        tokens = self.scatter_to_grid(visible, keep_index, noise, time_patches * freq_patches)
+        tokens = self.scatter_to_grid(visible, keep_index, noise, time_patches * freq_patches, masked_index)
         # Time-major tokens (t·Fp + f) -> image layout (N, D, Tp, Fp).
         x = tokens.transpose(1, 2).reshape(batch, dim, time_patches, freq_patches)
         for layer in self.layers:

@@ -12,6 +12,14 @@ The layer order follows the official data2vec-multi "IMAGE" encoder that EAT and
   regression targets are the raw MLP outputs ``mlp(r)`` (``return_ffn=True``).
 
 Token order is time-major: token ``t·F_p + f`` is time patch ``t``, frequency patch ``f``.
+
+Inside `forward_blocks` the tokens of all sequences travel as one flat (N·L, D) matrix: every linear layer
+is then one matrix product (a 3-D input costs two reshapes around it, forward and backward), and a block
+calls its layers' functions with their parameters instead of calling the layer modules (a module call costs
+about a microsecond of Python; a ViT-B pretraining update makes ~30 blocks' worth of them). Both matter where
+the host's per-operation cost decides the step time (docs/performance.md); the numbers are the same, a linear
+layer flattens a contiguous 3-D input to exactly this matrix. Forward hooks on the blocks run; hooks on the
+Linear/LayerNorm modules inside them do not.
 """
 from __future__ import annotations
 
@@ -52,12 +60,14 @@ class DropPath(nn.Module):
         super().__init__()
         self.rate = rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """x: (N, ...) per sample, or the flat (N·L, D) tokens of `batch` = N sequences."""
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        per_sample = x if batch is None else x.view(batch, -1, x.shape[-1])
+        mask = per_sample.new_empty((per_sample.shape[0],) + (1,) * (per_sample.ndim - 1)).bernoulli_(keep)
+        return (per_sample * mask / keep).view(x.shape)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
@@ -74,12 +84,17 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        return self.attend(x.reshape(batch * length, dim), batch, length).view(batch, length, dim)
+
+    def attend(self, tokens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+        """The flat (N·L, D) tokens of N sequences of L tokens -> (N·L, D)."""
+        dim = tokens.shape[-1]
+        qkv = linear(self.qkv, tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
         # SDPA scales by 1/sqrt(head_dim) and accumulates the softmax in fp32 under autocast,
         # which is what the official "fp32 softmax" attention does explicitly.
         out = F.scaled_dot_product_attention(query, key, value)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        return linear(self.proj, out.transpose(1, 2).reshape(batch * length, dim))
 
 
 class Mlp(nn.Module):
@@ -90,7 +105,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return linear(self.fc2, F.gelu(linear(self.fc1, x), approximate=self.act.approximate))
 
 
 class PostNormBlock(nn.Module):
@@ -105,9 +120,17 @@ class PostNormBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        residual = self.norm1(x + self.drop_path(self.attn(x)))
-        ffn_out = self.mlp(residual)
-        return self.norm2(residual + self.drop_path(ffn_out)), ffn_out
+        batch, length, dim = x.shape
+        out, ffn_out = self.forward_flat(x.reshape(batch * length, dim), batch, length)
+        return out.view(batch, length, dim), ffn_out.view(batch, length, dim)
+
+    def forward_flat(self, tokens: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` on the flat (N·L, D) tokens of N sequences of L tokens."""
+        drop_path = self.drop_path if self.drop_path.rate and self.drop_path.training else None
+        attended = self.attn.attend(tokens, batch, length)
+        residual = layer_norm(self.norm1, tokens + (attended if drop_path is None else drop_path(attended, batch)))
+        ffn_out = self.mlp.forward(residual)
+        return layer_norm(self.norm2, residual + (ffn_out if drop_path is None else drop_path(ffn_out, batch))), ffn_out
 
 
 class AudioEncoder(nn.Module):
@@ -192,10 +215,14 @@ class AudioEncoder(nn.Module):
         self, seq: torch.Tensor, return_ffn: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Run all blocks. With return_ffn, also return each block's raw MLP output (N, 1+L', D)."""
+        batch, length, dim = seq.shape
+        tokens = seq.reshape(batch * length, dim)
         ffn_outputs = []
         for block in self.blocks:
-            seq, ffn_out = block(seq)
-            ffn_outputs.append(ffn_out)
+            tokens, ffn_out = block.forward_flat(tokens, batch, length)
+            if return_ffn:
+                ffn_outputs.append(ffn_out.view(batch, length, dim))
+        seq = tokens.view(batch, length, dim)
         return (seq, ffn_outputs) if return_ffn else seq
 
     def forward_features(
@@ -221,6 +248,16 @@ class AudioEncoder(nn.Module):
     def flops_per_forward(self, num_tokens: int, num_patches: int | None = None) -> int:
         """Forward FLOPs of one sequence (see EncoderConfig.flops_per_forward)."""
         return self.config.flops_per_forward(num_tokens, num_patches)
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` without the module call (see the module docstring)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` without the module call (see the module docstring)."""
+    return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 # Module functions rather than AudioEncoder methods: a method would change the class every pretraining and

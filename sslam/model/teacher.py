@@ -8,6 +8,8 @@ forward under autocast for mixed precision. The fixed sin-cos table is a buffer 
 from __future__ import annotations
 
 import copy
+import weakref
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -55,6 +57,7 @@ class EMATeacher(nn.Module):
         self.encoder = copy.deepcopy(unwrap(encoder)).float()
         self.encoder.requires_grad_(False)
         self.encoder.eval()
+        self._pairs: _Pairs | None = None  # the teacher's tensors matched to a student's, built at the first update
 
     def train(self, mode: bool = True) -> "EMATeacher":
         # The teacher always runs in eval mode (no drop path), whatever its parent's mode.
@@ -62,17 +65,39 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student_encoder: nn.Module, decay: float) -> None:
-        """teacher ← decay·teacher + (1 − decay)·student for every parameter; buffers are copied."""
-        student = unwrap(student_encoder)
-        student_params = dict(student.named_parameters())
-        for name, teacher_param in self.encoder.named_parameters():
-            if name not in student_params:
-                raise KeyError(f"student encoder has no parameter {name!r}: is it an encoder?")
-            student_param = student_params[name].detach().to(teacher_param.dtype)
-            teacher_param.lerp_(student_param, 1.0 - decay)
-        student_buffers = dict(student.named_buffers())
-        for name, teacher_buffer in self.encoder.named_buffers():
-            teacher_buffer.copy_(student_buffers[name])
+        """teacher ← decay·teacher + (1 − decay)·student for every parameter; buffers are copied.
+
+        One fused call over all parameters (`torch._foreach_lerp_`: the same lerp per tensor, in one
+        dispatch instead of one per tensor) and one for the buffers. Which student tensor feeds which
+        teacher tensor is worked out by name once, at the first update from a given student.
+        """
+        pairs = self._paired_with(unwrap(student_encoder))
+        sources = pairs.student_params
+        if pairs.convert:  # a student in another precision: average its values in the teacher's fp32
+            sources = [source.to(target.dtype) for source, target in zip(sources, pairs.teacher_params)]
+        torch._foreach_lerp_(pairs.teacher_params, sources, 1.0 - decay)
+        if pairs.teacher_buffers:
+            torch._foreach_copy_(pairs.teacher_buffers, pairs.student_buffers)
+
+    def _paired_with(self, student: nn.Module) -> "_Pairs":
+        """The teacher's parameters and buffers with the student's of the same names (cached per student,
+        its device and its dtype: moving or converting a module keeps its tensors, not their type)."""
+        first = next(student.parameters(), None)
+        kind = None if first is None else (first.device, first.dtype)
+        if self._pairs is None or self._pairs.student() is not student or self._pairs.kind != kind:
+            student_params, student_buffers = dict(student.named_parameters()), dict(student.named_buffers())
+            teacher_params, sources = [], []
+            for name, teacher_param in self.encoder.named_parameters():
+                if name not in student_params:
+                    raise KeyError(f"student encoder has no parameter {name!r}: is it an encoder?")
+                teacher_params.append(teacher_param)
+                sources.append(student_params[name].detach())
+            teacher_buffers = [buffer for _, buffer in self.encoder.named_buffers()]
+            buffer_sources = [student_buffers[name] for name, _ in self.encoder.named_buffers()]
+            convert = any(s.dtype != t.dtype for s, t in zip(sources, teacher_params))
+            self._pairs = _Pairs(weakref.ref(student), kind, teacher_params, sources, convert, teacher_buffers,
+                                 buffer_sources)
+        return self._pairs
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
@@ -84,7 +109,21 @@ class EMATeacher(nn.Module):
             state_dict = {f"encoder.{key}": value for key, value in state_dict.items()}
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.encoder.float().requires_grad_(False)
+        self._pairs = None  # `assign=True` puts new tensors in place
         return result
+
+
+@dataclass
+class _Pairs:
+    """The tensors one EMA update reads and writes, in matching order."""
+
+    student: weakref.ref                 # the student they were matched with
+    kind: tuple | None                   # (device, dtype) of its first parameter then
+    teacher_params: list[torch.Tensor]
+    student_params: list[torch.Tensor]
+    convert: bool                        # whether the student's dtypes differ from the teacher's fp32
+    teacher_buffers: list[torch.Tensor]
+    student_buffers: list[torch.Tensor]
 
 
 __all__ = ["EMATeacher", "ema_decay", "unwrap"]

@@ -46,13 +46,28 @@ def d2v_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def local_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-               official_factor: float = 1.0, paper_weight: float = 1.0) -> LossTerm:
-    """Decoder output (N, L, D) vs target (N, L, D), averaged over the masked (True) tokens of (N, L)."""
+               official_factor: float = 1.0, paper_weight: float = 1.0,
+               masked_index: torch.Tensor | None = None) -> LossTerm:
+    """Decoder output (N, L, D) vs target (N, L, D), averaged over the masked (True) tokens of (N, L).
+
+    `masked_index` (N, M), each row's masked positions in ascending order, when every row masks M tokens:
+    the tokens are then gathered by index, in the order boolean indexing gives, without the read of the
+    mask's count from the device that boolean indexing needs.
+    """
     if mask.shape != prediction.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} does not match prediction {tuple(prediction.shape)}")
-    per_token = d2v_loss(prediction[mask], target[mask])
+    if masked_index is None:
+        per_token = d2v_loss(prediction[mask], target[mask])
+    else:
+        per_token = d2v_loss(masked_tokens(prediction, masked_index), masked_tokens(target, masked_index))
     return LossTerm(value=per_token.mean(), count=per_token.numel(), kind="local", official_factor=official_factor,
                     paper_weight=paper_weight)
+
+
+def masked_tokens(tokens: torch.Tensor, masked_index: torch.Tensor) -> torch.Tensor:
+    """(N, L, D) tokens, (N, M) positions -> (N·M, D), row by row: `tokens[mask]` for a mask with M per row."""
+    gathered = tokens.gather(1, masked_index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    return gathered.reshape(-1, tokens.shape[-1])
 
 
 def global_loss(cls_prediction: torch.Tensor, pooled_target: torch.Tensor, official_factor: float = 1.0,

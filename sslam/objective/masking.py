@@ -28,8 +28,7 @@ def inverse_block_mask(
     """
     time_patches, freq_patches = grid
     num_cells = time_patches * freq_patches
-    keep_prob = 1.0 - mask_prob
-    num_kept = floor_count(num_cells * keep_prob)
+    num_kept = kept_cells(num_cells, mask_prob)
     if not 1 <= num_kept < num_cells:
         raise ConfigError(
             f"mask_prob {mask_prob} on a {time_patches}x{freq_patches} grid keeps {num_kept} of "
@@ -51,6 +50,11 @@ def inverse_block_mask(
 
     # 4. Invert: True = masked.
     return ~exact_kept
+
+
+def kept_cells(num_cells: int, mask_prob: float) -> int:
+    """⌊L·(1 − mask_prob)⌋, the kept cells of every row of `inverse_block_mask` (102 of 512 officially)."""
+    return floor_count(num_cells * (1.0 - mask_prob))
 
 
 def num_block_centres(num_cells: int, mask_prob: float, mask_prob_adjust: float, block_size: int) -> int:
@@ -96,14 +100,30 @@ def clone_masks(
     return inverse_block_mask(batch_size * clones, grid, mask_prob, mask_prob_adjust, block_size, generator)
 
 
-def keep_index(mask: torch.Tensor) -> torch.Tensor:
+def clone_rows(x: torch.Tensor, clones: int) -> torch.Tensor:
+    """(B, ...) -> (B·clones, ...): each row repeated `clones` times in a row, the sample-major order of
+    `clone_masks` (= `x.repeat_interleave(clones, dim=0)`, without the device read some backends make to
+    size a repeat)."""
+    return x.unsqueeze(1).expand(x.shape[0], clones, *x.shape[1:]).reshape(x.shape[0] * clones, *x.shape[1:])
+
+
+def keep_index(mask: torch.Tensor, num_kept: int | None = None) -> torch.Tensor:
     """(N, L) boolean mask -> (N, K) indices of the kept (False) cells, ascending.
 
-    A stable argsort with the kept cells (0) first, as the official code gathers them.
+    A stable argsort with the kept cells (0) first, as the official code gathers them. `num_kept`: K, when
+    the caller knows it (`kept_cells`); None counts it on the mask and checks that every row keeps as many,
+    which reads the mask back from its device.
     """
-    kept_per_row = (~mask).sum(dim=1)
-    if kept_per_row.numel() and not torch.all(kept_per_row == kept_per_row[0]):
-        raise ValueError("every mask row must keep the same number of cells to gather a batch")
-    num_kept = int(kept_per_row[0]) if kept_per_row.numel() else 0
+    return kept_and_masked_index(mask, num_kept)[0]
+
+
+def kept_and_masked_index(mask: torch.Tensor, num_kept: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) boolean mask -> ((N, K) kept cells, (N, L − K) masked cells), each ascending, from one
+    stable argsort (see `keep_index` for `num_kept`)."""
+    if num_kept is None:
+        kept_per_row = (~mask).sum(dim=1)
+        if kept_per_row.numel() and not torch.all(kept_per_row == kept_per_row[0]):
+            raise ValueError("every mask row must keep the same number of cells to gather a batch")
+        num_kept = int(kept_per_row[0]) if kept_per_row.numel() else 0
     order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
-    return order[:, :num_kept]
+    return order[:, :num_kept], order[:, num_kept:]

@@ -16,6 +16,7 @@ import torch
 
 from sslam.runtime.errors import ConfigError
 from sslam.objective.config import MixMode, MixOp
+from sslam.objective.masking import clone_rows
 from sslam.objective.targets import TeacherTargets
 
 
@@ -49,6 +50,31 @@ class MixRegions:
     def mixed_token_mask(self, freq_patches: int, device: torch.device | str | None = None) -> torch.Tensor:
         """(time_patches·freq_patches,) bool over the time-major token grid: True in mixed rows."""
         return (~self.unmixed_patch_rows(device)).repeat_interleave(freq_patches)
+
+    @property
+    def mixed_rows(self) -> tuple[tuple[int, int], ...]:
+        """[start, end) ranges of the mixed time-patch rows (the complement of `unmixed_rows`), ascending."""
+        unmixed = [False] * self.time_patches
+        for start, end in self.unmixed_rows:
+            unmixed[start:end] = [True] * len(unmixed[start:end])
+        ranges: list[tuple[int, int]] = []
+        for row, kept in enumerate(unmixed):
+            if kept:
+                continue
+            if ranges and ranges[-1][1] == row:
+                ranges[-1] = (ranges[-1][0], row + 1)
+            else:
+                ranges.append((row, row + 1))
+        return tuple(ranges)
+
+    def mixed_token_index(self, freq_patches: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """(L_mixed,) positions of the mixed rows' tokens on the time-major grid, ascending: the True
+        entries of `mixed_token_mask`, built from the rows this object holds (nothing is read back)."""
+        pieces = [torch.arange(start * freq_patches, end * freq_patches, device=device)
+                  for start, end in self.mixed_rows]
+        if not pieces:
+            return torch.zeros(0, dtype=torch.long, device=device)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def unmixed_frame_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(num_frames,) bool: True where the frame is the base clip alone."""
@@ -148,9 +174,14 @@ def mix_batch(fbank: torch.Tensor, regions: MixRegions, op: MixOp,
         raise ValueError(f"expected (B, {regions.num_frames}, F) fbank, got {tuple(fbank.shape)}")
     if regions.is_identity:
         return fbank
+    return mix_frames(fbank, regions.unmixed_frame_mask(fbank.device), op, norm_stats)
+
+
+def mix_frames(fbank: torch.Tensor, unmixed_frames: torch.Tensor, op: MixOp,
+               norm_stats: tuple[float, float] | None = None) -> torch.Tensor:
+    """`mix_batch` with the regions given as their (T,) frame mask (True = the base clip alone)."""
     mixed_everywhere = combine_spectrograms(fbank, foreign_clips(fbank), op, norm_stats)
-    keep_base = regions.unmixed_frame_mask(fbank.device)[None, :, None]
-    return torch.where(keep_base, fbank, mixed_everywhere)
+    return torch.where(unmixed_frames[None, :, None], fbank, mixed_everywhere)
 
 
 @dataclass
@@ -165,17 +196,39 @@ class MixedHalf:
     mask: torch.Tensor         # (B·C, L) True = masked
     fbank: torch.Tensor        # (B, T, F) the UN-mixed, un-rolled batch (the base clips)
     base: TeacherTargets       # the teacher's targets of `fbank`: local (B, L, D), pooled (B, D)
-    regions: MixRegions        # this batch's mixing regions
+    regions: MixRegions | None  # this batch's mixing regions (None: `mixed_tokens` says where they are)
     clones: int                # C
+    # (B·C, M) each row's masked positions, ascending, when every row masks M tokens (the drawn masks do):
+    # the losses then gather them by index instead of reading the mask's count back from the device.
+    masked_index: torch.Tensor | None = None
+    # (L_mixed,) positions of the tokens of mixed rows, ascending; None: derived from `regions`.
+    mixed_tokens: torch.Tensor | None = None
+    # How many masked tokens lie in mixed rows (MixIT's patch-level selection), counted on the host's masks.
+    mixit_tokens: int | None = None
 
     @property
     def freq_patches(self) -> int:
         return self.base.local.shape[1] // self.regions.time_patches
 
+    def mixed_token_index(self) -> torch.Tensor:
+        """(L_mixed,) positions of the tokens of mixed rows (where the foreign clip is audible), ascending."""
+        if self.mixed_tokens is not None:
+            return self.mixed_tokens
+        return self.regions.mixed_token_index(self.freq_patches, self.base.local.device)
+
+    @property
+    def has_mixed_tokens(self) -> bool:
+        """Whether any token is mixed (known from shapes: nothing is read back)."""
+        return self.mixed_token_index().numel() > 0
+
     def token_is_mixed(self) -> torch.Tensor:
         """(L,) True for the tokens of mixed rows (where the foreign clip is audible)."""
-        return self.regions.mixed_token_mask(self.freq_patches, self.base.local.device)
+        if self.mixed_tokens is None:
+            return self.regions.mixed_token_mask(self.freq_patches, self.base.local.device)
+        length = self.base.local.shape[1]
+        return torch.zeros(length, dtype=torch.bool, device=self.mixed_tokens.device).index_fill_(
+            0, self.mixed_tokens, True)
 
     def per_sequence(self, per_clip: torch.Tensor) -> torch.Tensor:
         """(B, ...) one row per clip -> (B·C, ...) one row per student sequence."""
-        return per_clip.repeat_interleave(self.clones, dim=0)
+        return clone_rows(per_clip, self.clones)

@@ -116,13 +116,27 @@ def mixit_loss(vectors: torch.Tensor, sources: torch.Tensor, group: torch.Tensor
 
 
 def _term(head: nn.Module, student: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
-          selected: torch.Tensor, kind: str) -> LossTerm:
-    """student (N, …, D) and the sources (N, …, D) at the True entries of `selected` (N, …)."""
-    rows = torch.arange(selected.shape[0], device=selected.device).view(-1, *[1] * (selected.dim() - 1))
-    group = rows.expand_as(selected)[selected]
-    vectors = head(student[selected])                                                   # (T, K, D)
-    per_token = mixit_loss(vectors, torch.stack([first[selected], second[selected]], dim=1), group,
-                           selected.shape[0])
+          selected: torch.Tensor, kind: str, count: int | None = None) -> LossTerm:
+    """student (N, …, D) and the sources (N, …, D) at the True entries of `selected` (N, …).
+
+    `count`: how many entries are True, when the caller knows it (the host counts them on its own masks): the
+    entries are then taken by position, in the same order, without boolean indexing's read of the count from
+    the device."""
+    if count is None:
+        rows = torch.arange(selected.shape[0], device=selected.device).view(-1, *[1] * (selected.dim() - 1))
+        group = rows.expand_as(selected)[selected]
+
+        def pick(values: torch.Tensor) -> torch.Tensor:
+            return values[selected]
+    else:
+        # A stable descending sort keeps the True entries first, in ascending position order.
+        positions = torch.argsort(selected.reshape(-1).to(torch.uint8), descending=True, stable=True)[:count]
+        group = torch.div(positions, selected[0].numel(), rounding_mode="floor")
+
+        def pick(values: torch.Tensor) -> torch.Tensor:
+            return values.reshape(-1, values.shape[-1]).index_select(0, positions)
+    vectors = head(pick(student))                                                       # (T, K, D)
+    per_token = mixit_loss(vectors, torch.stack([pick(first), pick(second)], dim=1), group, selected.shape[0])
     count = per_token.numel()
     # An empty selection gives an exact 0 whose graph still reaches the head (zero gradients).
     return LossTerm(value=per_token.sum() / max(count, 1), count=count, kind=kind)
@@ -130,16 +144,16 @@ def _term(head: nn.Module, student: torch.Tensor, first: torch.Tensor, second: t
 
 def mixit_terms(heads: nn.ModuleDict, half: MixedHalf) -> dict[str, LossTerm]:
     """The MixIT terms of the mixed half (see the module docstring), named mixit_<level>."""
-    mixed = not half.regions.is_identity
+    mixed = half.has_mixed_tokens
     terms = {}
     if "patch" in heads:
         selected = half.mask & half.token_is_mixed()[None, :]                              # (B·C, L)
         local = half.base.local
         terms["mixit_patch"] = _term(heads["patch"], half.predictions, half.per_sequence(foreign_clips(local)),
-                                     half.per_sequence(local), selected, "local")
+                                     half.per_sequence(local), selected, "local", half.mixit_tokens)
     if "cls" in heads:
         selected = torch.full((half.cls.shape[0],), mixed, dtype=torch.bool, device=half.cls.device)
         pooled = half.base.pooled
         terms["mixit_cls"] = _term(heads["cls"], half.cls, half.per_sequence(foreign_clips(pooled)),
-                                   half.per_sequence(pooled), selected, "global")
+                                   half.per_sequence(pooled), selected, "global", selected.shape[0] if mixed else 0)
     return terms

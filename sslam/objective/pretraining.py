@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from sslam.fingerprints import compiled
 from sslam.runtime.errors import ConfigError, SslamError
 from sslam.model.config import DecoderConfig, EncoderConfig
 from sslam.model.decoder import Decoder2d
@@ -28,11 +29,11 @@ from sslam.model.encoder import AudioEncoder, gather_tokens
 from sslam.model.teacher import EMATeacher
 from sslam.objective.config import MIXED_TERMS, SRL_TERMS, UNMIXED_TERMS, ObjectiveConfig, resolve_layer_count
 from sslam.objective.losses import LossTerm, global_loss, local_loss, term_weights, total_loss
-from sslam.objective.masking import clone_masks, keep_index
-from sslam.objective.mixing import MixedHalf, MixRegions, draw_regions, mix_batch
+from sslam.objective.masking import clone_masks, clone_rows, kept_and_masked_index, kept_cells
+from sslam.objective.mixing import MixedHalf, MixRegions, draw_regions, mix_frames
 from sslam.objective.mixit import MixItSettings, build_heads, mixit_terms
 from sslam.objective.source_retention import SrlSettings, source_retention_terms
-from sslam.objective.targets import TeacherTargets, teacher_targets
+from sslam.objective.targets import TeacherTargets, teacher_targets_of_batches
 
 # XOR-ed into the seed for the decoder-noise generator: on the CPU both generators are MT19937, and the
 # same seed would make the noise replay the numbers of the masks.
@@ -52,6 +53,7 @@ class ObjectiveOutput:
     num_sequences: int                 # student sequences = halves × B × clones
     num_masked_tokens: int             # masked tokens over the student batch
     regions: MixRegions | None         # this batch's mixing regions (None without a mixed half)
+    summary: torch.Tensor | None = None  # [loss, each term's mean] (detached), in `terms` order: one tensor to log
 
 
 class PretrainingObjective(nn.Module):
@@ -78,6 +80,8 @@ class PretrainingObjective(nn.Module):
         self.decoder = Decoder2d(decoder_cfg, encoder_cfg.embed_dim)
         self.teacher = EMATeacher(self.student)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.__dict__["_compute"] = self.compute       # compile_step() replaces it with the compiled module
+        self._output_dtypes: dict[tuple[str, torch.dtype | None], torch.dtype] = {}
         self.noise_seed = self.generator.initial_seed() ^ NOISE_SEED_STREAM
         self._noise_generator: torch.Generator | None = None
         self._pending_noise_state: tuple[str, torch.Tensor] | None = None
@@ -266,69 +270,180 @@ class PretrainingObjective(nn.Module):
         masks (halves·B·C, L) bool, True = masked, in draw_masks' row order; regions, a MixRegions
         (mixed half only); decoder_noise (halves·B·C, M, D), the tokens of each row's M masked
         positions in ascending position order, as placed (already scaled by mask_noise_std).
+
+        Two parts: `prepare` draws on the host and moves the step's inputs to the batch's device, then
+        `compute` (compiled with `compile_step`) runs the teacher, the student, the decoder and the losses
+        from tensors alone. Neither reads a value back from the device for drawn inputs.
         """
+        step = self.prepare(fbank, masks, regions, decoder_noise)
+        loss, summary, names, weights = self._compute(step)
+        return ObjectiveOutput(
+            loss=loss,
+            terms=dict(zip(names, summary[1:].unbind())),
+            weights=weights,
+            num_sequences=step.masks.shape[0],
+            num_masked_tokens=step.masks.shape[0] * step.masked_index.shape[1],
+            regions=step.regions,
+            summary=summary,
+        )
+
+    def prepare(self, fbank: torch.Tensor, masks: torch.Tensor | None = None, regions: MixRegions | None = None,
+                decoder_noise: torch.Tensor | None = None) -> "StepInputs":
+        """The host side of a forward (see `forward`): draws what is not given, in the order of the official
+        step (regions, masks, decoder noise), and puts every input of `compute` on the batch's device.
+
+        Drawn masks keep ⌊L(1−p)⌋ cells in every row by construction, so the kept/masked split needs no
+        count from the device; given masks are counted and checked once (a read of their values)."""
         if fbank.dim() == 4:
             fbank = fbank.squeeze(1)
         batch_size, num_frames, _ = fbank.shape
         grid = self.student.grid(num_frames)
-        cfg, clones = self.config, self.clones
+        device = fbank.device
 
         if regions is not None:
             regions = self._checked_regions(regions, num_frames)
         elif "mixed" in self.halves:
             regions = self.draw_mix_regions(num_frames)
-        inputs = {"unmixed": fbank}
+        if masks is not None:
+            masks, num_kept = self._checked_masks(masks, batch_size, grid), None
+        else:
+            masks, num_kept = self.draw_masks(batch_size, grid), kept_cells(grid[0] * grid[1], self.config.mask_prob)
+        mixit_tokens = self._mixit_tokens(masks, regions, grid)
+        masks = host_to_device(masks, device)
+        kept, masked = kept_and_masked_index(masks, num_kept)
+        if decoder_noise is None:
+            decoder_noise = self.draw_decoder_noise(masks.shape[0], masked.shape[1], device,
+                                                    self.student_output_dtype(device))
+        unmixed_frames = mixed_tokens = None
         if regions is not None:
-            inputs["mixed"] = mix_batch(fbank, regions, cfg.mix_op, self.norm_stats)
+            mixed_tokens = regions.mixed_token_index(grid[1], device)
+            if not regions.is_identity:
+                unmixed_frames = regions.unmixed_frame_mask(device)
+        return StepInputs(fbank, masks, kept, masked, decoder_noise.to(device), grid, regions, unmixed_frames,
+                          mixed_tokens, mixit_tokens)
 
-        # Teacher: full, unmasked clips (one row per clip, not per clone).
-        needs_teacher = set(self.halves) | ({"unmixed"} if self.needs_base_targets else set())
-        targets: dict[str, TeacherTargets] = {
-            half: teacher_targets(self.teacher.encoder, inputs[half], self.local_layers, self.global_layers[half])
-            for half in sorted(needs_teacher)
-        }
+    def _mixit_tokens(self, masks: torch.Tensor, regions: MixRegions | None, grid: tuple[int, int]) -> int | None:
+        """MixIT's patch-level token count: the mixed half's masked tokens in mixed rows, counted where the
+        masks were drawn (the host), so that the device never reports it."""
+        if self.mixit is None or "patch" not in self.mixit.levels or regions is None:
+            return None
+        rows = masks.shape[0] // len(self.halves)
+        start = self.halves.index("mixed") * rows
+        in_mixed_rows = masks[start:start + rows] & regions.mixed_token_mask(grid[1], masks.device)[None, :]
+        return int(in_mixed_rows.sum())
+
+    def student_output_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype of the student's output under the autocast state in force: the decoder noise is drawn
+        in it, before the student runs. The output comes from a LayerNorm, whose input has the autocast
+        dtype, so one small probe of that norm per autocast state answers (CUDA autocast gives float32,
+        CPU autocast keeps bfloat16)."""
+        enabled = torch.is_autocast_enabled(device.type)
+        key = (device.type, torch.get_autocast_dtype(device.type) if enabled else None)
+        if key not in self._output_dtypes:
+            norm = self.student.pre_norm
+            probe = torch.zeros(1, norm.normalized_shape[0], device=device, dtype=key[1] or norm.weight.dtype)
+            with torch.no_grad():
+                self._output_dtypes[key] = norm(probe).dtype
+        return self._output_dtypes[key]
+
+    def compile_step(self) -> None:
+        """Run `compute` through torch.compile from now on (`sslam.fingerprints.compiled` tells the code
+        recorder). The host side stays eager: its draws and the regions' row numbers would otherwise be
+        traced as constants and recompile the step at every new draw."""
+        self.__dict__["_compute"] = compiled(ObjectiveStep(self))  # not a submodule: no second path to the weights
+
+    def compute(self, step: "StepInputs") -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], dict[str, float]]:
+        """The device side of a forward: (loss, summary = [loss, each term's mean] detached, term names,
+        each term's weight in the loss), from the tensors of `step` and shapes alone."""
+        fbank, cfg, clones = step.fbank, self.config, self.clones
+        batch_size = fbank.shape[0]
+        inputs = {"unmixed": fbank}
+        if "mixed" in self.halves:
+            inputs["mixed"] = (fbank if step.unmixed_frames is None
+                               else mix_frames(fbank, step.unmixed_frames, cfg.mix_op, self.norm_stats))
+
+        # Teacher: full, unmasked clips (one row per clip, not per clone), every half it needs in one pass.
+        needs_teacher = sorted(set(self.halves) | ({"unmixed"} if self.needs_base_targets else set()))
+        targets: dict[str, TeacherTargets] = teacher_targets_of_batches(
+            self.teacher.encoder, {half: inputs[half] for half in needs_teacher}, self.local_layers,
+            self.global_layers)
 
         # Student: C masked clones per clip of each half.
-        masks = (self._checked_masks(masks, batch_size, grid) if masks is not None
-                 else self.draw_masks(batch_size, grid)).to(fbank.device)
-        kept = keep_index(masks)
-        student_batch = torch.cat([inputs[half] for half in self.halves])
+        student_batch = torch.cat([inputs[half] for half in self.halves]) if len(self.halves) > 1 \
+            else inputs[self.halves[0]]
         # Embed once per clip and clone the tokens (as the official code does), then drop the masked ones.
-        tokens = self.student.embed(student_batch).repeat_interleave(clones, dim=0)
-        encoded = self.student.forward_blocks(self.student.add_cls_and_norm(gather_tokens(tokens, kept)))
+        tokens = clone_rows(self.student.embed(student_batch), clones)
+        encoded = self.student.forward_blocks(self.student.add_cls_and_norm(gather_tokens(tokens, step.keep_index)))
         visible = encoded[:, 1:]
-        if decoder_noise is None:
-            decoder_noise = self.draw_decoder_noise(masks.shape[0], masks.shape[1] - kept.shape[1], visible.device,
-                                                    visible.dtype)
-        predictions = self.decoder(visible, kept, grid, decoder_noise.to(visible.device))
+        predictions = self.decoder(visible, step.keep_index, step.grid, step.decoder_noise,
+                                   masked_index=step.masked_index)
         cls_outputs = encoded[:, 0]
 
         terms: dict[str, LossTerm] = {}
         rows_per_half = batch_size * clones
         for position, half in enumerate(self.halves):
             rows = slice(position * rows_per_half, (position + 1) * rows_per_half)
-            half_mask, half_prediction, half_cls = masks[rows], predictions[rows], cls_outputs[rows]
+            half_mask, half_masked = step.masks[rows], step.masked_index[rows]
+            half_prediction, half_cls = predictions[rows], cls_outputs[rows]
             if f"local_{half}" in self.enabled_terms:
-                local_target = targets[half].local.repeat_interleave(clones, dim=0)
-                terms[f"local_{half}"] = local_loss(half_prediction, local_target, half_mask)
+                local_target = clone_rows(targets[half].local, clones)
+                terms[f"local_{half}"] = local_loss(half_prediction, local_target, half_mask, masked_index=half_masked)
             if f"global_{half}" in self.enabled_terms:
-                pooled_target = targets[half].pooled.repeat_interleave(clones, dim=0)
+                pooled_target = clone_rows(targets[half].pooled, clones)
                 terms[f"global_{half}"] = global_loss(half_cls, pooled_target)
             if half == "mixed" and self.needs_base_targets:
                 mixed = MixedHalf(predictions=half_prediction, cls=half_cls, mask=half_mask, fbank=fbank,
-                                  base=targets["unmixed"], regions=regions, clones=clones)
+                                  base=targets["unmixed"], regions=None, clones=clones, masked_index=half_masked,
+                                  mixed_tokens=step.mixed_tokens, mixit_tokens=step.mixit_tokens)
                 if self.uses_srl:
                     terms.update(source_retention_terms(self.teacher.encoder, mixed, self.srl))
                 if self.mixit is not None:
                     terms.update(mixit_terms(self.mixit_heads, mixed))
 
-        num_masked_tokens = int(masks.sum())
+        num_masked_tokens = step.masks.shape[0] * step.masked_index.shape[1]
         weights = term_weights(terms, cfg.loss_weighting, num_masked_tokens)
-        return ObjectiveOutput(
-            loss=total_loss(terms, weights),
-            terms={name: term.value.detach() for name, term in terms.items()},
-            weights=weights,
-            num_sequences=masks.shape[0],
-            num_masked_tokens=num_masked_tokens,
-            regions=regions,
-        )
+        loss = total_loss(terms, weights)
+        summary = torch.stack([loss.detach(), *(term.value.detach() for term in terms.values())])
+        return loss, summary, tuple(terms), weights
+
+
+@dataclass
+class StepInputs:
+    """Everything `PretrainingObjective.compute` needs for one step, on the batch's device: the batch and the
+    step's random inputs as tensors, and the shapes the host knows (the kept/masked split, the grid)."""
+
+    fbank: torch.Tensor                   # (B, T, F)
+    masks: torch.Tensor                   # (halves·B·C, L) bool, True = masked
+    keep_index: torch.Tensor              # (halves·B·C, K) kept positions, ascending
+    masked_index: torch.Tensor            # (halves·B·C, M) masked positions, ascending
+    decoder_noise: torch.Tensor           # (halves·B·C, M, D)
+    grid: tuple[int, int]                 # (time patches, frequency patches)
+    # The regions, for the output only: compute reads the two tensors below, never these row numbers, which
+    # change at every draw and would make a compiled step recompile.
+    regions: MixRegions | None = None
+    unmixed_frames: torch.Tensor | None = None  # (T,) True where the mixed half is its base clip; None: no mixing
+    mixed_tokens: torch.Tensor | None = None    # (L_mixed,) positions of the mixed rows' tokens, ascending
+    mixit_tokens: int | None = None             # MixIT: masked tokens of the mixed half in mixed rows
+
+
+class ObjectiveStep(nn.Module):
+    """`PretrainingObjective.compute` as a module of its own, so that it can be compiled by itself and named to
+    the code recorder (`sslam.fingerprints.compiled` notes a module's module). It holds the objective without
+    registering it: the objective's parameters and state_dict stay the objective's alone."""
+
+    def __init__(self, objective: PretrainingObjective) -> None:
+        super().__init__()
+        self.__dict__["objective"] = objective
+
+    def forward(self, step: StepInputs):
+        return self.objective.compute(step)
+
+
+def host_to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device: a copy from ordinary (pageable) memory to a
+    GPU waits for every kernel queued before it, a copy from pinned memory does not."""
+    if tensor.device == device or device.type == tensor.device.type == "cpu":
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

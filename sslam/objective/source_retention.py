@@ -53,32 +53,38 @@ def mixed_token_mask(regions: MixRegions, freq_patches: int, device: torch.devic
     return regions.mixed_token_mask(freq_patches, device)
 
 
+def token_positions(mixed_tokens: torch.Tensor) -> torch.Tensor:
+    """The (L_mixed,) ascending positions of the mixed tokens, from either form the functions here accept:
+    an (L,) bool mask (converting it reads it back from its device) or the positions themselves."""
+    return mixed_tokens.nonzero().flatten() if mixed_tokens.dtype == torch.bool else mixed_tokens
+
+
 @torch.no_grad()
-def foreign_dropped_features(teacher: AudioEncoder, fbank: torch.Tensor, token_is_mixed: torch.Tensor,
+def foreign_dropped_features(teacher: AudioEncoder, fbank: torch.Tensor, mixed_tokens: torch.Tensor,
                              top_k: int) -> torch.Tensor:
     """Second teacher pass: (B, T, F) un-rolled clips -> (B, L_mixed, D) targets of their mixed-region tokens.
 
+    `mixed_tokens`: the (L,) bool mask of the mixed-region tokens or their (L_mixed,) ascending positions.
     Tokens are dropped after `add_cls_and_norm`, as the official code does, so they keep their own
     positional embedding and the CLS token stays in front.
     """
     sequence = teacher.add_cls_and_norm(teacher.embed(fbank))
-    keep_cls = torch.ones(1, dtype=torch.bool, device=token_is_mixed.device)
-    sequence = sequence[:, torch.cat([keep_cls, token_is_mixed])]
+    positions = token_positions(mixed_tokens)
+    sequence = sequence.index_select(1, torch.cat([positions.new_zeros(1), positions + 1]))  # CLS first
     _, ffn_outputs = teacher.forward_blocks(sequence, return_ffn=True)
     return make_targets(strip_cls(ffn_outputs), top_k)
 
 
-def srl_target(base: torch.Tensor, foreign_mixed_tokens: torch.Tensor, token_is_mixed: torch.Tensor,
+def srl_target(base: torch.Tensor, foreign_mixed_tokens: torch.Tensor, mixed_tokens: torch.Tensor,
                aggregation: SrlAggregation = "mean") -> torch.Tensor:
     """(B, L, D) base features + (B, L_mixed, D) foreign features (already aligned: row i = clip i−1)
-    -> (B, L, D) SRL targets.
+    -> (B, L, D) SRL targets; `mixed_tokens` as for `foreign_dropped_features`.
 
     The foreign map is rebuilt on the full grid from the base features with the mixed tokens
     overwritten, so aggregating it with the base leaves the unmixed regions equal to the base.
     The result is not re-normalised (the official code does not).
     """
-    rebuilt = base.clone()
-    rebuilt[:, token_is_mixed] = foreign_mixed_tokens.to(base.dtype)
+    rebuilt = base.index_copy(1, token_positions(mixed_tokens), foreign_mixed_tokens.to(base.dtype))
     if aggregation == "mean":
         return (base + rebuilt) / 2
     if aggregation == "max":
@@ -92,17 +98,18 @@ def source_retention_terms(teacher: AudioEncoder, half: MixedHalf, settings: Srl
     if not (settings.with_local or settings.with_global):
         return {}
     base_targets = half.base.local
-    token_is_mixed = half.token_is_mixed()
-    if token_is_mixed.any():
-        foreign = foreign_clips(foreign_dropped_features(teacher, half.fbank, token_is_mixed, settings.top_k))
-        target = srl_target(base_targets, foreign, token_is_mixed, settings.aggregation)
+    mixed_tokens = half.mixed_token_index()
+    if mixed_tokens.numel():
+        foreign = foreign_clips(foreign_dropped_features(teacher, half.fbank, mixed_tokens, settings.top_k))
+        target = srl_target(base_targets, foreign, mixed_tokens, settings.aggregation)
     else:
         # Nothing was mixed in this update: each clip's target is its own features.
         target = base_targets
     terms = {}
     if settings.with_local:
         terms["srl_local"] = local_loss(half.predictions, half.per_sequence(target), half.mask,
-                                        official_factor=OFFICIAL_SRL_LOCAL_FACTOR, paper_weight=PAPER_SRL_WEIGHT)
+                                        official_factor=OFFICIAL_SRL_LOCAL_FACTOR, paper_weight=PAPER_SRL_WEIGHT,
+                                        masked_index=half.masked_index)
     if settings.with_global:
         # Table 5's "global SRL": the student's CLS against the pooled SRL target (off officially).
         terms["srl_global"] = global_loss(half.cls, half.per_sequence(global_target(target)),

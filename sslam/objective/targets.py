@@ -29,13 +29,14 @@ def make_targets(layer_outputs: Sequence[torch.Tensor], top_k: int) -> torch.Ten
     """
     if not 1 <= top_k <= len(layer_outputs):
         raise ValueError(f"top_k {top_k} must lie in 1..{len(layer_outputs)} (the number of layers)")
-    selected = layer_outputs[-top_k:]
-    normalised = [
-        # instance_norm wants channels second: (N, L, D) -> (N, D, L) and back.
-        F.instance_norm(layer.float().transpose(1, 2), eps=NORM_EPS).transpose(1, 2)
-        for layer in selected
-    ]
-    averaged = torch.stack(normalised).mean(dim=0)
+    selected = torch.stack(list(layer_outputs[-top_k:])).float()  # (k, N, L, D)
+    layers, batch, length, dim = selected.shape
+    # One instance norm over the k·N instances at once instead of one per layer: each (instance, channel)
+    # is normalised over its own L tokens either way, with the same arithmetic, in a tenth of the calls.
+    # instance_norm wants channels second: (k·N, L, D) -> (k·N, D, L) and back.
+    normalised = F.instance_norm(selected.view(layers * batch, length, dim).transpose(1, 2), eps=NORM_EPS)
+    normalised = normalised.transpose(1, 2).contiguous().view(layers, batch, length, dim)
+    averaged = normalised.mean(dim=0)
     return F.layer_norm(averaged, averaged.shape[-1:], eps=NORM_EPS)
 
 
@@ -70,3 +71,24 @@ def teacher_targets(teacher: AudioEncoder, fbank: torch.Tensor, local_layers: in
     local = make_targets(layers, local_layers)
     pooled_source = local if global_layers == local_layers else make_targets(layers, global_layers)
     return TeacherTargets(local=local, pooled=global_target(pooled_source))
+
+
+@torch.no_grad()
+def teacher_targets_of_batches(teacher: AudioEncoder, batches: dict[str, torch.Tensor], local_layers: int,
+                               global_layers: dict[str, int]) -> dict[str, TeacherTargets]:
+    """`teacher_targets` of several batches of clips (Stage 2's unmixed and mixed halves) from ONE teacher pass
+    over their concatenation, as the official code runs its 2B batch: every target is a function of its own
+    clip, so the batches can share the pass. `global_layers[name]`: the pooled target's layer count of each."""
+    names = list(batches)
+    joint = batches[names[0]] if len(names) == 1 else torch.cat([batches[name] for name in names])
+    _, ffn_outputs = teacher.forward_features(joint, return_ffn=True)
+    layers = strip_cls(ffn_outputs)
+    local = make_targets(layers, local_layers)
+    pooled = {count: global_target(local if count == local_layers else make_targets(layers, count))
+              for count in sorted({global_layers[name] for name in names})}
+    targets, start = {}, 0
+    for name in names:
+        rows = slice(start, start + batches[name].shape[0])
+        targets[name] = TeacherTargets(local=local[rows], pooled=pooled[global_layers[name]][rows])
+        start = rows.stop
+    return targets

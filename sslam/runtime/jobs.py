@@ -10,19 +10,24 @@ signals of a cluster's scheduler (SIGUSR1 before a time limit, SIGTERM on preemp
 and opens its run record (`sslam.runtime.tracking`, published to MLflow unless the study defers it) and its one
 metrics log (`OUT/metrics.jsonl`, mirrored to the run record). On exit it ends the run record, and turns a stop
 at a step boundary (`Preempted`, raised by a loop after writing its state) into exit code 75 with one log line:
-the same command resumes it. `job.steady()` is the loops' signal that every kind of step they have has run
-once; from then on they run no code they have not run before, so the code recorder stops tracing (docs/
-fingerprints.md, "Steady state"): the rest of the job runs at full speed on every Python version.
+the same command resumes it.
+
+`job.steady()` is a loop's signal (through `SteadyState`) that every kind of step it has has run once: from
+then on its steps run no function they have not run before, so the code recorder pauses (docs/fingerprints.md,
+"Steady state") and the updates run at full speed on every Python version. `job.steady_end()`, when the loop
+stops stepping, traces again: the code after it (the progress bar's last line, the final checkpoint, the test
+predictions, the run record's end) is recorded as usual.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from sslam.fingerprints import job_fingerprint, stop_tracing
+from sslam.fingerprints import job_fingerprint, resume_tracing, stop_tracing
 from sslam.runtime.device import banner
 from sslam.runtime.mlflow_tracking import job_tracker
 from sslam.runtime.snapshots import PREEMPTED_EXIT_CODE, Preempted, StopSignals
@@ -63,6 +68,31 @@ class MetricsLog:
         kept = [line for line in lines if (step := logged_step(line)) is not None
                 and (up_to_step is None or step <= up_to_step)]
         self.path.write_text("".join(line + "\n" for line in kept))
+
+
+class SteadyState:
+    """A training loop's steady state (docs/fingerprints.md, "Steady state"). The loop calls `saw(kind)` after each
+    kind of step it runs; once every kind in `kinds` has run, `on_steady()` is called, once. `end()`, where the
+    loop stops stepping (however it stops), calls `on_steady_end()` when the steady state had begun."""
+
+    def __init__(self, kinds: Iterable[str], on_steady: Callable[[], None] | None = None,
+                 on_steady_end: Callable[[], None] | None = None) -> None:
+        self.missing = set(kinds) if on_steady is not None else set()
+        self.on_steady, self.on_steady_end = on_steady, on_steady_end
+        self.begun = False
+
+    def saw(self, kind: str) -> None:
+        if kind in self.missing:
+            self.missing.discard(kind)
+            if not self.missing:
+                self.begun = True
+                self.on_steady()
+
+    def end(self) -> None:
+        if self.begun:
+            self.begun = False
+            if self.on_steady_end is not None:
+                self.on_steady_end()
 
 
 def logged_step(line: str) -> int | None:
@@ -115,8 +145,12 @@ class Job:
             self.tracker.set_params(params)
 
     def steady(self) -> None:
-        """Every kind of step the job's loop has has run once: stop the code recorder's tracing."""
+        """A loop's `on_steady`: every kind of step it has has run once; the code recorder pauses."""
         stop_tracing()
+
+    def steady_end(self) -> None:
+        """A loop's `on_steady_end`: it stops stepping; the code from here on is recorded again."""
+        resume_tracing()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         preempted = exc_type is not None and issubclass(exc_type, Preempted)

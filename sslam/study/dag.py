@@ -144,9 +144,10 @@ class Study:
         from sslam.tables.layouts import table_specs, tables_config
 
         config = self.config
-        for where, dataclass in [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
-                                 ("model.encoder", EncoderConfig), ("model.decoder", DecoderConfig)]:
-            from_dict(dataclass, section(config, where), where=where)
+        sections = [("front_end", FrontEndConfig), ("synthetic", SyntheticConfig), ("cache", CacheConfig),
+                    ("model.encoder", EncoderConfig), ("model.decoder", DecoderConfig)]
+        for where, settings_class in sections:
+            from_dict(settings_class, section(config, where), where=where)
         tables_config(config)
         self._table_specs = table_specs(config)  # the study's tables plus the paper layouts that apply
         datasets = {name: from_dict(DatasetConfig, entry, where=f"datasets.{name}")

@@ -27,7 +27,7 @@ import pandas as pd
 
 from sslam.runtime.configuration import check_ranges, from_dict, section
 from sslam.runtime.errors import ConfigError
-from sslam.tables.models import DEFAULT_BASELINES, RANDOM, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
+from sslam.tables.models import DEFAULT_BASELINES, STAGE1, default_label, is_valid_model_id, model_order, stage1_id
 from sslam.tables.paper_numbers import PAPER_TABLES, SPASS, paper_cells
 from sslam.tables.significance import OVERALL, SignificanceConfig
 

@@ -47,7 +47,8 @@ class TrainConfig:
     num_workers: int = 4                      # DataLoader worker processes per device
     seed: int = 1                             # fairseq common.seed of the official runs
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False                     # torch.compile the objective's forward (and its backward)
+    # torch.compile the objective's device side (its backward too); auto: on CUDA only. false opts out.
+    compile: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         check_ranges(self, steps=">= 1", batch_size=">= 1", lr="> 0", min_lr=">= 0", warmup_steps=">= 0",
@@ -73,6 +74,11 @@ class TrainConfig:
         values = dict(steps=200_000, warmup_steps=25_000, lr=5e-5)
         values.update(overrides)
         return cls(**values)
+
+    def compiles(self, device_type: str) -> bool:
+        """Whether a run on `device_type` compiles its step (`compile: auto` = on CUDA, where the host's time
+        per step is what compiling saves; elsewhere the compile time rarely pays back)."""
+        return self.compile is True or (self.compile == "auto" and device_type == "cuda")
 
     def autocast_dtype(self, device_type: str) -> torch.dtype | None:
         """The dtype to autocast the forward pass to, or None for plain fp32."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,9 @@ class DistributedContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # A gloo group over the same ranks for the loop's yes/no agreements (stop signal, finite losses): on CPU
+    # tensors they never wait for the GPU, which an NCCL collective read back to the host does.
+    control_group: Any = field(default=None, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -45,9 +49,12 @@ def init_distributed(device: str | None = None) -> DistributedContext:
     chosen = resolve_device(device or "auto", local_rank=local_rank)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
-    return DistributedContext(rank, world_size, local_rank, chosen)
+    control_group = None
+    if world_size > 1:
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")
+        control_group = dist.new_group(backend="gloo") if chosen.type == "cuda" else None
+    return DistributedContext(rank, world_size, local_rank, chosen, control_group)
 
 
 def shutdown_distributed(context: DistributedContext, wait_for_others: bool = True) -> None:
@@ -61,9 +68,17 @@ def all_ranks_agree(context: DistributedContext, flag: bool) -> bool:
     """True only if `flag` is True on every rank (so that all ranks stop together on a bad loss)."""
     if not context.enabled:
         return flag
-    value = torch.tensor([1 if flag else 0], device=context.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
+    return min_over_ranks(context, 1 if flag else 0) == 1
+
+
+def min_over_ranks(context: DistributedContext, value: int) -> int:
+    """The smallest of every rank's `value` (collective), through the control group when there is one."""
+    if not context.enabled:
+        return value
+    on_host = context.control_group is not None or context.device.type == "cpu"
+    tensor = torch.tensor([value], dtype=torch.long, device="cpu" if on_host else context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=context.control_group)
+    return int(tensor.item())
 
 
 def any_rank(context: DistributedContext, flag: bool) -> bool:

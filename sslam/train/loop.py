@@ -1,14 +1,20 @@
 """The pretraining loop: objects in (objective, dataset, config), checkpoints and metrics out.
 
-One update: forward the objective on a batch of normalised fbank, stop if any loss term is not finite,
-backward (DDP averages the gradients), clip the global grad norm, AdamW step, advance the lr schedule, then
-move the EMA teacher with the annealed decay of the update count. The loop never parses YAML; see
-`sslam.train.pretrain` for the command that builds its inputs.
+One update: forward the objective on a batch of normalised fbank, backward (DDP averages the gradients),
+clip the global grad norm, AdamW step, advance the lr schedule, then move the EMA teacher with the annealed
+decay of the update count. The loop never parses YAML; see `sslam.train.pretrain` for the command that builds
+its inputs.
+
+A steady-state update never waits for the device: the loss terms and the gradient norm stay there and are
+read every `log_every` updates, before every snapshot and at the end (docs/performance.md). A non-finite
+loss or gradient norm then stops the run naming the first update that had one, before anything is written
+after it: a NaN costs at most `log_every` wasted updates, never a snapshot.
 """
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,10 @@ from sslam.runtime.errors import SslamError
 from sslam.model.teacher import ema_decay
 from sslam.runtime.progress import Progress
 from sslam.fingerprints import compiled
-from sslam.runtime.jobs import MetricsLog
+from sslam.runtime.jobs import MetricsLog, SteadyState
 from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
-from sslam.train.distributed import DistributedContext, EpochBatchSampler, all_ranks_agree, any_rank
+from sslam.train.distributed import DistributedContext, EpochBatchSampler, any_rank, min_over_ranks
 from sslam.train.metrics import Throughput
 from sslam.train.optim import build_optimizer
 from sslam.train.schedule import build_scheduler
@@ -58,12 +64,19 @@ class RunIdentity:
 
 
 class Pretrainer:
-    """Runs `config.steps` updates of `objective` on `dataset`, writing into `out_dir`."""
+    """Runs `config.steps` updates of `objective` on `dataset`, writing into `out_dir`.
+
+    `on_steady` is called once, as soon as the loop has run every kind of step it has (an update, a log point
+    and a snapshot): from then on its updates run no function the first ones did not (the job harness pauses
+    the code recorder there), until `on_steady_end`, called when the loop stops stepping however it stops.
+    `fused_optimizer`: AdamW's fused kernel (default: on CUDA, as `build_optimizer` says).
+    """
 
     def __init__(self, objective: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: str | Path,
                  identity: RunIdentity, context: DistributedContext | None = None,
                  metrics: MetricsLog | None = None, show_progress: bool | None = None,
-                 stop: StopSignals | None = None) -> None:
+                 stop: StopSignals | None = None, on_steady: Callable[[], None] | None = None,
+                 on_steady_end: Callable[[], None] | None = None, fused_optimizer: bool | None = None) -> None:
         self.objective = objective
         self.dataset, self.config, self.identity = dataset, config, identity
         self.out_dir = Path(out_dir)
@@ -71,12 +84,13 @@ class Pretrainer:
         self.metrics = metrics or MetricsLog(self.out_dir / "metrics.jsonl")
         self.show_progress = show_progress
         self.stop = stop
+        self.on_steady, self.on_steady_end = on_steady, on_steady_end
         self.device = self.context.device
         self.objective.to(self.device)
         self.optimizer = build_optimizer(
             objective.trainable_modules(), lr=config.lr, betas=config.betas,
             eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters,
-            fused=self.device.type == "cuda")
+            fused=self.device.type == "cuda" if fused_optimizer is None else fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.lr, config.warmup_steps, config.steps,
                                          config.min_lr)
         self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -86,10 +100,13 @@ class Pretrainer:
         self._metrics_to_restore: list[str] | None = None
         self._window_to_restore: dict[str, Any] | None = None
         self._window = _Window()
+        self._last_snapshot_step: int | None = None
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict[str, Any]:
-        """Project checkpoint + optimizer, scheduler, data position and every rank's random state."""
+        """Project checkpoint + optimizer, scheduler, data position and every rank's random state.
+        Raises NonFiniteLossError instead when an update since the last check was not finite."""
+        self._check_finite()
         checkpoint = self._weights()
         rng = capture_rng_state({"objective": self.objective.generator_state()})
         window = self._window.state()  # the loss sums since the last log line, so the next line is exact too
@@ -185,13 +202,19 @@ class Pretrainer:
         return iter(loader)
 
     def _model(self) -> nn.Module:
-        """What the update calls: the objective, wrapped in DDP under torchrun, compiled when asked for
-        (after the DDP wrap, so that the compiler sees DDP's gradient buckets)."""
+        """What the update calls: the objective, wrapped in DDP under torchrun. With `compile` (default: on
+        CUDA) the objective's device side is compiled (`PretrainingObjective.compile_step`); its host side,
+        the draws, stays eager, so that no new draw recompiles it."""
+        if self.config.compiles(self.device.type):
+            if hasattr(self.objective, "compile_step"):
+                self.objective.compile_step()
+            else:  # an objective without a host side of its own: compile all of it
+                self.objective = compiled(self.objective)
         model: nn.Module = self.objective
         if self.context.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
-        return compiled(model) if self.config.compile else model
+        return model
 
     def run(self) -> dict[str, float]:
         """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see
@@ -199,11 +222,11 @@ class Pretrainer:
         config, autocast_dtype = self.config, self.config.autocast_dtype(self.device.type)
         model = self._model()
         batches = self._batches()
-        window = _Window()
+        self._window = _Window()
         if self._rng_to_restore is not None:
             restore_rng_state(self._rng_to_restore)
             self.objective.set_generator_state(self._rng_to_restore["objective"])
-            window = _Window.from_state(self._window_to_restore, self.device)
+            self._window = _Window.from_state(self._window_to_restore)
         self.objective.train()
         if self.context.is_main:
             if self._metrics_to_restore is not None:  # also when the log itself is gone (a re-run job)
@@ -212,6 +235,7 @@ class Pretrainer:
                 self.metrics.restore(self.metrics.lines(), self.step)  # the steps after the snapshot are re-done
         progress = self._progress()
         throughput, last = Throughput(), {}
+        steady = SteadyState(("update", "log point", "snapshot"), self.on_steady, self.on_steady_end)
         try:
             while self.step < config.steps:
                 fbank = next(batches)
@@ -220,27 +244,31 @@ class Pretrainer:
                 output, grad_norm = self.update(model, fbank, autocast_dtype)
                 self.batches_consumed += 1
                 throughput.add(fbank.shape[0] * self.context.world_size)
-                window.add(loss=output.loss.detach(), **output.terms)
-                self._window = window
+                self._window.add(self.step, ("loss", *output.terms), output.summary, grad_norm)
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     # Loss terms: means over the updates since the last line; lr and grad norm: this update's.
-                    last = {**self._reduce(window.mean()), "lr": lr, "grad_norm": grad_norm,
-                            "ema_decay": self.teacher_decay(self.step), "clips_per_s": throughput.rate(),
+                    last = {**self._reduce(self._window.mean(self._checked_window())), "lr": lr,
+                            "grad_norm": self._window.last_grad_norm, "ema_decay": self.teacher_decay(self.step),
+                            "clips_per_s": throughput.rate(),
                             "epoch": self.batches_consumed / self.sampler.batches_per_epoch}
-                    window = self._window = _Window()
+                    self._window = _Window()
                     if self.context.is_main:
                         self.metrics.write({"step": self.step, **last})
+                    steady.saw("log point")
                 if progress is not None:
                     progress.update(1, **({"loss": last["loss"], "lr": lr} if last else {}))
                 saved = self.step % config.checkpoint_every == 0 or self.step == config.steps
                 if saved:
                     self.save_state()
+                    steady.saw("snapshot")
                 if self.stop is not None and any_rank(self.context, self.stop.requested):
                     if not saved:
                         self.save_state()
                     raise Preempted(f"stopped after update {self.step} of {config.steps}; the state in "
                                     f"{self.out_dir / 'state'} resumes it")
+                steady.saw("update")
         finally:
+            steady.end()  # before the progress bar's last line: the code from here on is not the loop's steady state
             if progress is not None:
                 progress.close()
         return last
@@ -254,13 +282,12 @@ class Pretrainer:
 
     def update(self, model: nn.Module, fbank: torch.Tensor, autocast_dtype: torch.dtype | None):
         """One optimizer update on `fbank` (already on the device) through `model` (the objective, or its
-        DDP / compiled wrapper), then the EMA step. Returns (objective output, grad norm before clipping)."""
+        DDP wrapper), then the EMA step. Returns (objective output, grad norm before clipping, a 0-dim tensor
+        on the device). Nothing here reads a value back from the device: `run` checks the values later."""
         with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             output = model(fbank)
-        self._stop_if_not_finite(output)
-        self.optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        backpropagate(output.loss, self.trainable, through_hooks=self.context.enabled)
         grad_norm = self._clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
@@ -274,22 +301,37 @@ class Pretrainer:
         config = self.config
         return ema_decay(step, config.ema_start, config.ema_end, config.ema_anneal_steps)
 
-    def _stop_if_not_finite(self, output) -> None:
-        values = {"loss": output.loss.detach(), **output.terms}
-        finite = bool(torch.isfinite(torch.stack([v.float() for v in values.values()])).all())  # one sync
-        if not all_ranks_agree(self.context, finite):
-            bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
-            where = ", ".join(f"{name}={float(values[name]):.4g}" for name in bad)
-            raise NonFiniteLossError(
-                f"non-finite loss at update {self.step + 1}: {where or 'on another rank'}; "
-                f"the last snapshot in {self.out_dir / 'state'} (step <= {self.step}) is left intact")
+    def _checked_window(self) -> list[tuple[int, list[float], float]]:
+        """Read the window's unread updates (one transfer) and stop at the first non-finite one, on every
+        rank at once; returns what was read."""
+        read = self._window.read()
+        bad = next(((step, values, norm) for step, values, norm in read
+                    if not all(map(math.isfinite, values)) or not math.isfinite(norm)), None)
+        first_bad = min_over_ranks(self.context, bad[0] if bad is not None else self.config.steps + 1)
+        if first_bad <= self.config.steps:
+            kept = f"the last snapshot in {self.out_dir / 'state'} (step <= {first_bad - 1}) is left intact"
+            if bad is None or bad[0] != first_bad:
+                raise NonFiniteLossError(f"non-finite loss at update {first_bad}: on another rank; {kept}")
+            step, values, norm = bad
+            names = self._window.names
+            where = ", ".join(f"{name}={value:.4g}" for name, value in zip(names, values) if not math.isfinite(value))
+            if where:
+                raise NonFiniteLossError(f"non-finite loss at update {step}: {where}; {kept}")
+            raise NonFiniteLossError(f"non-finite gradient norm at update {step}; {kept}")
+        return read
 
-    def _clip_gradients(self) -> float:
-        max_norm = self.config.clip_grad_norm if self.config.clip_grad_norm > 0 else math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
-        if not math.isfinite(norm):
-            raise NonFiniteLossError(
-                f"non-finite gradient norm at update {self.step + 1}; the last snapshot is left intact")
+    def _check_finite(self) -> None:
+        self._window.fold(self._checked_window())
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """The global L2 norm of the gradients (returned, on the device), and the gradients scaled down to
+        `clip_grad_norm` when above it: torch's clip_grad_norm_ to the bit (same calls, same order), without
+        its per-call regrouping of the tensors by device and dtype."""
+        grads = [p.grad for p in self.trainable if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        if self.config.clip_grad_norm > 0:
+            # Without clipping torch multiplies by min(inf, 1) = 1, which changes nothing: skipped.
+            torch._foreach_mul_(grads, torch.clamp(self.config.clip_grad_norm / (norm + 1e-6), max=1.0))
         return norm
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
@@ -302,29 +344,85 @@ class Pretrainer:
         return {n: float(v) / self.context.world_size for n, v in zip(names, stacked.tolist())}
 
 
+def backpropagate(loss: torch.Tensor, parameters: list[torch.Tensor], through_hooks: bool = False) -> None:
+    """Put d loss / d parameter in every parameter's `.grad` (None where the loss does not reach it), as
+    `zero_grad(set_to_none=True); loss.backward()` does, to the bit.
+
+    `torch.autograd.grad` hands the gradients over at the graph's leaves instead of running one AccumulateGrad
+    node per parameter (about 150 on ViT-B, each a dispatched operation): a tenth of a launch-bound backward.
+    `through_hooks` keeps `backward()`, for DDP, whose gradient all-reduce hangs on those nodes.
+    """
+    if through_hooks:
+        for parameter in parameters:
+            parameter.grad = None
+        loss.backward()
+        return
+    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+    for parameter, grad in zip(parameters, grads):
+        parameter.grad = grad
+
+
 class _Window:
-    """Running means of the loss terms between two log lines (kept on the device: no sync per step)."""
+    """The loop's record of the updates since the last log line.
+
+    Each update leaves its objective summary ([loss, each term's mean]) and gradient norm on the device;
+    `read` brings all unread ones to the host in one transfer (at log points and snapshots), `fold` adds them to
+    the float64 sums of the log line (the same sums, in the same order, as adding on the device would give).
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
+        self.names: tuple[str, ...] | None = None
+        self.sums: list[float] | None = None
         self.count = 0
+        self.last_grad_norm = math.nan
+        self._unread: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._restored: dict[str, float] | None = None
 
-    def add(self, **values: torch.Tensor) -> None:
-        for name, value in values.items():
-            value = value.detach().double()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.count += 1
+    def add(self, step: int, names: tuple[str, ...], summary: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.names = names
+        self._unread.append((step, summary, grad_norm))
 
-    def mean(self) -> dict[str, float]:
-        return {name: float(total) / max(1, self.count) for name, total in self.sums.items()}
+    def read(self) -> list[tuple[int, list[float], float]]:
+        """(update, [loss, terms...], grad norm) of every unread update, read back at once."""
+        if not self._unread:
+            return []
+        summaries = torch.stack([summary.detach().double() for _, summary, _ in self._unread])
+        norms = torch.stack([norm.detach().double() for _, _, norm in self._unread])
+        values = torch.cat([summaries, norms[:, None]], dim=1).tolist()
+        read = [(step, row[:-1], row[-1]) for (step, _, _), row in zip(self._unread, values)]
+        self._unread = []
+        return read
+
+    def fold(self, read: list[tuple[int, list[float], float]]) -> None:
+        for _, values, norm in read:
+            if self.sums is None:
+                restored = self._restored
+                self.sums = list(values) if restored is None else [restored[name] + value
+                                                                    for name, value in zip(self.names, values)]
+            else:
+                self.sums = [total + value for total, value in zip(self.sums, values)]
+            self.count += 1
+            self.last_grad_norm = norm
+
+    def mean(self, read: list[tuple[int, list[float], float]]) -> dict[str, float]:
+        self.fold(read)
+        if self.sums is None:
+            return {}
+        return {name: total / max(1, self.count) for name, total in zip(self.names, self.sums)}
 
     def state(self) -> dict[str, Any]:
-        return {"sums": {name: total.detach().cpu() for name, total in self.sums.items()}, "count": self.count}
+        """The sums so far, as the snapshot keeps them (the loop has read every update first)."""
+        if self.sums is None:
+            sums = dict(self._restored or {})
+        else:
+            sums = dict(zip(self.names, self.sums))
+        return {"sums": {name: torch.tensor(total, dtype=torch.float64) for name, total in sums.items()},
+                "count": self.count}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> "_Window":
+    def from_state(cls, state: dict[str, Any] | None) -> "_Window":
         window = cls()
         if state:
-            window.sums = {name: total.to(device) for name, total in state["sums"].items()}
+            window._restored = {name: float(total) for name, total in state["sums"].items()} or None
             window.count = state["count"]
         return window

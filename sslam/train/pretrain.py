@@ -204,7 +204,8 @@ def _train(args: argparse.Namespace, train: TrainConfig, objective, dataset, ide
            snapshot: dict[str, Any] | None, context: DistributedContext, job: Job) -> None:
     out_dir = Path(args.out)
     trainer = Pretrainer(objective, dataset, train, out_dir, identity, context, metrics=job.metrics,
-                         show_progress=args.progress, stop=job.stop)
+                         show_progress=args.progress, stop=job.stop, on_steady=job.steady,
+                         on_steady_end=job.steady_end)
     if snapshot is not None:
         trainer.restore(snapshot)
         log.info("resuming %s at update %d of %d%s", out_dir, trainer.step, train.steps,

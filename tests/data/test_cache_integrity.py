@@ -5,14 +5,13 @@ import shutil
 
 import h5py
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from sslam.cli import main
 from sslam.data.cache import build_shard
 from sslam.data.datasets import FbankDataset
-from sslam.data.manifest import Manifest, read_manifest, write_manifest
+from sslam.data.manifest import Manifest, read_manifest
 from sslam.data.shards import check_shard_settings, verify_shard
 from sslam.runtime.errors import CacheError
 from sslam.audio.config import FrontEndConfig

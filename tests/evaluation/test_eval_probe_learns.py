@@ -5,7 +5,6 @@ well under 1 % across clips. The per-clip LayerNorm + 0.02-init Linear head then
 class bias and predicts a single class (accuracy exactly 1/num_classes: the `synth_mono` bug).
 `feature_norm: batch` standardises each feature across clips so the head sees the differences.
 """
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslam.runtime.configuration import from_dict, load_yaml
+from sslam.runtime.configuration import from_dict
 from sslam.evaluation.config import BenchmarkConfig
 from sslam.evaluation.protocols import plan_rounds
 from sslam.evaluation.rounds import RoundResume, RoundSettings, run_round

@@ -84,3 +84,47 @@ def test_compiled_classifier_trains_and_predicts_like_eager():
             runs[compiled] = (losses, scores)
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
     np.testing.assert_allclose(runs[True][1], runs[False][1], rtol=1e-4, atol=1e-6)
+
+
+class NanAfter(torch.utils.data.Dataset):
+    """easy_data whose clips turn NaN from the `first_bad`-th item read on."""
+
+    def __init__(self, first_bad: int) -> None:
+        self.data, self.first_bad, self.reads = easy_data(16), first_bad, 0
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        fbank, target = self.data[index]
+        return (fbank * float("nan") if self.reads > self.first_bad else fbank), target
+
+
+def test_losses_are_read_in_batches_and_a_nan_stops_naming_its_step_after_logging_the_ones_before():
+    torch.manual_seed(0)
+    classifier = EncoderClassifier(AudioEncoder(TINY), ClassificationHead(32, 2))
+    regime = FinetuneConfig(steps=8, batch_size=4, mixup=0.0, drop_path=0.0, log_every=5)
+    fitter = Fitter(classifier, TrainingData(NanAfter(first_bad=3 * 4), torch.full((16,), 32)), regime, "ce",
+                    TrainingAugmentation.from_regime(regime, norm_std=1.0), 8, 1, torch.device("cpu"), seed=0)
+    records = []
+    with pytest.raises(FloatingPointError, match="non-finite training loss at step 3"):
+        fitter.run(log=records.append)
+    # Read after step 1 (a run's first step) and at step 5: steps 1-3 logged, the NaN of step 4 stops the run.
+    assert [record["step"] for record in records] == [1, 2, 3] and fitter.step == 5
+    assert all(np.isfinite(record["loss"]) for record in records)
+
+
+def test_on_steady_follows_every_kind_of_step_of_the_run():
+    data = TrainingData(easy_data(16), torch.full((16,), 32))
+    regime = FinetuneConfig(steps=12, batch_size=4, mixup=0.0, drop_path=0.0, log_every=100)
+    for evaluation, checkpoint_every, expected in ((None, None, 1), (5, None, 5), (5, 7, 7), (None, 20, 1)):
+        torch.manual_seed(0)
+        classifier = EncoderClassifier(AudioEncoder(TINY), ClassificationHead(32, 2))
+        calls = []
+        fitter = Fitter(classifier, data, regime, "ce", TrainingAugmentation.from_regime(regime, norm_std=1.0), 12, 1,
+                        torch.device("cpu"), seed=0, on_steady=lambda: calls.append(fitter.step),
+                        on_steady_end=lambda: calls.append(("end", fitter.step)))
+        fitter.run(on_evaluation_point=(lambda step, epoch: None) if evaluation else None,
+                   evaluation_interval=evaluation, checkpoint=lambda: None, checkpoint_every=checkpoint_every)
+        assert calls == [expected, ("end", 12)], (evaluation, checkpoint_every, calls)

@@ -109,3 +109,40 @@ def test_the_record_does_not_depend_on_where_the_checkout_lives(package_copy, tm
     shutil.copytree(package_copy / "sslam", moved / "sslam")
     second = run_job(moved, tmp_path / "b.code.json")
     assert first["units"] == second["units"]
+
+
+def test_tracing_pauses_in_a_steady_state_and_resumes_with_the_functions_on_the_stack(package_copy, tmp_path):
+    """The recorder's side of docs/fingerprints.md, "Steady state": nothing is traced between the pause and the
+    resume (on Python <= 3.11 not even in a thread that was already running); the hook that resumes, entered
+    while paused, counts; the code after the resume is traced again."""
+    job = """
+import sys, threading
+import sslam
+from sslam.fingerprints import finish_recording, resume_tracing, stop_tracing
+from sslam.objective.config import floor_count, reject_moved_keys, resolve_layer_count
+from sslam.runtime.jobs import SteadyState
+
+settrace = sys.version_info < (3, 12)            # sys.monitoring leaves sys.gettrace() alone
+paused, tracer_in_thread = threading.Event(), []
+def worker():
+    paused.wait()
+    floor_count(1.0)
+    tracer_in_thread.append(sys.gettrace())
+thread = threading.Thread(target=worker)
+thread.start()
+steady = SteadyState(["step"], stop_tracing, resume_tracing)
+resolve_layer_count("all", 4, "x")               # before the steady state
+steady.saw("step")                               # pauses
+assert not settrace or sys.gettrace() is None
+paused.set(); thread.join()
+assert tracer_in_thread == [None]
+floor_count(3.0)                                 # in the steady state
+steady.end()                                     # resumes
+assert not settrace or sys.gettrace() is not None
+reject_moved_keys({}, "x")                       # after it
+finish_recording()
+"""
+    units = run_job(package_copy, tmp_path / "job.code.json", job=job)["units"]
+    assert "sslam.objective.config:resolve_layer_count" in units and "sslam.objective.config:reject_moved_keys" in units
+    assert "sslam.objective.config:floor_count" not in units
+    assert "sslam.runtime.jobs:SteadyState.end" in units and "sslam.runtime.jobs:SteadyState.saw" in units

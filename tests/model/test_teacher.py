@@ -60,3 +60,30 @@ def test_state_dict_round_trip_accepts_bare_encoder_layout(tiny_config):
     for name, value in teacher.state_dict().items():
         torch.testing.assert_close(other.state_dict()[name], value)
     other.load_state_dict(teacher.state_dict())  # nn.Module layout
+
+
+def test_the_fused_update_is_bit_identical_to_one_lerp_per_tensor(tiny_config):
+    torch.manual_seed(0)
+    student = AudioEncoder(tiny_config)
+    fused, looped = EMATeacher(student), EMATeacher(student)
+    for decay in (0.9998, 0.75, 0.5):
+        with torch.no_grad():
+            for param in student.parameters():
+                param.add_(torch.randn_like(param))
+        fused.update(student, decay)
+        # The update as it was written before: one lerp per parameter, matched by name at every call.
+        with torch.no_grad():
+            student_params = dict(student.named_parameters())
+            for name, teacher_param in looped.encoder.named_parameters():
+                teacher_param.lerp_(student_params[name].detach().to(teacher_param.dtype), 1.0 - decay)
+        for (name, a), (_, b) in zip(fused.encoder.state_dict().items(), looped.encoder.state_dict().items()):
+            assert torch.equal(a, b), name
+
+
+def test_the_pairing_follows_the_student_it_is_given(tiny_config):
+    first, second = AudioEncoder(tiny_config), AudioEncoder(tiny_config).to(torch.bfloat16)
+    teacher = EMATeacher(first)
+    teacher.update(first, 0.5)
+    teacher.update(second, 0.0)  # decay 0: the teacher becomes the (converted) second student
+    for name, param in second.named_parameters():
+        assert torch.equal(teacher.encoder.state_dict()[name], param.float()), name

@@ -228,3 +228,59 @@ def test_cli_refuses_a_planted_snapshot_in_one_line(tmp_path, capsys):
                  "--resume"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and str(planted) in error[0] and "builtins.exec" in error[0]
+
+
+def test_a_nan_between_log_points_stops_at_the_next_read_naming_its_update(tmp_path):
+    """The terms are read every log_every updates and before every snapshot. A NaN at update 6 with log_every 4
+    and snapshots every 5: the read at the log point of update 8 finds it and names update 6; the snapshot of
+    update 5 stays the last one, and no metrics line after update 4 is written."""
+    batch = 4
+    trainer = _trainer(tmp_path, PoisonedClips(16, first_bad_read=5 * batch), steps=12, log_every=4,
+                       checkpoint_every=5)
+    with pytest.raises(NonFiniteLossError, match=r"update 6: .*local_unmixed=nan.*global_unmixed=nan.*step <= 5"):
+        trainer.run()
+    assert trainer.step == 8  # found at the read of update 8
+    assert load_training_state(tmp_path / "run")["step"] == 5
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [4]
+
+
+def test_on_steady_is_called_once_after_an_update_a_log_point_and_a_snapshot(tmp_path):
+    calls = []
+    trainer = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), steps=7, log_every=2, checkpoint_every=3)
+    trainer.on_steady = lambda: calls.append(trainer.step)
+    trainer.on_steady_end = lambda: calls.append(("end", trainer.step))
+    trainer.run()
+    assert calls == [3, ("end", 7)]  # update 1, the log point of update 2, the snapshot of update 3; the last
+
+
+def test_logged_means_and_grad_norm_are_the_device_values(tmp_path):
+    """The window's sums are made on the host from one read per log point; they equal the device's float64 sums."""
+    trainer = _trainer(tmp_path, PoisonedClips(8, first_bad_read=10**9), steps=4, log_every=4, checkpoint_every=4)
+    seen = []
+    update = trainer.update
+
+    def recording_update(*args):
+        output, grad_norm = update(*args)
+        seen.append((output.summary.double(), grad_norm.item()))
+        return output, grad_norm
+
+    trainer.update = recording_update
+    line = trainer.run()
+    total = seen[0][0]
+    for summary, _ in seen[1:]:
+        total = total + summary
+    assert line["loss"] == float(total[0]) / 4 and line["grad_norm"] == seen[-1][1]
+
+
+def test_compile_is_on_for_cuda_jobs_by_default_and_can_be_switched_off(tmp_path):
+    config = load_yaml(tiny_study(tmp_path))
+    auto = train_config_for_stage(config, 1)
+    assert auto.compile == "auto" and auto.compiles("cuda") and not auto.compiles("cpu")
+    config["pretrain"]["stage1"]["compile"] = False
+    assert not train_config_for_stage(config, 1).compiles("cuda")
+    config["pretrain"]["stage1"]["compile"] = True
+    assert train_config_for_stage(config, 1).compiles("cpu")
+    config["pretrain"]["stage1"]["compile"] = "sometimes"
+    with pytest.raises(ConfigError, match="compile"):
+        train_config_for_stage(config, 1)

@@ -1,7 +1,6 @@
 """Atomic snapshots with fallback to the previous one, weights_only reading (a planted object is refused),
 random-state capture, the resumable data order."""
 import itertools
-import json
 import pickle
 import random
 
