@@ -121,7 +121,8 @@ def test_finetune_with_model_selection_interrupted_twice_ends_identical(write_co
         assert code == PREEMPTED_EXIT_CODE and f"received {stop.name}" in log, log[-3000:]
         assert f"exit {PREEMPTED_EXIT_CODE}" in log and seconds < 30
     selection = torch.load(interrupted / "state" / "last.pt", weights_only=True)["round_state"]["selection"]
-    assert selection["step"] in (4, 8, 12, 16, 20, 24, 28)  # the best point so far is part of the state
+    # the points each selection keeps so far are part of the state (best_on_eval: the best test score so far)
+    assert selection["best_on_eval"]["step"] in (4, 8, 12, 16) and selection["last"]["step"] == 16
     run_to_the_end(command)
     assert_same_results(reference, interrupted)
 
@@ -140,5 +141,5 @@ def test_a_state_of_another_code_version_is_discarded(write_config, tmp_path):
     assert len(discarded) == 1 and f"code fingerprint {fingerprint} -> 0123456789abcdef" in discarded[0]
     assert "resuming" not in result.stderr
     assert json.loads((out / "metrics.json").read_text())["resumed"] == 0
-    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == \
-        list(range(1, 41))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records if "loss" in record] == list(range(1, 41))  # nothing twice

@@ -45,7 +45,7 @@ def test_every_job_records_the_code_it_ran(finished_study):
     evaluation = set(records["eval/SSLAM/synth_mono/linear/seed0/metrics.code.json"]["units"])
     tables = set(records["tables/runs.code.json"]["units"])
     srl = "sslam.objective.source_retention:srl_target"
-    mixing = "sslam.objective.mixing:mix_batch"
+    mixing = "sslam.objective.mixing:mix_frames"  # what the sync-free objective runs to mix
     assert srl in sslam and srl not in mb_ua and srl not in stage1
     assert mixing in sslam and mixing not in mb_ua and mixing not in stage1
     assert not any(unit.startswith(("sslam.objective", "sslam.train")) for unit in evaluation)
