@@ -210,6 +210,31 @@ def _uint8():
     return torch.uint8
 
 
+class PythonCallCounter:
+    """Python function calls per update: a `sys.setprofile` hook that a StepClock starts (`start`) at its first
+    counted update and reads (`tick`) at the end of each one; `stop` removes it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.per_update: list[int] = []
+
+    def _count(self, frame, event, arg) -> None:
+        if event == "call":
+            self.calls += 1
+
+    def start(self) -> None:
+        self.calls = 0
+        sys.setprofile(self._count)
+
+    def tick(self) -> None:
+        self.per_update.append(self.calls)
+        self.calls = 0
+
+    @staticmethod
+    def stop() -> None:
+        sys.setprofile(None)
+
+
 # ---------------------------------------------------------------------------------------------- one worker
 class StepClock:
     """Stands in for the loops' stop signals: both loops ask `requested` once per update, at its end, so the
@@ -346,28 +371,14 @@ def measure(loop: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.recorder or args.timing_only:
             return result  # only the time is compared
 
-        calls = [0]
-        per_update_calls: list[int] = []
-
-        def count_calls(frame, event, arg):
-            if event == "call":
-                calls[0] += 1
-
-        def start_calls():
-            calls[0] = 0
-            sys.setprofile(count_calls)
-
-        def tick_calls():
-            per_update_calls.append(calls[0])
-            calls[0] = 0
-
-        counting = StepClock(args.warmup, min(args.updates, args.count_updates), on_start=start_calls,
-                             on_tick=tick_calls)
+        calls = PythonCallCounter()
+        counting = StepClock(args.warmup, min(args.updates, args.count_updates), on_start=calls.start,
+                             on_tick=calls.tick)
         try:
             build_loop(loop, args, counting, scratch / "calls")()
         finally:
-            sys.setprofile(None)
-        result["python_calls"] = statistics.median(per_update_calls)
+            calls.stop()
+        result["python_calls"] = statistics.median(calls.per_update)
 
         counter = SyncCounter(args.device)
         per_update: list[tuple[int, int, int]] = []

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.host_overhead import LOOPS, StepClock, SyncCounter, build_loop  # noqa: E402
+from benchmarks.host_overhead import LOOPS, PythonCallCounter, StepClock, SyncCounter, build_loop  # noqa: E402
 from sslam.model import DecoderConfig, EncoderConfig  # noqa: E402
 from sslam.objective.config import ObjectiveConfig, variant_config  # noqa: E402
 from sslam.objective.masking import keep_index  # noqa: E402
@@ -65,25 +65,13 @@ def test_the_sync_counter_sees_reads_and_data_sized_ops_but_not_host_draws():
 
 @pytest.mark.parametrize("loop", ("stage1", "stage2"))
 def test_an_eager_vit_b_structured_pretraining_update_makes_at_most_3000_python_calls(loop, tmp_path):
-    calls, per_update = [0], []
-
-    def count(frame, event, arg):
-        if event == "call":
-            calls[0] += 1
-
-    def start():
-        calls[0] = 0
-        sys.setprofile(count)
-
-    def tick():
-        per_update.append(calls[0])
-        calls[0] = 0
-
-    clock = StepClock(WARMUP, 3, on_start=start, on_tick=tick)
+    counter = PythonCallCounter()
+    clock = StepClock(WARMUP, 3, on_start=counter.start, on_tick=counter.tick)
     try:
         build_loop(loop, proxy_args(updates=3), clock, tmp_path)()
     finally:
-        sys.setprofile(None)
+        counter.stop()
+    per_update = counter.per_update
     assert len(per_update) == 3 and all(1000 < calls <= 3000 for calls in per_update), per_update
 
 

@@ -12,6 +12,7 @@ import pytest
 import soundfile
 import yaml
 
+from data_helpers import folder_digest
 from sslam.audio.front_end import load_raw_fbank
 from sslam.cli import main
 from sslam.runtime.configuration import from_dict
@@ -30,14 +31,6 @@ TINY = dict(corpus="instruments", clip_seconds=0.5, pretrain_clips=4, mono_clips
 def corpus(tmp_path_factory):
     """{set name: manifest path} of the tiny instrument corpus (poly's test split binned by polyphony)."""
     return generate_corpus(SyntheticConfig(**TINY, poly_test_by_polyphony=True), tmp_path_factory.mktemp("inst"))
-
-
-def folder_digest(folder) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def midi_messages(data: bytes) -> list[mido.Message]:

@@ -1,13 +1,12 @@
 """The embedded synthetic corpus: determinism, set layout, file formats, class variation and separability."""
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import soundfile
 import yaml
 
+from data_helpers import folder_digest
 from sslam.audio.front_end import load_raw_fbank
 from sslam.cli import main
 from sslam.runtime.configuration import from_dict
@@ -15,14 +14,6 @@ from sslam.data.manifest import read_manifest
 from sslam.data.synthetic import (CLASS_IDS, EVENT_CLASSES, SET_NAMES, SyntheticConfig, generate_set, make_event,
                                   set_sizes)
 from sslam.runtime.errors import ConfigError
-
-
-def folder_digest(folder) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def test_at_least_twelve_classes_with_unique_ids():

@@ -59,6 +59,20 @@ def test_linear_probe_with_feature_norm_learns_a_separable_multiclass_set(poolin
     assert probe_accuracy(regime) >= 0.6           # chance: 0.25; LayerNorm head alone: exactly 0.25
 
 
+def fitted_accuracy(head: ClassificationHead, train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                    test_labels: torch.Tensor, steps: int) -> float:
+    """Accuracy on `test` of `head` after `steps` full-batch AdamW steps (lr 0.01) of cross-entropy on `train`."""
+    optimizer = torch.optim.AdamW(head.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(head(train), train_labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    with torch.no_grad():
+        return (head(test).argmax(1) == test_labels).float().mean().item()
+
+
 def test_batch_feature_norm_separates_features_with_a_large_common_part():
     torch.manual_seed(0)
     common = torch.randn(64) * 3.0
@@ -67,16 +81,7 @@ def test_batch_feature_norm_separates_features_with_a_large_common_part():
     pooled = common + 1e-3 * directions[labels] + 1e-4 * torch.randn(len(labels), 64)
     features = torch.cat([pooled[:, None], torch.zeros(len(labels), 2, 64)], dim=1)   # (N, 1+L, D), CLS first
     head = ClassificationHead(64, NUM_CLASSES, feature_norm="batch")
-    optimizer = torch.optim.AdamW(head.parameters(), lr=0.01)
-    for _ in range(50):
-        loss = torch.nn.functional.cross_entropy(head(features), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    head.eval()
-    with torch.no_grad():
-        accuracy = (head(features).argmax(1) == labels).float().mean().item()
-    assert accuracy >= 0.9
+    assert fitted_accuracy(head, features, labels, features, labels, steps=50) >= 0.9
     # A batch of one in training mode falls back to the running statistics instead of failing.
     head.train()
     assert head(features[:1]).shape == (1, NUM_CLASSES)
@@ -109,15 +114,7 @@ def head_accuracy(pooling: str, steps: int = 150) -> float:
     train, train_labels = paired_events(64, seed=1)
     test, test_labels = paired_events(64, seed=2)
     head = ClassificationHead(16, 2, pooling=pooling, attentive_heads=2)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=0.01)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(head(train), train_labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    head.eval()
-    with torch.no_grad():
-        return (head(test).argmax(1) == test_labels).float().mean().item()
+    return fitted_accuracy(head, train, train_labels, test, test_labels, steps)
 
 
 def test_attentive_pooling_reads_what_the_mean_and_cls_of_the_patches_lose():
