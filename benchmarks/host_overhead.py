@@ -18,6 +18,11 @@ which torch also runs on the CPU), and every update is measured between two step
                  is of values drawn from a random generator (or computed from such draws only), which live on
                  the host in a GPU job too (mixing regions, mixup's coin); with --device cuda, CUDA's own sync
                  debug mode counts every synchronising call as well (cuda_syncs)
+  kernel_ms      (--kernels) the CPU time spent inside the math kernels (convolutions, matrix products, attention,
+                 GELU, LayerNorm, their backwards and the fused AdamW), from torch.profiler's self CPU time: on
+                 the CPU proxy the update runs them on the host, on a GPU they run on the device. Their fixed
+                 cost per call does not shrink with the width, so the width check cannot see it; host_ms =
+                 cpu_ms - kernel_ms is the part of an update that a GPU job's host pays too
   gpu_wait       (CUDA) the fraction of the GPU's time per update spent waiting for the host: one minus the
                  update's kernel time (measured from CUDA events around an update queued while the GPU sleeps,
                  so it runs without gaps) over the update's period in the ordinary loop (events at step ends)
@@ -30,6 +35,7 @@ Usage (from the repository root; the last line printed is one JSON object):
   python -m benchmarks.host_overhead --widths 8 16 --pairs 10        # the width-halving check
   python -m benchmarks.host_overhead --recorder --pairs 10           # code recorder tracing vs stopped
   python -m benchmarks.host_overhead --recorder steady --pairs 10    # stopped (a job's steady state) vs no recorder
+  python -m benchmarks.host_overhead --baseline /tmp/base --pairs 10 --kernels  # ... with the kernel/host split
   python -m benchmarks.host_overhead --preset vitb --device cuda     # the real shape on a GPU
 
 A/B runs alternate fresh worker processes (A B B A A B ...); each worker reports the median of its updates, and
@@ -87,6 +93,34 @@ class Clips:
 
 
 # ---------------------------------------------------------------------------------------------- counting
+# The math kernels of an update: on the CPU proxy their bodies run on the host, in a GPU job on the device.
+KERNEL_OPS = frozenset({
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
+    "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "aten::gelu", "aten::gelu_backward", "aten::native_layer_norm", "aten::native_layer_norm_backward",
+    "aten::_fused_adamw_",
+})
+
+
+def kernel_ms_per_update(loop: str, args: argparse.Namespace, scratch: Path) -> tuple[float, dict[str, float]]:
+    """Self CPU time per update inside KERNEL_OPS (torch.profiler, over the measured updates), and per kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU])
+    ticks = [0]
+
+    def tick():
+        ticks[0] += 1
+        if ticks[0] == args.updates:
+            profiler.__exit__(None, None, None)
+
+    clock = StepClock(args.warmup, args.updates, on_start=profiler.__enter__, on_tick=tick)
+    build_loop(loop, args, clock, scratch / "kernels")()
+    per_kernel = {event.key: event.self_cpu_time_total / 1e3 / args.updates
+                  for event in profiler.key_averages() if event.key in KERNEL_OPS}
+    return sum(per_kernel.values()), per_kernel
+
+
 class SyncCounter:
     """A TorchDispatchMode that counts dispatched operators and the ones where the host waits for the device
     (see the module docstring), while `active`."""
@@ -368,6 +402,9 @@ def measure(loop: str, args: argparse.Namespace) -> dict[str, Any]:
             busy = gpu_busy_ms(loop, args, scratch, wall)
             result["gpu_busy_ms"] = busy
             result["gpu_wait"] = max(0.0, 1.0 - busy / result["gpu_period_ms"])
+        if args.kernels:
+            result["kernel_ms"], result["kernels"] = kernel_ms_per_update(loop, args, scratch)
+            result["host_ms"] = result["cpu_ms"] - result["kernel_ms"]
         if args.recorder or args.timing_only:
             return result  # only the time is compared
 
@@ -481,7 +518,7 @@ def run_worker(tree: Path, args: argparse.Namespace, extra: list[str], environme
                "--preset", args.preset, "--device", args.device, "--dtype", args.dtype,
                "--updates", str(args.updates), "--warmup", str(args.warmup), "--threads", str(args.threads),
                "--count-updates", str(args.count_updates), *(["--compile"] if args.compile else []),
-               *(["--timing-only"] if args.timing_only else []), *extra]
+               *(["--timing-only"] if args.timing_only else []), *(["--kernels"] if args.kernels else []), *extra]
     if "--width" not in extra:
         command += ["--width", str(args.width)]
     env = {**os.environ, **environment, "PYTHONPATH": str(tree)}
@@ -517,7 +554,7 @@ def summarise(arms, runs: dict[str, list[dict]], loops: list[str]) -> dict[str, 
                      "cpu_ms_worker_min_median": statistics.median(r["cpu_ms_min"] for r in rows),
                      "wall_ms_median": statistics.median(r["wall_ms"] for r in rows), "workers": len(rows)}
             for key in ("python_calls", "ops", "syncs", "host_reads", "cuda_syncs", "gpu_wait", "gpu_period_ms",
-                        "gpu_busy_ms"):
+                        "gpu_busy_ms", "kernel_ms", "host_ms"):
                 if key in rows[0]:
                     entry[key] = statistics.median(r[key] for r in rows)
             if rows[0].get("sync_ops"):
@@ -533,6 +570,10 @@ def summarise(arms, runs: dict[str, list[dict]], loops: list[str]) -> dict[str, 
             per_arm["ratio"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                 "of_worker_mins": statistics.median(min_ratios),
                                 "of": f"{first} / {second} cpu_ms per update"}
+            if "host_ms" in pairs[0][0]:
+                host_ratios = [a["host_ms"] / b["host_ms"] for a, b in pairs]
+                per_arm["host_ratio"] = {"median": statistics.median(host_ratios), "min": min(host_ratios),
+                                         "max": max(host_ratios), "of": f"{first} / {second} host_ms per update"}
         summary[loop] = per_arm
     return summary
 
@@ -557,6 +598,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                         choices=("compare", "steady", "traced", "stopped", "off"),
                         help="compare the code recorder tracing every call with it stopped after the warm-up "
                              "(steady: stopped with no recorder at all)")
+    parser.add_argument("--kernels", action="store_true",
+                        help="also profile each loop once per worker: CPU time inside the math kernels (kernel_ms) "
+                             "and the rest (host_ms)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -580,8 +624,13 @@ def main(argv: list[str] | None = None) -> dict | None:
                       f"(min {figures['min']:.2f}, max {figures['max']:.2f}); of the workers' fastest updates "
                       f"{figures['of_worker_mins']:.2f}")
                 continue
+            if label == "host_ratio":
+                print(f"{loop:9s} ratio {figures['of']}: median {figures['median']:.2f} "
+                      f"(min {figures['min']:.2f}, max {figures['max']:.2f})")
+                continue
             counts = " ".join(f"{key} {figures[key]:g}" for key in ("python_calls", "ops", "syncs", "host_reads",
-                                                                     "cuda_syncs", "gpu_wait") if key in figures)
+                                                                     "cuda_syncs", "gpu_wait", "kernel_ms",
+                                                                     "host_ms") if key in figures)
             print(f"{loop:9s} {label:9s} cpu ms/update min {figures['cpu_ms_min']:.2f} median "
                   f"{figures['cpu_ms_median']:.2f} (workers' fastest: median {figures['cpu_ms_worker_min_median']:.2f})"
                   f" | wall median {figures['wall_ms_median']:.2f} | {counts}")

@@ -72,7 +72,8 @@ def test_an_eager_vit_b_structured_pretraining_update_makes_at_most_3000_python_
     finally:
         counter.stop()
     per_update = counter.per_update
-    assert len(per_update) == 3 and all(1000 < calls <= 3000 for calls in per_update), per_update
+    # The lower bound only shows that the counter counts: 24 blocks alone make ~9 calls each.
+    assert len(per_update) == 3 and all(300 < calls <= 3000 for calls in per_update), per_update
 
 
 def tiny_objective(stage: int, variant: str | None = None) -> PretrainingObjective:

@@ -18,8 +18,11 @@ is then one matrix product (a 3-D input costs two reshapes around it, forward an
 calls its layers' functions with their parameters instead of calling the layer modules (a module call costs
 about a microsecond of Python; a ViT-B pretraining update makes ~30 blocks' worth of them). Both matter where
 the host's per-operation cost decides the step time (docs/performance.md); the numbers are the same, a linear
-layer flattens a contiguous 3-D input to exactly this matrix. Forward hooks on the blocks run; hooks on the
-Linear/LayerNorm modules inside them do not.
+layer flattens a contiguous 3-D input to exactly this matrix. For the same reason the blocks read their
+submodules and parameters from the module tables (`_modules`, `_parameters`) rather than through
+nn.Module.__getattr__. Hooks on the blocks, and on the Linear/LayerNorm modules inside them, do not run in
+`forward_blocks` (`hidden_states` calls the blocks as modules, so block hooks run there); parametrisations
+(torch.nn.utils.parametrize) of the layers inside a block are not supported.
 """
 from __future__ import annotations
 
@@ -88,13 +91,13 @@ class Attention(nn.Module):
 
     def attend(self, tokens: torch.Tensor, batch: int, length: int) -> torch.Tensor:
         """The flat (N·L, D) tokens of N sequences of L tokens -> (N·L, D)."""
-        dim = tokens.shape[-1]
-        qkv = linear(self.qkv, tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads)
+        dim, layers = tokens.shape[-1], self._modules  # submodules without nn.Module.__getattr__ (see `linear`)
+        qkv = linear(layers["qkv"], tokens).view(batch, length, 3, self.num_heads, dim // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (N, heads, L, head_dim)
         # SDPA scales by 1/sqrt(head_dim) and accumulates the softmax in fp32 under autocast,
         # which is what the official "fp32 softmax" attention does explicitly.
         out = F.scaled_dot_product_attention(query, key, value)
-        return linear(self.proj, out.transpose(1, 2).reshape(batch * length, dim))
+        return linear(layers["proj"], out.transpose(1, 2).reshape(batch * length, dim))
 
 
 class Mlp(nn.Module):
@@ -105,7 +108,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.fc2, F.gelu(linear(self.fc1, x), approximate=self.act.approximate))
+        layers = self._modules  # (see `linear`)
+        return linear(layers["fc2"], F.gelu(linear(layers["fc1"], x), approximate=layers["act"].approximate))
 
 
 class PostNormBlock(nn.Module):
@@ -126,11 +130,13 @@ class PostNormBlock(nn.Module):
 
     def forward_flat(self, tokens: torch.Tensor, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` on the flat (N·L, D) tokens of N sequences of L tokens."""
-        drop_path = self.drop_path if self.drop_path.rate and self.drop_path.training else None
-        attended = self.attn.attend(tokens, batch, length)
-        residual = layer_norm(self.norm1, tokens + (attended if drop_path is None else drop_path(attended, batch)))
-        ffn_out = self.mlp.forward(residual)
-        return layer_norm(self.norm2, residual + (ffn_out if drop_path is None else drop_path(ffn_out, batch))), ffn_out
+        parts = self._modules  # submodules without nn.Module.__getattr__ (see `linear`)
+        drop_path = parts["drop_path"] if parts["drop_path"].rate and parts["drop_path"].training else None
+        attended = parts["attn"].attend(tokens, batch, length)
+        residual = layer_norm(parts["norm1"], tokens + (attended if drop_path is None else drop_path(attended, batch)))
+        ffn_out = parts["mlp"].forward(residual)
+        out = layer_norm(parts["norm2"], residual + (ffn_out if drop_path is None else drop_path(ffn_out, batch)))
+        return out, ffn_out
 
 
 class AudioEncoder(nn.Module):
@@ -251,13 +257,17 @@ class AudioEncoder(nn.Module):
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` without the module call (see the module docstring)."""
-    return F.linear(x, layer.weight, layer.bias)
+    """`layer(x)` without the module call (see the module docstring). The parameters are read from the
+    module's parameter table: `layer.weight` goes through nn.Module.__getattr__, a Python function, and an
+    update reads ~24 blocks' worth of them."""
+    parameters = layer._parameters
+    return F.linear(x, parameters["weight"], parameters["bias"])
 
 
 def layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """`norm(x)` without the module call (see the module docstring)."""
-    return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    """`norm(x)` without the module call and its __getattr__ (see `linear`)."""
+    parameters = norm._parameters
+    return torch.layer_norm(x, norm.normalized_shape, parameters["weight"], parameters["bias"], norm.eps)
 
 
 # Module functions rather than AudioEncoder methods: a method would change the class every pretraining and

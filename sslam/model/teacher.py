@@ -67,21 +67,24 @@ class EMATeacher(nn.Module):
     def update(self, student_encoder: nn.Module, decay: float) -> None:
         """teacher ← decay·teacher + (1 − decay)·student for every parameter; buffers are copied.
 
-        One fused call over all parameters (`torch._foreach_lerp_`: the same lerp per tensor, in one
-        dispatch instead of one per tensor) and one for the buffers. Which student tensor feeds which
-        teacher tensor is worked out by name once, at the first update from a given student.
+        One fused call over all parameters (`torch._foreach_lerp_`: the same lerp per element, in one dispatch)
+        and one for the buffers. Which student tensor feeds which teacher tensor is worked out by name once, at
+        the first update from a given student; where the student's parameters lie end to end in one buffer (the
+        pretraining loop's `FlatParameters`), the teacher's are laid out in the same order and each such run is
+        one tensor, so the update is one lerp per run instead of one per parameter.
         """
         pairs = self._paired_with(unwrap(student_encoder))
-        sources = pairs.student_params
+        sources = pairs.student_runs
         if pairs.convert:  # a student in another precision: average its values in the teacher's fp32
-            sources = [source.to(target.dtype) for source, target in zip(sources, pairs.teacher_params)]
-        torch._foreach_lerp_(pairs.teacher_params, sources, 1.0 - decay)
+            sources = [source.to(target.dtype) for source, target in zip(sources, pairs.teacher_runs)]
+        torch._foreach_lerp_(pairs.teacher_runs, sources, 1.0 - decay)
         if pairs.teacher_buffers:
             torch._foreach_copy_(pairs.teacher_buffers, pairs.student_buffers)
 
     def _paired_with(self, student: nn.Module) -> "_Pairs":
         """The teacher's parameters and buffers with the student's of the same names (cached per student,
-        its device and its dtype: moving or converting a module keeps its tensors, not their type)."""
+        its device and its dtype: moving or converting a module keeps its tensors, not their type), merged into
+        runs that lie end to end in both."""
         first = next(student.parameters(), None)
         kind = None if first is None else (first.device, first.dtype)
         if self._pairs is None or self._pairs.student() is not student or self._pairs.kind != kind:
@@ -95,7 +98,8 @@ class EMATeacher(nn.Module):
             teacher_buffers = [buffer for _, buffer in self.encoder.named_buffers()]
             buffer_sources = [student_buffers[name] for name, _ in self.encoder.named_buffers()]
             convert = any(s.dtype != t.dtype for s, t in zip(sources, teacher_params))
-            self._pairs = _Pairs(weakref.ref(student), kind, teacher_params, sources, convert, teacher_buffers,
+            teacher_runs, student_runs = matched_runs(teacher_params, sources)
+            self._pairs = _Pairs(weakref.ref(student), kind, teacher_runs, student_runs, convert, teacher_buffers,
                                  buffer_sources)
         return self._pairs
 
@@ -119,11 +123,59 @@ class _Pairs:
 
     student: weakref.ref                 # the student they were matched with
     kind: tuple | None                   # (device, dtype) of its first parameter then
-    teacher_params: list[torch.Tensor]
-    student_params: list[torch.Tensor]
+    teacher_runs: list[torch.Tensor]     # 1-D views, each over teacher parameters lying end to end
+    student_runs: list[torch.Tensor]     # the student's matching views
     convert: bool                        # whether the student's dtypes differ from the teacher's fp32
     teacher_buffers: list[torch.Tensor]
     student_buffers: list[torch.Tensor]
 
 
-__all__ = ["EMATeacher", "ema_decay", "unwrap"]
+def matched_runs(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pairs of same-shaped tensors -> (target views, source views) covering the same elements, one pair per run
+    of sources lying end to end in one storage. The targets are first laid out in one buffer of their own in the
+    sources' storage order (their `.data` moves there; values, shapes and identities stay), so that every run of
+    sources has a run of targets beside it."""
+    if not targets:
+        return [], []
+    order = sorted(range(len(sources)), key=lambda i: (sources[i].untyped_storage().data_ptr(),
+                                                       sources[i].storage_offset()))
+    kinds = {(t.device, t.dtype) for t in targets}
+    if len(kinds) == 1 and all(t.is_contiguous() for t in targets):
+        device, dtype = kinds.pop()
+        buffer = torch.empty(sum(t.numel() for t in targets), device=device, dtype=dtype)
+        offset = 0
+        for i in order:
+            end = offset + targets[i].numel()
+            buffer[offset:end].copy_(targets[i].reshape(-1))
+            targets[i].data = buffer[offset:end].view_as(targets[i])
+            offset = end
+    target_runs, source_runs = [], []
+    run: list[int] = []
+    for i in order:
+        if run and not (_follows(sources[run[-1]], sources[i]) and _follows(targets[run[-1]], targets[i])):
+            target_runs.append(_span(targets, run))
+            source_runs.append(_span(sources, run))
+            run = []
+        run.append(i)
+    target_runs.append(_span(targets, run))
+    source_runs.append(_span(sources, run))
+    return target_runs, source_runs
+
+
+def _follows(previous: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """Whether `tensor` starts where `previous` ends in the same storage (both contiguous, same dtype)."""
+    return (previous.is_contiguous() and tensor.is_contiguous() and previous.dtype == tensor.dtype
+            and previous.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+            and tensor.storage_offset() == previous.storage_offset() + previous.numel())
+
+
+def _span(tensors: list[torch.Tensor], run: list[int]) -> torch.Tensor:
+    """One 1-D view over the tensors of `run`, which lie end to end (a lone tensor: itself)."""
+    first = tensors[run[0]]
+    if len(run) == 1:
+        return first
+    size = sum(tensors[i].numel() for i in run)
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (size,), (1,))
+
+
+__all__ = ["EMATeacher", "ema_decay", "matched_runs", "unwrap"]

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from sslam.runtime.errors import SslamError
+from sslam.runtime.errors import SslamError, first_line
 from sslam.model.teacher import ema_decay
 from sslam.runtime.progress import Progress
 from sslam.fingerprints import compiled
@@ -34,7 +34,7 @@ from sslam.runtime.snapshots import Preempted, StopSignals
 from sslam.train.config import TrainConfig
 from sslam.train.distributed import DistributedContext, EpochBatchSampler, any_rank, min_over_ranks
 from sslam.train.metrics import Throughput
-from sslam.train.optim import build_optimizer
+from sslam.train.optim import FlatParameters, adamw, parameter_groups
 from sslam.train.schedule import build_scheduler
 from sslam.train.state import (atomic_torch_save, capture_rng_state, job_mismatch, project_checkpoint,
                                restore_rng_state, run_settings, save_training_state)
@@ -87,13 +87,13 @@ class Pretrainer:
         self.on_steady, self.on_steady_end = on_steady, on_steady_end
         self.device = self.context.device
         self.objective.to(self.device)
-        self.optimizer = build_optimizer(
-            objective.trainable_modules(), lr=config.lr, betas=config.betas,
-            eps=config.eps, weight_decay=config.weight_decay, decay_all_parameters=config.decay_all_parameters,
-            fused=self.device.type == "cuda" if fused_optimizer is None else fused_optimizer)
+        self.flat = FlatParameters(parameter_groups(objective.trainable_modules(), config.weight_decay,
+                                                    config.decay_all_parameters))
+        self.optimizer = adamw(self.flat.groups, lr=config.lr, betas=config.betas, eps=config.eps,
+                               fused=self.device.type == "cuda" if fused_optimizer is None else fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.lr, config.warmup_steps, config.steps,
                                          config.min_lr)
-        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]  # the flat ones
         self.step = 0
         self.batches_consumed = 0
         self._rng_to_restore: dict[str, Any] | None = None
@@ -114,7 +114,7 @@ class Pretrainer:
                           rng=self._gather(rng), window=self._gather(window), data=self.sampler_state(),
                           config=self.identity.config, job=self.job(),
                           metrics_log=self.metrics.lines() if self.context.is_main else [],
-                          heads={name: {key: tensor.detach().cpu() for key, tensor in module.state_dict().items()}
+                          heads={name: {key: compact_on_cpu(tensor) for key, tensor in module.state_dict().items()}
                                  for name, module in self.objective.pretraining_heads().items()})
         return checkpoint
 
@@ -147,7 +147,7 @@ class Pretrainer:
     def _weights(self) -> dict[str, Any]:
         """The project checkpoint of the current weights, on the CPU (readable on a machine without a GPU)."""
         def on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-            return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+            return {name: compact_on_cpu(tensor) for name, tensor in module.state_dict().items()}
 
         return project_checkpoint(
             encoder_config=self.identity.encoder_config, decoder_config=self.identity.decoder_config,
@@ -173,7 +173,11 @@ class Pretrainer:
             if name not in saved_heads:
                 raise CheckpointMismatch(f"cannot resume exactly: the snapshot in {self.out_dir} has no {name!r} head")
             module.load_state_dict(saved_heads[name])
-        self.optimizer.load_state_dict(snapshot["optimizer"])
+        try:
+            self.optimizer.load_state_dict(self.flat.optimizer_state(snapshot["optimizer"]))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointMismatch(f"cannot resume {self.out_dir} exactly: its optimiser state does not fit this "
+                                     f"run ({first_line(error)})") from error
         self.scheduler.load_state_dict(snapshot["scheduler"])
         self.step = snapshot["step"]
         self.batches_consumed = snapshot["data"]["batches_consumed"]
@@ -220,6 +224,7 @@ class Pretrainer:
         """Train up to `config.steps` updates; returns the last logged metrics. On a stop signal (see
         `sslam.runtime.snapshots.StopSignals`) the state is written after the current update and `Preempted` raised."""
         config, autocast_dtype = self.config, self.config.autocast_dtype(self.device.type)
+        self.flat.check_attached()
         model = self._model()
         batches = self._batches()
         self._window = _Window()
@@ -287,7 +292,7 @@ class Pretrainer:
         with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             output = model(fbank)
-        backpropagate(output.loss, self.trainable, through_hooks=self.context.enabled)
+        backpropagate(output.loss, self.flat, through_hooks=self.context.enabled)
         grad_norm = self._clip_gradients()
         self.optimizer.step()
         self.scheduler.step()
@@ -344,22 +349,30 @@ class Pretrainer:
         return {n: float(v) / self.context.world_size for n, v in zip(names, stacked.tolist())}
 
 
-def backpropagate(loss: torch.Tensor, parameters: list[torch.Tensor], through_hooks: bool = False) -> None:
-    """Put d loss / d parameter in every parameter's `.grad` (None where the loss does not reach it), as
-    `zero_grad(set_to_none=True); loss.backward()` does, to the bit.
+def compact_on_cpu(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached CPU tensor that owns exactly its elements: a parameter is a view into its group's flat buffer
+    (FlatParameters), and torch.save writes a view's whole storage, the other modules' weights included."""
+    tensor = tensor.detach().cpu()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
+def backpropagate(loss: torch.Tensor, flat: FlatParameters, through_hooks: bool = False) -> None:
+    """Put d loss / d parameter in every parameter's slot of the flat gradient buffers (zero where the loss does
+    not reach it): the numbers `zero_grad(set_to_none=True); loss.backward()` leaves in `.grad`, to the bit.
 
     `torch.autograd.grad` hands the gradients over at the graph's leaves instead of running one AccumulateGrad
     node per parameter (about 150 on ViT-B, each a dispatched operation): a tenth of a launch-bound backward.
     `through_hooks` keeps `backward()`, for DDP, whose gradient all-reduce hangs on those nodes.
     """
     if through_hooks:
-        for parameter in parameters:
+        for parameter in flat.parameters:
             parameter.grad = None
         loss.backward()
+        flat.take_gradients([parameter.grad for parameter in flat.parameters])
         return
-    grads = torch.autograd.grad(loss, parameters, allow_unused=True)
-    for parameter, grad in zip(parameters, grads):
-        parameter.grad = grad
+    flat.take_gradients(torch.autograd.grad(loss, flat.parameters, allow_unused=True))
 
 
 class _Window:

@@ -51,7 +51,7 @@ MUTATIONS = [
      "    noise = torch.rand(num_masks, num_cells, generator=generator)",
      "    noise = torch.rand(num_masks, num_cells, generator=generator) * 1.0", downstream_of(*PRETRAINED)),
     ("an encoder block", "sslam/model/encoder.py",
-     "        ffn_out = self.mlp.forward(residual)", "        ffn_out = self.mlp.forward(residual) * 1.0",
+     '        ffn_out = parts["mlp"].forward(residual)', '        ffn_out = parts["mlp"].forward(residual) * 1.0',
      pretraining(*PRETRAINED) | evaluation() | TABLES),
     ("the decoder", "sslam/model/decoder.py",
      "            x = x + layer(x)", "            x = x + layer(x) * 1.0", downstream_of(*PRETRAINED)),
