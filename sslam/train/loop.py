@@ -332,11 +332,14 @@ class Pretrainer:
         """The global L2 norm of the gradients (returned, on the device), and the gradients scaled down to
         `clip_grad_norm` when above it: torch's clip_grad_norm_ to the bit (same calls, same order), without
         its per-call regrouping of the tensors by device and dtype."""
-        grads = [p.grad for p in self.trainable if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+        # The norm of each parameter's gradient, then of those norms, as clip_grad_norm_ sums: the same number to
+        # the bit as before the flat buffers (a norm over a whole buffer would round differently, and the run would
+        # drift from the ones before it); a multi-tensor kernel on a GPU. The scaling is elementwise: the buffers.
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.flat.gradients, 2.0)), 2.0)
         if self.config.clip_grad_norm > 0:
             # Without clipping torch multiplies by min(inf, 1) = 1, which changes nothing: skipped.
-            torch._foreach_mul_(grads, torch.clamp(self.config.clip_grad_norm / (norm + 1e-6), max=1.0))
+            torch._foreach_mul_([p.grad for p in self.trainable],
+                                torch.clamp(self.config.clip_grad_norm / (norm + 1e-6), max=1.0))
         return norm
 
     def _reduce(self, values: dict[str, float]) -> dict[str, float]:
