@@ -66,8 +66,9 @@ class FlatParameters:
 
     AdamW is elementwise, so a step over a group's buffer is the per-parameter step, number for number; what
     changes is the host's work: one tensor per group for AdamW (whose CPU implementation otherwise dispatches
-    about ten operations per parameter), for the gradient norm and clipping, and, through `EMATeacher`'s run
-    matching, for the teacher's update. The one difference: a parameter the loss does not reach gets a zero
+    about ten operations per parameter), for the clipping's scaling, and, through `EMATeacher`'s run matching,
+    for the teacher's update (the gradient norm still takes one norm per parameter, `gradients`, so that its
+    number is clip_grad_norm_'s to the bit). The one difference: a parameter the loss does not reach gets a zero
     gradient (AdamW then decays it like the others) where `zero_grad(set_to_none=True)` would leave it out of
     the step; the official fairseq trainer's flat fp32 copy does the same.
 
