@@ -93,7 +93,6 @@ class Pretrainer:
                                fused=self.device.type == "cuda" if fused_optimizer is None else fused_optimizer)
         self.scheduler = build_scheduler(self.optimizer, config.lr, config.warmup_steps, config.steps,
                                          config.min_lr)
-        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]  # the flat ones
         self.step = 0
         self.batches_consumed = 0
         self._rng_to_restore: dict[str, Any] | None = None
@@ -114,7 +113,7 @@ class Pretrainer:
                           rng=self._gather(rng), window=self._gather(window), data=self.sampler_state(),
                           config=self.identity.config, job=self.job(),
                           metrics_log=self.metrics.lines() if self.context.is_main else [],
-                          heads={name: {key: compact_on_cpu(tensor) for key, tensor in module.state_dict().items()}
+                          heads={name: state_on_cpu(module)
                                  for name, module in self.objective.pretraining_heads().items()})
         return checkpoint
 
@@ -146,13 +145,10 @@ class Pretrainer:
 
     def _weights(self) -> dict[str, Any]:
         """The project checkpoint of the current weights, on the CPU (readable on a machine without a GPU)."""
-        def on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-            return {name: compact_on_cpu(tensor) for name, tensor in module.state_dict().items()}
-
         return project_checkpoint(
             encoder_config=self.identity.encoder_config, decoder_config=self.identity.decoder_config,
-            student=on_cpu(self.objective.student), decoder=on_cpu(self.objective.decoder),
-            teacher=on_cpu(self.objective.teacher.encoder), stage=self.identity.stage,
+            student=state_on_cpu(self.objective.student), decoder=state_on_cpu(self.objective.decoder),
+            teacher=state_on_cpu(self.objective.teacher.encoder), stage=self.identity.stage,
             variant=self.identity.variant, step=self.step, input=self.identity.input)
 
     def sampler_state(self) -> dict[str, Any]:
@@ -338,7 +334,7 @@ class Pretrainer:
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.flat.gradients, 2.0)), 2.0)
         if self.config.clip_grad_norm > 0:
             # Without clipping torch multiplies by min(inf, 1) = 1, which changes nothing: skipped.
-            torch._foreach_mul_([p.grad for p in self.trainable],
+            torch._foreach_mul_(self.flat.gradient_buffers,
                                 torch.clamp(self.config.clip_grad_norm / (norm + 1e-6), max=1.0))
         return norm
 
@@ -350,6 +346,11 @@ class Pretrainer:
         stacked = torch.tensor([values[n] for n in names], device=self.device, dtype=torch.float64)
         dist.all_reduce(stacked)
         return {n: float(v) / self.context.world_size for n, v in zip(names, stacked.tolist())}
+
+
+def state_on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with every tensor `compact_on_cpu`."""
+    return {name: compact_on_cpu(tensor) for name, tensor in module.state_dict().items()}
 
 
 def compact_on_cpu(tensor: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,7 @@ class FlatParameters:
     def __init__(self, groups: list[dict]) -> None:
         self.parameters: list[nn.Parameter] = []   # the modules' parameters, in buffer order
         self.gradients: list[torch.Tensor] = []    # their slots in the gradient buffers, same order
+        self.gradient_buffers: list[torch.Tensor] = []  # one per group
         self.groups: list[dict] = []
         self._addresses: list[int] = []
         for group in groups:
@@ -101,6 +102,7 @@ class FlatParameters:
                 offset = end
             flat = nn.Parameter(values)
             flat.grad = gradients
+            self.gradient_buffers.append(gradients)
             self.groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [flat]})
 
     def take_gradients(self, gradients: Sequence[torch.Tensor | None]) -> None:
@@ -123,25 +125,26 @@ class FlatParameters:
                                "the optimiser was built); build the trainer after moving the model")
 
     def optimizer_state(self, saved: dict) -> dict:
-        """An AdamW `state_dict` for `groups` from `saved`: as is when it is of flat groups; a per-parameter one
-        (a snapshot written before the buffers) has each group's moments laid end to end like the parameters."""
+        """An AdamW `state_dict` for `groups` from `saved`, which holds per group either one state of the whole
+        buffer or one state per parameter (a snapshot written before the buffers): each state tensor is laid end to
+        end in parameter order, like the buffer, and must then have the buffer's size."""
         saved_groups = saved["param_groups"]
         if len(saved_groups) != len(self.groups):
             raise ValueError(f"the saved optimiser has {len(saved_groups)} parameter groups, this run {len(self.groups)}")
-        if all(len(group["params"]) == 1 for group in saved_groups):
-            return saved
         state, groups = {}, []
         for index, (saved_group, group) in enumerate(zip(saved_groups, self.groups)):
-            count = len(group.get("names", ())) or len(saved_group["params"])
             members = [saved["state"].get(key, {}) for key in saved_group["params"]]
-            if len(members) != count or not all(members):
-                raise ValueError("the saved optimiser state does not cover this run's parameters one for one")
+            if not members or not all(members):
+                raise ValueError(f"the saved optimiser state of group {index} is incomplete")
             steps = {float(member["step"]) for member in members}
             if len(steps) != 1:
                 raise ValueError("the saved parameters were stepped different numbers of times")
-            state[index] = {"step": members[0]["step"],
-                            **{key: torch.cat([member[key].reshape(-1) for member in members])
-                               for key in members[0] if key != "step"}}
+            laid_out = {key: torch.cat([member[key].reshape(-1) for member in members])
+                        for key in members[0] if key != "step"}
+            size = group["params"][0].numel()
+            if any(tensor.numel() != size for tensor in laid_out.values()):
+                raise ValueError(f"the saved optimiser state of group {index} does not cover this run's "
+                                 f"{size} parameter values")
+            state[index] = {"step": members[0]["step"], **laid_out}
             groups.append({**saved_group, "params": [index]})
         return {"state": state, "param_groups": groups}
-

@@ -114,6 +114,10 @@ def test_a_per_parameter_optimiser_state_resumes_into_the_flat_groups():
     other = {"state": {}, "param_groups": [{**saved["param_groups"][0], "params": [0, 1]}]}
     with pytest.raises(ValueError, match="parameter groups"):
         flat.optimizer_state(other)
+    short = copy.deepcopy(saved)  # a group that lost a parameter no longer fills its buffer
+    short["param_groups"][0]["params"] = short["param_groups"][0]["params"][1:]
+    with pytest.raises(ValueError, match="does not cover"):
+        flat.optimizer_state(short)
 
 
 def test_the_teacher_moves_with_one_lerp_per_buffer_run_to_the_bit():
